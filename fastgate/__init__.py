@@ -1,0 +1,31 @@
+"""fastgate: a compiled CPU inference engine for LSTM, GRU and SimpleRNN networks.
+
+Build layers from weights in fastgate's internal layout (:mod:`fastgate.layout`) and call
+them like PyTorch's::
+
+    import fastgate
+    lstm = fastgate.LSTM.random(input_size=5, hidden_size=32)
+    out, (h_n, c_n) = lstm(x)                # x: (T, B, 5) float32
+
+The compiled kernels (Cython + BLAS through SciPy) run when the extension is built; the
+NumPy oracle (:mod:`fastgate.oracle`) is the fallback and the definition of correctness.
+"""
+
+from __future__ import annotations
+
+from .backend import available_backends, backend, use_backend
+from .errors import (BackendError, ConfigError, DTypeError, FastgateError, InputError, ShapeError,
+                     UnsupportedLayerError, WeightFormatError)
+from .layers import GRU, LSTM, RecurrentLayer, SimpleRNN
+from .layout import GATE_ORDERS, CellWeights, reorder_gates
+from .ops import Dense, Embedding
+from .serialization import save
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LSTM", "GRU", "SimpleRNN", "RecurrentLayer", "Dense", "Embedding", "save", "CellWeights", "GATE_ORDERS",
+    "reorder_gates", "backend", "use_backend", "available_backends",
+    "FastgateError", "ConfigError", "InputError", "ShapeError", "DTypeError", "WeightFormatError",
+    "UnsupportedLayerError", "BackendError", "__version__",
+]

@@ -1,0 +1,473 @@
+"""The public recurrent layers: :class:`LSTM`, :class:`GRU` and :class:`SimpleRNN`.
+
+A layer is built from weights in fastgate's internal layout (:mod:`fastgate.layout`) and
+called like its PyTorch namesake::
+
+    layer = fastgate.LSTM(weights, bidirectional=True, batch_first=True)
+    out, (h_n, c_n) = layer(x, state=None, lengths=None)
+
+The weights are validated and converted once, at construction; a call validates its
+arguments, allocates its outputs and workspace, and runs the whole forward pass in the
+active backend (:func:`fastgate.backend`), without the GIL in the compiled one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence, Union
+
+import numpy as np
+
+from . import oracle
+from .activations import activation_code, canonical_name
+from .backend import backend, compiled_module
+from .errors import ConfigError, DTypeError, ShapeError
+from .layout import GATE_COUNT, CellWeights
+from .serialization import save, serializable
+
+__all__ = ["LSTM", "GRU", "SimpleRNN", "RecurrentLayer"]
+
+ArrayLike = Any
+State = Union[np.ndarray, tuple]
+
+_CELL_CODES = {"lstm": 0, "gru": 1, "rnn": 2}
+_DTYPES = {np.dtype(np.float32), np.dtype(np.float64)}
+
+
+def _as_float_dtype(dtype: Any) -> np.dtype:
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError as error:
+        raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}") from error
+    if dtype not in _DTYPES:
+        raise ConfigError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def as_array(value: ArrayLike, dtype: np.dtype, what: str) -> np.ndarray:
+    """``value`` as an array of ``dtype``, refusing what cannot be a real number.
+
+    Booleans, integers and floats of any width are converted (like NumPy's ``astype``);
+    complex, object, string and other dtypes raise :class:`~fastgate.errors.DTypeError`.
+    """
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise DTypeError(f"{what} must hold real numbers, got dtype {array.dtype}")
+    return array.astype(dtype, copy=False)
+
+
+def _cell_weights(entry: Any, where: str) -> CellWeights:
+    if isinstance(entry, CellWeights):
+        return entry
+    if isinstance(entry, Mapping):
+        unknown = set(entry) - set(CellWeights._fields)
+        if unknown:
+            raise ConfigError(f"{where}: unknown weight names {sorted(unknown)}; expected "
+                              f"{list(CellWeights._fields)}")
+        return CellWeights(**entry)
+    if isinstance(entry, (tuple, list)) and len(entry) in (4, 5):
+        return CellWeights(*entry)
+    raise ConfigError(f"{where}: expected CellWeights (input_kernel, recurrent_kernel, "
+                      f"input_bias, recurrent_bias[, projection]), got {type(entry).__name__}")
+
+
+class RecurrentLayer:
+    """Shared machinery of :class:`LSTM`, :class:`GRU` and :class:`SimpleRNN`.
+
+    Not instantiated directly. Attributes: ``input_size``, ``hidden_size``, ``num_layers``,
+    ``bidirectional``, ``num_directions``, ``proj_size`` (LSTM), ``output_size`` (the width of
+    one direction's output), ``activation``, ``recurrent_activation``, ``dtype``,
+    ``batch_first``, and ``weights`` (the list of :class:`~fastgate.layout.CellWeights`).
+    """
+
+    cell: str = ""
+
+    def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
+                 activation: str = "tanh", recurrent_activation: str = "sigmoid",
+                 reset_after: bool = True, dtype: Any = np.float32,
+                 batch_first: bool = False) -> None:
+        self.dtype = _as_float_dtype(dtype)
+        self.bidirectional = bool(bidirectional)
+        self.batch_first = bool(batch_first)
+        self.activation = canonical_name(activation)
+        self.recurrent_activation = canonical_name(recurrent_activation)
+        self.reset_after = bool(reset_after)
+        self.num_directions = 2 if self.bidirectional else 1
+        self.weights = self._validate_weights(weights)
+        self._prepared = self._prepare_kernel_weights()
+
+    # ------------------------------------------------------------------ construction
+    def _validate_weights(self, weights: Sequence[Any]) -> list[CellWeights]:
+        name = type(self).__name__
+        if isinstance(weights, CellWeights) or not isinstance(weights, (list, tuple)):
+            raise ConfigError(f"{name}: weights must be a list of CellWeights, one per layer "
+                              f"and direction, got {type(weights).__name__}")
+        dirs = self.num_directions
+        if len(weights) == 0 or len(weights) % dirs:
+            raise ConfigError(f"{name}: expected a positive multiple of {dirs} CellWeights "
+                              f"(layers x directions), got {len(weights)}")
+        gates = GATE_COUNT[self.cell]
+        first = _cell_weights(weights[0], f"{name} layer 0")
+        input_kernel = np.asarray(first.input_kernel)
+        if input_kernel.ndim != 2 or input_kernel.shape[1] % gates or input_kernel.shape[1] == 0:
+            raise ShapeError(f"{name} layer 0 forward: input_kernel must be (input_size, "
+                             f"{gates}*hidden_size), got shape {input_kernel.shape}")
+        self.input_size = input_kernel.shape[0]
+        self.hidden_size = hidden = input_kernel.shape[1] // gates
+        if first.projection is not None:
+            if self.cell != "lstm":
+                raise ConfigError(f"{name}: only LSTM supports a projection")
+            projection = np.asarray(first.projection)
+            if projection.ndim != 2:
+                raise ShapeError(f"{name} layer 0 forward: projection must be (hidden_size, "
+                                 f"proj_size), got shape {projection.shape}")
+            self.proj_size = projection.shape[1]
+        else:
+            self.proj_size = 0
+        self.output_size = width = self.proj_size or hidden
+        self.num_layers = len(weights) // dirs
+
+        checked = []
+        for k, entry in enumerate(weights):
+            layer, direction = divmod(k, dirs)
+            where = f"{name} layer {layer} {'reverse' if direction else 'forward'}"
+            w = _cell_weights(entry, where)
+            if (w.projection is None) != (self.proj_size == 0):
+                raise ConfigError(f"{where}: projection must be given for every layer and "
+                                  f"direction or for none")
+            in_width = self.input_size if layer == 0 else dirs * width
+            expected = {
+                "input_kernel": (in_width, gates * hidden),
+                "recurrent_kernel": (width, gates * hidden),
+                "input_bias": (gates * hidden,),
+                "recurrent_bias": (gates * hidden,),
+                "projection": (hidden, self.proj_size),
+            }
+            arrays = {}
+            for field, shape in expected.items():
+                value = getattr(w, field)
+                if value is None:
+                    arrays[field] = None
+                    continue
+                array = as_array(value, self.dtype, f"{where} {field}")
+                if array.shape != shape:
+                    raise ShapeError(f"{where}: {field} has shape {array.shape}, expected "
+                                     f"{shape}")
+                arrays[field] = np.ascontiguousarray(array)
+            checked.append(CellWeights(**arrays))
+        return checked
+
+    def _prepare_kernel_weights(self) -> list[tuple]:
+        """Per layer and direction, the arrays the compiled kernel reads.
+
+        The recurrent bias is folded into the input bias wherever the equations allow it:
+        everywhere except the GRU reset-after new gate, where ``b_hn`` sits inside ``r * (...)``
+        and is kept apart.
+        """
+        prepared = []
+        hidden = self.hidden_size
+        for w in self.weights:
+            bias = w.input_bias + w.recurrent_bias
+            new_gate_bias = np.zeros(0, self.dtype)
+            if self.cell == "gru" and self.reset_after:
+                bias[2 * hidden:] = w.input_bias[2 * hidden:]
+                new_gate_bias = w.recurrent_bias[2 * hidden:].copy()
+            projection = w.projection if w.projection is not None else np.zeros((0, 0), self.dtype)
+            prepared.append((w.input_kernel, w.recurrent_kernel, bias, new_gate_bias,
+                             projection))
+        return prepared
+
+    @classmethod
+    def random(cls, input_size: int, hidden_size: int, *, num_layers: int = 1,
+               bidirectional: bool = False, proj_size: int = 0, seed: int | None = 0,
+               scale: float | None = None, **options: Any) -> "RecurrentLayer":
+        """A layer with weights drawn uniformly from ``[-scale, scale]``.
+
+        ``scale`` defaults to ``1 / sqrt(hidden_size)``, PyTorch's initialisation. Useful for
+        benchmarks and examples. ``options`` are passed to the constructor.
+        """
+        if cls.cell != "lstm" and proj_size:
+            raise ConfigError(f"{cls.__name__} has no proj_size")
+        rng = np.random.default_rng(seed)
+        scale = 1 / np.sqrt(hidden_size) if scale is None else scale
+        dirs = 2 if bidirectional else 1
+        gates = GATE_COUNT[cls.cell]
+        width = proj_size or hidden_size
+
+        def draw(*shape: int) -> np.ndarray:
+            return rng.uniform(-scale, scale, size=shape)
+
+        weights = []
+        for layer in range(num_layers):
+            in_width = input_size if layer == 0 else dirs * width
+            for _ in range(dirs):
+                weights.append(CellWeights(
+                    draw(in_width, gates * hidden_size), draw(width, gates * hidden_size),
+                    draw(gates * hidden_size), draw(gates * hidden_size),
+                    draw(hidden_size, proj_size) if proj_size else None))
+        return cls(weights, bidirectional=bidirectional, **options)
+
+    # ------------------------------------------------------------------ description
+    def get_config(self) -> dict[str, Any]:
+        """The constructor options (everything but the weights), JSON-serialisable."""
+        config = {"bidirectional": self.bidirectional, "activation": self.activation,
+                  "dtype": self.dtype.name, "batch_first": self.batch_first}
+        if self.cell != "rnn":
+            config["recurrent_activation"] = self.recurrent_activation
+        if self.cell == "gru":
+            config["reset_after"] = self.reset_after
+        return config
+
+    @property
+    def state_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Shapes of the state arrays for batch ``B``, with ``-1`` standing for ``B``."""
+        rows = self.num_layers * self.num_directions
+        shapes = ((rows, -1, self.output_size),)
+        if self.cell == "lstm":
+            shapes += ((rows, -1, self.hidden_size),)
+        return shapes
+
+    def __repr__(self) -> str:
+        parts = [f"input_size={self.input_size}", f"hidden_size={self.hidden_size}"]
+        if self.num_layers != 1:
+            parts.append(f"num_layers={self.num_layers}")
+        if self.proj_size:
+            parts.append(f"proj_size={self.proj_size}")
+        defaults = {"bidirectional": False, "activation": "tanh",
+                    "recurrent_activation": "sigmoid", "reset_after": True,
+                    "batch_first": False}
+        for key, value in self.get_config().items():
+            if key != "dtype" and defaults.get(key) != value:
+                parts.append(f"{key}={value!r}")
+        parts.append(f"dtype={self.dtype.name}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def _get_spec(self) -> dict[str, Any]:
+        weights = [{k: v for k, v in w._asdict().items() if v is not None}
+                   for w in self.weights]
+        return {"config": self.get_config(), "weights": weights}
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "RecurrentLayer":
+        return cls(spec["weights"], **spec["config"])
+
+    def save(self, path: str) -> None:
+        """Save this layer in fastgate's own format (:mod:`fastgate.serialization`)."""
+        save(self, path)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_prepared"]  # derived from the weights; rebuilt on unpickling
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._prepared = self._prepare_kernel_weights()
+
+    # ------------------------------------------------------------------ calling
+    def __call__(self, x: ArrayLike, state: State | None = None,
+                 lengths: ArrayLike | None = None) -> tuple[np.ndarray, State]:
+        """Run the layer over a sequence.
+
+        Parameters
+        ----------
+        x : array_like
+            ``(B, T, input_size)`` if ``batch_first`` else ``(T, B, input_size)``; or one
+            unbatched sequence ``(T, input_size)``. Integer and float inputs are converted to
+            the layer's dtype.
+        state : array or (array, array), optional
+            Initial state: ``h0`` of shape ``(num_layers * num_directions, B, output_size)``
+            (LSTM: the pair ``(h0, c0)``, ``c0`` of width ``hidden_size``). Zeros if omitted.
+        lengths : array_like of int, optional
+            ``(B,)`` valid length of each sequence, ``0 <= lengths[b] <= T``. Like PyTorch's
+            packed sequences: a sequence's state stops at its last valid step, outputs past
+            its length are zero, and the reverse direction starts at its last valid step.
+
+        Returns
+        -------
+        out : ndarray
+            Outputs of the last layer at every step, ``(B, T, num_directions * output_size)``
+            (time-major if not ``batch_first``).
+        state : ndarray or (ndarray, ndarray)
+            Final state, arranged as ``state``: ``h_n`` (LSTM: ``(h_n, c_n)``).
+        """
+        x = as_array(x, self.dtype, f"{type(self).__name__} input")
+        if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
+            layout = "(B, T, D)" if self.batch_first else "(T, B, D)"
+            raise ShapeError(f"{type(self).__name__} input: expected {layout} or (T, D) with "
+                             f"D={self.input_size}, got shape {x.shape}")
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[None] if self.batch_first else x[:, None]
+        if self.batch_first:
+            batch, steps = x.shape[:2]
+        else:
+            steps, batch = x.shape[:2]
+        h0, c0 = self._initial_state(state, batch, unbatched)
+        mask = None
+        if lengths is not None:
+            mask = self._lengths_mask(lengths, steps, batch)
+        out, h_n, c_n = self.forward(x, h0, c0, mask=mask, batch_major=self.batch_first)
+        if unbatched:
+            out = out[0] if self.batch_first else out[:, 0]
+            h_n = h_n[:, 0]
+            c_n = None if c_n is None else c_n[:, 0]
+        return out, ((h_n, c_n) if self.cell == "lstm" else h_n)
+
+    def _initial_state(self, state: State | None, batch: int, unbatched: bool
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+        name = type(self).__name__
+        shapes = [tuple(batch if d == -1 else d for d in shape) for shape in self.state_shapes]
+        if state is None:
+            return (np.zeros(shapes[0], self.dtype),
+                    np.zeros(shapes[1], self.dtype) if self.cell == "lstm" else None)
+        if self.cell == "lstm":
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise ShapeError(f"{name} state: expected a pair (h0, c0), got "
+                                 f"{type(state).__name__}")
+            parts = list(state)
+        else:
+            parts = [state]
+        arrays = []
+        for part, shape, label in zip(parts, shapes, ("h0", "c0")):
+            array = as_array(part, self.dtype, f"{name} {label}")
+            if unbatched:
+                array = array[:, None] if array.ndim == 2 else array[:, :, None, :]
+            if array.shape != shape:
+                got = array.shape if not unbatched else (array.shape[0],) + array.shape[2:]
+                expected = shape if not unbatched else (shape[0], shape[2])
+                raise ShapeError(f"{name} {label}: expected shape {expected}, got {got}")
+            arrays.append(np.array(array, dtype=self.dtype, order="C"))  # kernels update it
+        return arrays[0], (arrays[1] if self.cell == "lstm" else None)
+
+    @staticmethod
+    def _lengths_mask(lengths: ArrayLike, steps: int, batch: int) -> np.ndarray:
+        lengths = np.asarray(lengths)
+        if lengths.dtype.kind not in "iu" and not (
+                lengths.dtype.kind == "f" and np.all(np.mod(lengths, 1) == 0)):
+            raise DTypeError(f"lengths must be integers, got dtype {lengths.dtype}")
+        if lengths.shape != (batch,):
+            raise ShapeError(f"lengths: expected shape ({batch},), got {lengths.shape}")
+        if batch and (lengths.min() < 0 or lengths.max() > steps):
+            raise ShapeError(f"lengths must lie in [0, {steps}] (the number of steps), got "
+                             f"min {lengths.min()} and max {lengths.max()}")
+        return np.arange(steps)[:, None] < lengths.astype(np.int64)[None, :]
+
+    def forward(self, x: np.ndarray, h0: np.ndarray, c0: np.ndarray | None, *,
+                mask: np.ndarray | None = None, batch_major: bool = False,
+                hold_masked_output: bool = False
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The forward pass on validated arrays, in the active backend.
+
+        ``x`` is ``(T, B, D)`` (``(B, T, D)`` if ``batch_major``) of the layer's dtype; ``h0``
+        and ``c0`` are fresh C-contiguous arrays of the state shapes (they are updated in
+        place and returned as the final state); ``mask`` is a ``(T, B)`` bool array of valid
+        steps. See :func:`fastgate.oracle.run_direction` for ``hold_masked_output``.
+        """
+        if batch_major:
+            batch, steps = x.shape[:2]
+        else:
+            steps, batch = x.shape[:2]
+        width = self.num_directions * self.output_size
+        if backend() == "python":
+            x_tm = x.transpose(1, 0, 2) if batch_major else x
+            out, h_n, c_n = oracle.forward(
+                self.cell, x_tm, self.weights, bidirectional=self.bidirectional, h0=h0, c0=c0,
+                activation=self.activation, recurrent_activation=self.recurrent_activation,
+                reset_after=self.reset_after, mask=mask, hold_masked_output=hold_masked_output)
+            if out.shape[0] != steps:  # no steps: the oracle loop never ran
+                out = np.zeros((steps, batch, width), self.dtype)
+            out = out.transpose(1, 0, 2) if batch_major else out
+            return np.ascontiguousarray(out, dtype=self.dtype), h_n.astype(self.dtype, copy=False), (
+                None if c_n is None else c_n.astype(self.dtype, copy=False))
+        kernels = compiled_module()
+        x = np.ascontiguousarray(x)
+        out = np.empty(x.shape[:2] + (width,), self.dtype)
+        if steps and batch:
+            kernels.forward(
+                _CELL_CODES[self.cell], self._activation_codes, self.reset_after,
+                x.reshape(steps * batch, -1), steps, batch, batch_major, self._prepared,
+                self.num_directions, h0, c0,
+                None if mask is None else np.ascontiguousarray(mask, dtype=np.uint8),
+                hold_masked_output, out.reshape(steps * batch, width))
+        return out, h0, c0
+
+    @property
+    def _activation_codes(self) -> tuple[int, int]:
+        return activation_code(self.activation), activation_code(self.recurrent_activation)
+
+
+@serializable
+class LSTM(RecurrentLayer):
+    """Long short-term memory layer (PyTorch ``nn.LSTM`` semantics), optionally projected.
+
+    Parameters
+    ----------
+    weights : list of CellWeights
+        One per layer and direction, in fastgate's internal layout (:mod:`fastgate.layout`),
+        gates ``i, f, g, o``. A ``projection`` ``(hidden_size, proj_size)`` on every entry makes
+        a projected LSTM (PyTorch ``proj_size``).
+    bidirectional : bool
+        Whether the entries alternate forward / reverse directions.
+    activation, recurrent_activation : str
+        Activation of the cell candidate and state (default ``"tanh"``), and of the gates
+        (default ``"sigmoid"``); see :mod:`fastgate.activations`.
+    dtype : float32 or float64
+        The dtype of the weights, inputs and outputs.
+    batch_first : bool
+        Inputs and outputs are ``(B, T, ...)`` instead of ``(T, B, ...)``.
+
+    Call with ``out, (h_n, c_n) = lstm(x, state=(h0, c0), lengths=None)``; see
+    :meth:`RecurrentLayer.__call__`.
+    """
+
+    cell = "lstm"
+
+    def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
+                 activation: str = "tanh", recurrent_activation: str = "sigmoid",
+                 dtype: Any = np.float32, batch_first: bool = False) -> None:
+        super().__init__(weights, bidirectional=bidirectional, activation=activation,
+                         recurrent_activation=recurrent_activation, dtype=dtype,
+                         batch_first=batch_first)
+
+
+@serializable
+class GRU(RecurrentLayer):
+    """Gated recurrent unit layer (PyTorch ``nn.GRU`` semantics by default).
+
+    Parameters are those of :class:`LSTM` (gates ``r, z, n``, no projection) plus
+    ``reset_after``: ``True`` applies the reset gate after the recurrent product
+    (PyTorch, Keras ``reset_after=True``, ONNX ``linear_before_reset=1``), ``False`` before it
+    (Cho et al. 2014, Keras ``reset_after=False``).
+
+    Call with ``out, h_n = gru(x, state=h0, lengths=None)``.
+    """
+
+    cell = "gru"
+
+    def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
+                 activation: str = "tanh", recurrent_activation: str = "sigmoid",
+                 reset_after: bool = True, dtype: Any = np.float32,
+                 batch_first: bool = False) -> None:
+        super().__init__(weights, bidirectional=bidirectional, activation=activation,
+                         recurrent_activation=recurrent_activation, reset_after=reset_after,
+                         dtype=dtype, batch_first=batch_first)
+
+
+@serializable
+class SimpleRNN(RecurrentLayer):
+    """Elman recurrent layer, ``h' = act(x W + b_i + h U + b_h)`` (PyTorch ``nn.RNN``).
+
+    Parameters are those of :class:`LSTM` with a single gate, no projection and no
+    recurrent activation; ``activation`` defaults to ``"tanh"`` (PyTorch's
+    ``nonlinearity="relu"`` is ``activation="relu"``).
+
+    Call with ``out, h_n = rnn(x, state=h0, lengths=None)``.
+    """
+
+    cell = "rnn"
+
+    def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
+                 activation: str = "tanh", dtype: Any = np.float32,
+                 batch_first: bool = False) -> None:
+        super().__init__(weights, bidirectional=bidirectional, activation=activation,
+                         dtype=dtype, batch_first=batch_first)
