@@ -20,6 +20,7 @@ from .layers import GRU, LSTM, RecurrentLayer, SimpleRNN
 from .layout import GATE_ORDERS, CellWeights, reorder_gates
 from .ops import Dense, Embedding
 from .serialization import save
+from .threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
@@ -27,5 +28,5 @@ __all__ = [
     "LSTM", "GRU", "SimpleRNN", "RecurrentLayer", "Dense", "Embedding", "save", "CellWeights", "GATE_ORDERS",
     "reorder_gates", "backend", "use_backend", "available_backends",
     "FastgateError", "ConfigError", "InputError", "ShapeError", "DTypeError", "WeightFormatError",
-    "UnsupportedLayerError", "BackendError", "__version__",
+    "UnsupportedLayerError", "BackendError", "set_num_threads", "get_num_threads", "__version__",
 ]

@@ -1,0 +1,134 @@
+"""How many threads the BLAS under fastgate uses.
+
+fastgate's compiled kernels call BLAS through ``scipy.linalg.cython_blas``, that is the
+OpenBLAS that SciPy ships (``scipy.libs/libscipy_openblas*.so``); the NumPy oracle calls the
+OpenBLAS that NumPy ships. :func:`set_num_threads` sets the thread count of both, through
+``threadpoolctl`` when it is installed and otherwise through the libraries' own
+``*_set_num_threads`` functions (``ctypes``). Neither is a run-time dependency.
+
+Environment variables
+---------------------
+OpenBLAS reads ``OPENBLAS_NUM_THREADS`` (then ``OMP_NUM_THREADS``) once, when the library is
+loaded, and uses all cores if neither is set. fastgate never overrides that at import, so::
+
+    OPENBLAS_NUM_THREADS=1 python serve.py
+
+runs fastgate single-threaded until :func:`set_num_threads` says otherwise. The setting is
+process-wide: it also applies to any other SciPy / NumPy linear algebra in the process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+from typing import Callable
+
+__all__ = ["set_num_threads", "get_num_threads", "blas_libraries"]
+
+# Exported names of the thread-count functions, per OpenBLAS build: SciPy's and NumPy's
+# wheels prefix them (scipy_openblas32 / scipy_openblas64_ with a "64_" suffix), a system
+# OpenBLAS does not.
+_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+            "openblas_set_num_threads64_", "openblas_set_num_threads")
+_GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+            "openblas_get_num_threads64_", "openblas_get_num_threads")
+
+_libraries: list[tuple[str, Callable, Callable]] | None = None
+
+
+def _loaded_openblas_paths() -> list[str]:
+    """Paths of the OpenBLAS libraries mapped into this process, SciPy's first."""
+    import scipy.linalg.cython_blas  # noqa: F401  (maps SciPy's OpenBLAS)
+    paths: list[str] = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.rsplit(None, 1)[-1] if "/" in line else ""
+                if "openblas" in os.path.basename(path).lower() and path not in paths:
+                    paths.append(path)
+    except OSError:  # no /proc (macOS): look where the wheels put their libraries
+        import numpy
+        import scipy
+        for package in (scipy, numpy):
+            root = os.path.dirname(os.path.dirname(package.__file__))
+            name = package.__name__
+            paths += glob.glob(os.path.join(root, f"{name}.libs", "*openblas*"))
+            paths += glob.glob(os.path.join(root, name, ".dylibs", "*openblas*"))
+    paths.sort(key=lambda path: not _is_scipys(path))
+    return paths
+
+
+def _is_scipys(path: str) -> bool:
+    """Whether ``path`` is inside SciPy's package or its ``scipy.libs`` folder."""
+    import scipy
+    return os.path.realpath(path).startswith(os.path.realpath(os.path.dirname(scipy.__file__)))
+
+
+def _ctypes_libraries() -> list[tuple[str, Callable, Callable]]:
+    global _libraries
+    if _libraries is None:
+        found = []
+        for path in _loaded_openblas_paths():
+            try:
+                library = ctypes.CDLL(path)
+            except OSError:
+                continue
+            setter = next((getattr(library, n) for n in _SETTERS if hasattr(library, n)), None)
+            getter = next((getattr(library, n) for n in _GETTERS if hasattr(library, n)), None)
+            if setter is not None and getter is not None:
+                setter.argtypes, setter.restype = [ctypes.c_int], None
+                getter.argtypes, getter.restype = [], ctypes.c_int
+                found.append((path, setter, getter))
+        _libraries = found
+    return _libraries
+
+
+def _threadpoolctl():
+    try:
+        import threadpoolctl
+    except ImportError:
+        return None
+    import scipy.linalg.cython_blas  # noqa: F401  (so threadpoolctl sees SciPy's OpenBLAS)
+    return threadpoolctl
+
+
+def blas_libraries() -> list[str]:
+    """Paths of the OpenBLAS libraries whose thread count fastgate controls (SciPy's first)."""
+    return [path for path, _, _ in _ctypes_libraries()]
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads in the BLAS calls of fastgate (SciPy's and NumPy's OpenBLAS).
+
+    Parameters
+    ----------
+    n : int
+        A positive number of threads. Process-wide; see the module docstring for the
+        ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` environment variables.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        from .errors import ConfigError
+        raise ConfigError(f"number of threads must be a positive int, got {n!r}")
+    threadpoolctl = _threadpoolctl()
+    if threadpoolctl is not None:
+        threadpoolctl.threadpool_limits(limits=n, user_api="blas")
+        return
+    for _, setter, _ in _ctypes_libraries():
+        setter(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads of the BLAS that fastgate's compiled kernels call (SciPy's)."""
+    threadpoolctl = _threadpoolctl()
+    if threadpoolctl is not None:
+        pools = [pool for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+        pools.sort(key=lambda pool: not _is_scipys(pool["filepath"]))
+        if pools:
+            return int(pools[0]["num_threads"])
+    libraries = _ctypes_libraries()
+    if not libraries:
+        from .errors import BackendError
+        raise BackendError("no OpenBLAS library found in this process; cannot read its "
+                           "thread count")
+    return int(libraries[0][2]())

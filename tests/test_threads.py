@@ -1,0 +1,72 @@
+"""fastgate.set_num_threads / get_num_threads: SciPy's OpenBLAS thread count, both code paths."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fastgate
+from fastgate import threads
+
+
+@pytest.fixture
+def restore_threads():
+    original = fastgate.get_num_threads()
+    yield
+    fastgate.set_num_threads(original)
+
+
+@pytest.fixture(params=["threadpoolctl", "ctypes"])
+def path(request, monkeypatch):
+    """Run a test through threadpoolctl, then again as if threadpoolctl were not installed."""
+    if request.param == "ctypes":
+        monkeypatch.setattr(threads, "_threadpoolctl", lambda: None)
+    return request.param
+
+
+def test_blas_libraries_finds_scipys_openblas_first():
+    libraries = threads.blas_libraries()
+    assert libraries, "no OpenBLAS found in the process"
+    assert "scipy" in os.path.dirname(libraries[0])
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_set_then_get(path):
+    fastgate.set_num_threads(1)
+    assert fastgate.get_num_threads() == 1
+    fastgate.set_num_threads(2)
+    assert fastgate.get_num_threads() == 2
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_both_paths_agree_on_scipys_library(monkeypatch):
+    fastgate.set_num_threads(1)
+    scipy_getter = threads._ctypes_libraries()[0][2]
+    assert scipy_getter() == 1
+    fastgate.set_num_threads(2)
+    assert scipy_getter() == 2
+    monkeypatch.setattr(threads, "_threadpoolctl", lambda: None)
+    fastgate.set_num_threads(1)
+    assert fastgate.get_num_threads() == 1
+    assert all(getter() == 1 for _, _, getter in threads._ctypes_libraries())
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
+def test_rejects_a_non_positive_int(bad):
+    with pytest.raises(fastgate.ConfigError, match="positive int"):
+        fastgate.set_num_threads(bad)
+
+
+@pytest.mark.parametrize("variable", ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"])
+def test_environment_is_respected_at_import(variable):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    env[variable] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(fastgate.__file__)), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c",
+         "import fastgate; print(fastgate.get_num_threads())"],
+        env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "1"
