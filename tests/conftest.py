@@ -1,0 +1,108 @@
+"""Shared helpers of fastgate's tests.
+
+Keras 3 runs on the PyTorch backend in the tests: the variable must be set before anything
+imports keras, hence first thing in this file.
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from fastgate.layout import GATE_COUNT, CellWeights  # noqa: E402
+
+#: Tolerances of a comparison against the oracle, per dtype (absolute, on O(1) values).
+TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+
+def assert_close(actual, expected, dtype, *, scale_with_value=False, what=""):
+    """Assert ``|actual - expected| <= tol * max(1, |expected|)`` (or ``<= tol``).
+
+    ``tol`` is :data:`TOLERANCE` of ``dtype``. With ``scale_with_value`` the tolerance grows
+    with the magnitude of each expected value (for unbounded activations); NaN must match
+    NaN and infinities must match exactly.
+    """
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    tol = TOLERANCE[np.dtype(dtype)]
+    if scale_with_value:
+        finite = np.isfinite(expected)
+        bound = tol * np.maximum(1.0, np.abs(np.where(finite, expected, 0)))
+        diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+        same_special = (np.isnan(actual) & np.isnan(expected)) | (
+            ~finite & (actual == expected))
+        ok = np.where(finite, diff <= bound, same_special)
+        if not ok.all():
+            worst = np.unravel_index(np.argmax(np.where(ok, 0, diff)), diff.shape)
+            raise AssertionError(
+                f"{what}: {np.count_nonzero(~ok)} of {ok.size} values differ beyond "
+                f"{tol} x max(1, |value|); first at {worst}: {actual[worst]} vs "
+                f"{expected[worst]}")
+    else:
+        np.testing.assert_allclose(actual, expected, rtol=0, atol=tol, err_msg=what)
+
+
+def random_cell_weights(cell, input_size, hidden_size, *, num_layers=1, bidirectional=False,
+                        proj_size=0, rng=None, scale=0.3, dtype=np.float64, bias=True):
+    """Random weights in fastgate's layout, ``normal(0, scale)``.
+
+    Returns the list of :class:`CellWeights`, one per layer and direction.
+    """
+    rng = np.random.default_rng(rng)
+    dirs = 2 if bidirectional else 1
+    gates = GATE_COUNT[cell] * hidden_size
+    width = proj_size or hidden_size
+    weights = []
+    for layer in range(num_layers):
+        in_width = input_size if layer == 0 else dirs * width
+        for _ in range(dirs):
+            def draw(*shape):
+                return (rng.normal(0, scale, size=shape) if bias or len(shape) == 2
+                        else np.zeros(shape)).astype(dtype)
+            weights.append(CellWeights(
+                draw(in_width, gates), draw(width, gates), draw(gates), draw(gates),
+                draw(hidden_size, proj_size) if proj_size else None))
+    return weights
+
+
+def torch_to_cellweights(module):
+    """Copy the weights of a ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` into fastgate's layout.
+
+    Written out by hand (not through fastgate's importer) so that the oracle-vs-PyTorch
+    tests check the layout independently: PyTorch stores ``weight_ih_l{k}{suffix}`` as
+    ``(G*H, D)`` with gates in fastgate's order (LSTM ``i f g o``, GRU ``r z n``), so each
+    kernel is the transpose; ``weight_hr_l{k}`` (projection) is ``(P, H)``; with
+    ``bias=False`` the biases are zero.
+    """
+    weights = []
+    dirs = 2 if module.bidirectional else 1
+    for layer in range(module.num_layers):
+        for direction in range(dirs):
+            suffix = f"l{layer}" + ("_reverse" if direction else "")
+
+            def tensor(name):
+                return getattr(module, f"{name}_{suffix}").detach().cpu().numpy()
+
+            input_kernel = tensor("weight_ih").T.copy()
+            recurrent_kernel = tensor("weight_hh").T.copy()
+            if module.bias:
+                input_bias, recurrent_bias = tensor("bias_ih").copy(), tensor("bias_hh").copy()
+            else:
+                input_bias = np.zeros(input_kernel.shape[1], input_kernel.dtype)
+                recurrent_bias = np.zeros(input_kernel.shape[1], input_kernel.dtype)
+            projection = None
+            if getattr(module, "proj_size", 0):
+                projection = tensor("weight_hr").T.copy()
+            weights.append(CellWeights(input_kernel, recurrent_kernel, input_bias,
+                                       recurrent_bias, projection))
+    return weights
+
+
+@pytest.fixture
+def rng(request):
+    """A NumPy generator seeded from the test's name (reproducible, distinct per test)."""
+    seed = sum(map(ord, request.node.nodeid)) % (2**32)
+    return np.random.default_rng(seed)
