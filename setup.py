@@ -1,0 +1,58 @@
+"""Build fastgate's Cython kernels.
+
+BLAS comes only through ``scipy.linalg.cython_blas``: nothing is linked. Newer SciPy
+declares a ``blas_int`` type there; this script checks whether the installed SciPy does and
+writes ``fastgate/_kernels/_config.pxi`` accordingly (``int`` otherwise).
+
+Set ``FASTGATE_NATIVE=1`` at build time to compile with ``-march=native`` (the result then
+runs only on CPUs like the build machine's); the default build runs on any x86-64.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+
+HERE = Path(__file__).parent
+KERNELS = HERE / "fastgate" / "_kernels"
+
+
+def scipy_declares_blas_int() -> bool:
+    import scipy
+
+    pxd = Path(scipy.__file__).parent / "linalg" / "cython_blas.pxd"
+    return "blas_int" in pxd.read_text()
+
+
+def write_config() -> None:
+    if scipy_declares_blas_int():
+        text = "from scipy.linalg.cython_blas cimport blas_int\n"
+    else:
+        text = "ctypedef int blas_int\n"
+    path = KERNELS / "_config.pxi"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def extensions() -> list:
+    from Cython.Build import cythonize
+
+    write_config()
+    if sys.platform == "win32":
+        compile_args = ["/O2"]
+    else:
+        compile_args = ["-O3", "-fno-math-errno"]
+        if os.environ.get("FASTGATE_NATIVE", "") not in ("", "0"):
+            compile_args.append("-march=native")
+    modules = [
+        Extension(f"fastgate._kernels.{name}", [f"fastgate/_kernels/{name}.pyx"],
+                  extra_compile_args=compile_args,
+                  define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
+        for name in ("blas", "recurrent")
+    ]
+    return cythonize(modules, compiler_directives={"language_level": 3},
+                     include_path=[str(KERNELS)])
+
+
+setup(ext_modules=extensions())
