@@ -1,0 +1,226 @@
+"""The compiled kernels against the oracle, property-based (hypothesis).
+
+Every example draws a whole configuration: cell (lstm, gru, rnn) x GRU form (reset_after) x
+activations (any of :data:`fastgate.activations.ACTIVATIONS`) x dtype x layers (1-3) x
+direction x proj_size (LSTM) x B (1..8) x T (0..20) x D, H (1..64) x lengths or a random
+``(T, B)`` mask with ``hold_masked_output`` x initial state x memory layout (batch_first; input
+C-ordered, Fortran-ordered or a strided view), and compares the layer's outputs and final
+states under the compiled backend with ``fastgate.use_backend("python")``.
+
+Tolerances: float32 1e-5, float64 1e-12, absolute on O(1) values; when an activation is
+unbounded (relu, exponential, ...) the tolerance of each value is scaled by
+``max(1, |value|)``, and the weights are drawn small so that values stay moderate.
+
+These tests FAIL (they do not skip) when the compiled backend is not built: CI always
+builds it, and a silently skipped comparison would hide a broken build.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import fastgate
+from fastgate.activations import ACTIVATIONS
+from conftest import assert_close, random_cell_weights
+
+#: Activations whose values stay in [-1, 1] whatever their input.
+BOUNDED = {"tanh", "sigmoid", "softsign", "hard_sigmoid", "hard_sigmoid_keras2"}
+#: Activations with values in [0, 1]: gates that keep a GRU / LSTM state from growing.
+GATE_LIKE = {"sigmoid", "hard_sigmoid", "hard_sigmoid_keras2"}
+
+MAX_EXAMPLES = int(os.environ.get("FASTGATE_HYPOTHESIS_EXAMPLES", "300"))
+
+LAYERS = {"lstm": fastgate.LSTM, "gru": fastgate.GRU, "rnn": fastgate.SimpleRNN}
+
+
+def require_compiled():
+    """Fail loudly when the compiled backend is missing."""
+    available = fastgate.available_backends()
+    assert "compiled" in available, (
+        "the compiled backend is not built (fastgate.available_backends() == "
+        f"{available!r}); build it with `pip install -e .` before running these tests")
+
+
+@st.composite
+def configurations(draw):
+    cell = draw(st.sampled_from(["lstm", "gru", "rnn"]))
+    names = sorted(ACTIVATIONS)
+    activation = draw(st.sampled_from(names))
+    recurrent_activation = draw(st.sampled_from(names)) if cell != "rnn" else "sigmoid"
+    hidden = draw(st.integers(1, 64))
+    config = dict(
+        cell=cell,
+        activation=activation,
+        recurrent_activation=recurrent_activation,
+        reset_after=draw(st.booleans()) if cell == "gru" else True,
+        dtype=draw(st.sampled_from([np.float32, np.float64])),
+        num_layers=draw(st.integers(1, 3)),
+        bidirectional=draw(st.booleans()),
+        input_size=draw(st.integers(1, 64)),
+        hidden_size=hidden,
+        proj_size=draw(st.integers(0, 64)) if cell == "lstm" and draw(st.booleans()) else 0,
+        batch=draw(st.integers(1, 8)),
+        steps=draw(st.integers(0, 20)),
+        batch_first=draw(st.booleans()),
+        memory=draw(st.sampled_from(["C", "F", "strided"])),
+        entry=draw(st.sampled_from(["call", "forward"])),  # public call, or masked forward
+        masking=draw(st.booleans()),  # lengths (call) / a random mask (forward)
+        initial_state=draw(st.booleans()),
+        hold_masked_output=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
+    return config
+
+
+def weight_scale(config):
+    """``s`` of the weights ``normal(0, s / sqrt(fan_in))`` that keeps values moderate.
+
+    With bounded activations and [0, 1] gates, ``s = 1`` keeps the recurrence near the edge
+    of contraction (differences show but do not explode). An unbounded activation (relu,
+    exponential...) gets ``s = 0.3``; gates outside [0, 1] (a GRU's ``z`` from ``tanh`` or
+    ``exponential``...) can feed back into growth and get ``s = 0.1``. (``exponential``
+    also gets a negative bias, see :func:`build`.)
+    """
+    if config["cell"] != "rnn" and config["recurrent_activation"] not in GATE_LIKE:
+        return 0.1
+    return 1.0 if config["activation"] in BOUNDED else 0.3
+
+
+def build(config):
+    """The layer, input, state and mask/lengths an example describes."""
+    rng = np.random.default_rng(config["seed"])
+    dtype = config["dtype"]
+    cell, batch, steps = config["cell"], config["batch"], config["steps"]
+    width = config["proj_size"] or config["hidden_size"]
+    fan_in = max(config["input_size"], width, config["hidden_size"]) + 1
+    scale = weight_scale(config) / np.sqrt(fan_in)
+    weights = random_cell_weights(
+        cell, config["input_size"], config["hidden_size"], num_layers=config["num_layers"],
+        bidirectional=config["bidirectional"], proj_size=config["proj_size"], rng=rng,
+        scale=scale, dtype=dtype)
+    if "exponential" in (config["activation"], config["recurrent_activation"]):
+        # exp(0) = 1: with zero-mean weights an LSTM's state would grow by one a step, and
+        # exp of it explode. A bias of -2 makes exp(pre-activation) ~ 0.14 instead.
+        weights = [w._replace(input_bias=w.input_bias - dtype(2)) for w in weights]
+    options = dict(bidirectional=config["bidirectional"], activation=config["activation"],
+                   dtype=dtype, batch_first=config["batch_first"])
+    if cell != "rnn":
+        options["recurrent_activation"] = config["recurrent_activation"]
+    if cell == "gru":
+        options["reset_after"] = config["reset_after"]
+    layer = LAYERS[cell](weights, **options)
+
+    shape = ((batch, steps) if config["batch_first"] else (steps, batch)) + (
+        config["input_size"],)
+    if config["memory"] == "C":
+        x = rng.normal(0, 1, size=shape).astype(dtype)
+    elif config["memory"] == "F":
+        x = np.asfortranarray(rng.normal(0, 1, size=shape).astype(dtype))
+    else:  # a strided view of a bigger array: every other row of the second axis
+        bigger = rng.normal(0, 1, size=(shape[0], 2 * shape[1], shape[2])).astype(dtype)
+        x = bigger[:, ::2]
+        assert not x.flags.c_contiguous or x.size <= 1 or shape[1] <= 1
+
+    state_shapes = [tuple(batch if d == -1 else d for d in s) for s in layer.state_shapes]
+    if config["initial_state"]:
+        states = [rng.normal(0, 0.5, size=s).astype(dtype) for s in state_shapes]
+    else:
+        states = [np.zeros(s, dtype) for s in state_shapes]
+
+    lengths = mask = None
+    if config["masking"]:
+        lengths = rng.integers(0, steps + 1, size=batch)
+        mask = rng.random((steps, batch)) < 0.7
+    return layer, x, states, lengths, mask
+
+
+def run(layer, config, x, states, lengths, mask):
+    """Outputs and final states (copies) of one forward pass in the active backend."""
+    if config["entry"] == "call":
+        state = None
+        if config["initial_state"]:
+            state = tuple(s.copy() for s in states) if layer.cell == "lstm" else states[0].copy()
+        out, final = layer(x, state=state, lengths=lengths)
+        finals = list(final) if layer.cell == "lstm" else [final]
+    else:
+        h0 = states[0].copy()
+        c0 = states[1].copy() if layer.cell == "lstm" else None
+        out, h_n, c_n = layer.forward(x, h0, c0, mask=mask, batch_major=config["batch_first"],
+                                      hold_masked_output=config["hold_masked_output"])
+        finals = [h_n] if c_n is None else [h_n, c_n]
+    return np.array(out, copy=True), [np.array(f, copy=True) for f in finals]
+
+
+def moderate(arrays, limit=1e3):
+    """Whether every value is finite and at most ``limit`` in magnitude."""
+    return all(np.isfinite(a).all() and (a.size == 0 or np.abs(a).max() <= limit)
+               for a in arrays)
+
+
+def check_example(config, discard=assume):
+    layer, x, states, lengths, mask = build(config)
+    x_before = x.copy()
+    with fastgate.use_backend("python"), np.errstate(all="ignore"):
+        expected_out, expected_finals = run(layer, config, x, states, lengths, mask)
+    # The weights keep nearly every example moderate; the rare exploding one (exp feeding
+    # back into itself) would only compare roundings of overflow, so it is discarded.
+    discard(moderate([expected_out] + expected_finals))
+    with fastgate.use_backend("compiled"):
+        out, finals = run(layer, config, x, states, lengths, mask)
+    np.testing.assert_array_equal(x, x_before, err_msg="the input was modified")
+
+    dtype = np.dtype(config["dtype"])
+    assert out.dtype == dtype and out.shape == expected_out.shape
+    assert_close(out, expected_out, dtype, scale_with_value=True, what=f"outputs {config}")
+    assert len(finals) == len(expected_finals)
+    for name, actual, expected in zip(("h_n", "c_n"), finals, expected_finals):
+        assert actual.dtype == dtype
+        assert_close(actual, expected, dtype, scale_with_value=True,
+                     what=f"{name} {config}")
+
+
+@settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(config=configurations())
+def test_compiled_matches_oracle(config):
+    require_compiled()
+    check_example(config)
+
+
+# A few fixed corners, easier to read in a failure report than a hypothesis example.
+CORNERS = [
+    dict(cell="lstm", proj_size=3, bidirectional=True, num_layers=3),
+    dict(cell="gru", reset_after=False, bidirectional=True, num_layers=2),
+    dict(cell="gru", reset_after=True, activation="relu", recurrent_activation="hard_sigmoid"),
+    dict(cell="rnn", activation="relu", num_layers=3, bidirectional=True),
+    dict(cell="lstm", steps=0),
+    dict(cell="lstm", batch=1, steps=1, input_size=1, hidden_size=1),
+]
+
+
+@pytest.mark.parametrize("entry", ["call", "forward"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("corner", CORNERS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_compiled_matches_oracle_corners(corner, dtype, entry):
+    require_compiled()
+    config = dict(cell="lstm", activation="tanh", recurrent_activation="sigmoid",
+                  reset_after=True, dtype=dtype, num_layers=1, bidirectional=False,
+                  input_size=7, hidden_size=9, proj_size=0, batch=5, steps=11,
+                  batch_first=True, memory="strided", entry=entry, masking=True,
+                  initial_state=True, hold_masked_output=True, seed=1234)
+    config.update(corner)
+
+    def must_be_moderate(condition):
+        assert condition, "this corner's values are not moderate: fix the corner"
+
+    check_example(config, discard=must_be_moderate)
+
+
+def test_compiled_backend_is_the_default_after_install():
+    """CI installs the built package: fastgate must pick the compiled kernels by itself."""
+    assert fastgate.backend() == "compiled", (
+        f"fastgate.backend() is {fastgate.backend()!r}: the compiled extension did not "
+        f"load ({fastgate.available_backends()!r} available)")
