@@ -1,0 +1,213 @@
+"""Single-step cells: :class:`LSTMCell`, :class:`GRUCell` and :class:`RNNCell`.
+
+A cell runs one time step, like PyTorch's ``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell``::
+
+    h, c = lstm_cell(x, (h, c))      # x: (B, input_size) or (input_size,)
+    h = gru_cell(x, h)
+
+Each cell is a one-layer, one-direction fastgate layer (:mod:`fastgate.layers`) run over a
+single step, so it uses the same weights layout (:class:`~fastgate.layout.CellWeights`), the
+same validation and the same backends.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import numpy as np
+
+from .errors import ConfigError, ShapeError
+from .layers import GRU, LSTM, RecurrentLayer, SimpleRNN, _cell_weights, as_array
+from .layout import CellWeights
+from .serialization import save, serializable
+
+__all__ = ["LSTMCell", "GRUCell", "RNNCell"]
+
+State = Union[np.ndarray, tuple]
+
+
+class _Cell:
+    """Shared machinery of the cells: a one-layer fastgate layer run for one step."""
+
+    layer_class: type[RecurrentLayer] = RecurrentLayer
+
+    def __init__(self, weights: CellWeights, **options: Any) -> None:
+        name = type(self).__name__
+        if isinstance(weights, (list, tuple)) and len(weights) == 1 and not isinstance(
+                weights, CellWeights):
+            weights = weights[0]
+        weights = _cell_weights(weights, name)
+        if options.get("bidirectional") or options.get("batch_first"):
+            raise ConfigError(f"{name} is one step of one direction: no bidirectional or "
+                              f"batch_first")
+        self.layer = self.layer_class([weights], **options)
+
+    # ------------------------------------------------------------------ description
+    @property
+    def weights(self) -> CellWeights:
+        """The cell's weights in fastgate's internal layout."""
+        return self.layer.weights[0]
+
+    @property
+    def input_size(self) -> int:
+        return self.layer.input_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.layer.hidden_size
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.layer.dtype
+
+    @property
+    def activation(self) -> str:
+        return self.layer.activation
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor options (everything but the weights), JSON-serialisable."""
+        config = self.layer.get_config()
+        del config["bidirectional"], config["batch_first"]
+        return config
+
+    def __repr__(self) -> str:
+        parts = [f"input_size={self.input_size}", f"hidden_size={self.hidden_size}"]
+        defaults = {"activation": "tanh", "recurrent_activation": "sigmoid",
+                    "reset_after": True}
+        for key, value in self.get_config().items():
+            if key != "dtype" and defaults.get(key) != value:
+                parts.append(f"{key}={value!r}")
+        parts.append(f"dtype={self.dtype.name}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def _get_spec(self) -> dict[str, Any]:
+        weights = {k: v for k, v in self.weights._asdict().items() if v is not None}
+        return {"config": self.get_config(), "weights": weights}
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "_Cell":
+        return cls(CellWeights(**spec["weights"]), **spec["config"])
+
+    def save(self, path: str) -> None:
+        """Save this cell in fastgate's own format (:mod:`fastgate.serialization`)."""
+        save(self, path)
+
+    def to_torch_state_dict(self, prefix: str = "", *, bias: bool | None = None
+                            ) -> dict[str, np.ndarray]:
+        """The weights as a PyTorch cell's state_dict (NumPy arrays, PyTorch's keys).
+
+        See :func:`fastgate.importers.torch.to_torch_state_dict`.
+        """
+        from .importers.torch import to_torch_state_dict
+
+        return to_torch_state_dict(self, prefix, bias=bias)
+
+    # ------------------------------------------------------------------ calling
+    def _state_array(self, value: Any, label: str, width: int, batch: int,
+                     unbatched: bool) -> np.ndarray:
+        name = type(self).__name__
+        array = as_array(value, self.dtype, f"{name} {label}")
+        expected = (width,) if unbatched else (batch, width)
+        if array.shape != expected:
+            raise ShapeError(f"{name} {label}: expected shape {expected}, got {array.shape}")
+        return np.array(array.reshape(1, batch, width), dtype=self.dtype, order="C")
+
+    def _step(self, x: Any, state: State | None
+              ) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        name = type(self).__name__
+        x = as_array(x, self.dtype, f"{name} input")
+        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
+            raise ShapeError(f"{name} input: expected (B, {self.input_size}) or "
+                             f"({self.input_size},), got shape {x.shape}")
+        unbatched = x.ndim == 1
+        batch = 1 if unbatched else x.shape[0]
+        is_lstm = self.layer.cell == "lstm"
+        if state is None:
+            h0 = np.zeros((1, batch, self.layer.output_size), self.dtype)
+            c0 = np.zeros((1, batch, self.hidden_size), self.dtype) if is_lstm else None
+        elif is_lstm:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise ShapeError(f"{name} state: expected a pair (h, c), got "
+                                 f"{type(state).__name__}")
+            h0 = self._state_array(state[0], "h", self.layer.output_size, batch, unbatched)
+            c0 = self._state_array(state[1], "c", self.hidden_size, batch, unbatched)
+        else:
+            h0 = self._state_array(state, "h", self.hidden_size, batch, unbatched)
+            c0 = None
+        steps = np.ascontiguousarray(x.reshape(1, batch, self.input_size))
+        _, h_n, c_n = self.layer.forward(steps, h0, c0)
+        h = h_n[0, 0] if unbatched else h_n[0]
+        c = None if c_n is None else (c_n[0, 0] if unbatched else c_n[0])
+        return h, c, unbatched
+
+
+@serializable
+class LSTMCell(_Cell):
+    """One LSTM step (PyTorch ``nn.LSTMCell``): ``h', c' = cell(x, (h, c))``.
+
+    Parameters
+    ----------
+    weights : CellWeights
+        Gates ``i, f, g, o`` in fastgate's internal layout (:mod:`fastgate.layout`).
+    activation, recurrent_activation : str
+        As for :class:`fastgate.LSTM` (defaults ``"tanh"`` and ``"sigmoid"``).
+    dtype : float32 or float64
+
+    Call with ``x`` of shape ``(B, input_size)`` or ``(input_size,)`` and an optional state
+    ``(h, c)`` of shapes ``(B, hidden_size)`` (or ``(hidden_size,)``); zeros if omitted.
+    Returns the new ``(h, c)``.
+    """
+
+    layer_class = LSTM
+
+    def __init__(self, weights: CellWeights, *, activation: str = "tanh",
+                 recurrent_activation: str = "sigmoid", dtype: Any = np.float32) -> None:
+        super().__init__(weights, activation=activation,
+                         recurrent_activation=recurrent_activation, dtype=dtype)
+        if self.layer.proj_size:
+            raise ConfigError("LSTMCell has no projection (PyTorch's LSTMCell has no proj_size)")
+
+    def __call__(self, x: Any, state: State | None = None) -> tuple[np.ndarray, np.ndarray]:
+        h, c, _ = self._step(x, state)
+        return h, c
+
+
+@serializable
+class GRUCell(_Cell):
+    """One GRU step (PyTorch ``nn.GRUCell``): ``h' = cell(x, h)``.
+
+    Parameters are those of :class:`LSTMCell` (gates ``r, z, n``) plus ``reset_after``
+    (default ``True``, PyTorch's equations); see :class:`fastgate.GRU`.
+    """
+
+    layer_class = GRU
+
+    def __init__(self, weights: CellWeights, *, activation: str = "tanh",
+                 recurrent_activation: str = "sigmoid", reset_after: bool = True,
+                 dtype: Any = np.float32) -> None:
+        super().__init__(weights, activation=activation,
+                         recurrent_activation=recurrent_activation, reset_after=reset_after,
+                         dtype=dtype)
+
+    def __call__(self, x: Any, state: np.ndarray | None = None) -> np.ndarray:
+        h, _, _ = self._step(x, state)
+        return h
+
+
+@serializable
+class RNNCell(_Cell):
+    """One Elman step (PyTorch ``nn.RNNCell``): ``h' = act(x W + b_i + h U + b_h)``.
+
+    ``activation`` defaults to ``"tanh"``; PyTorch's ``nonlinearity="relu"`` is
+    ``activation="relu"``.
+    """
+
+    layer_class = SimpleRNN
+
+    def __init__(self, weights: CellWeights, *, activation: str = "tanh",
+                 dtype: Any = np.float32) -> None:
+        super().__init__(weights, activation=activation, dtype=dtype)
+
+    def __call__(self, x: Any, state: np.ndarray | None = None) -> np.ndarray:
+        h, _, _ = self._step(x, state)
+        return h
