@@ -19,13 +19,15 @@ from .errors import (BackendError, ConfigError, DTypeError, FastgateError, Input
 from .layers import GRU, LSTM, RecurrentLayer, SimpleRNN
 from .layout import GATE_ORDERS, CellWeights, reorder_gates
 from .ops import Dense, Embedding
+from .cells import GRUCell, LSTMCell, RNNCell
+from .importers.torch import from_torch
 from .serialization import save
 from .threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "LSTM", "GRU", "SimpleRNN", "RecurrentLayer", "Dense", "Embedding", "save", "CellWeights", "GATE_ORDERS",
+    "LSTM", "GRU", "SimpleRNN", "RecurrentLayer", "LSTMCell", "GRUCell", "RNNCell", "from_torch", "Dense", "Embedding", "save", "CellWeights", "GATE_ORDERS",
     "reorder_gates", "backend", "use_backend", "available_backends",
     "FastgateError", "ConfigError", "InputError", "ShapeError", "DTypeError", "WeightFormatError",
     "UnsupportedLayerError", "BackendError", "set_num_threads", "get_num_threads", "__version__",

@@ -254,6 +254,16 @@ class RecurrentLayer:
         """Save this layer in fastgate's own format (:mod:`fastgate.serialization`)."""
         save(self, path)
 
+    def to_torch_state_dict(self, prefix: str = "", *, bias: bool | None = None
+                            ) -> dict[str, np.ndarray]:
+        """The weights as the PyTorch module's state_dict (NumPy arrays, PyTorch's keys).
+
+        See :func:`fastgate.importers.torch.to_torch_state_dict`.
+        """
+        from .importers.torch import to_torch_state_dict
+
+        return to_torch_state_dict(self, prefix, bias=bias)
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_prepared"]  # derived from the weights; rebuilt on unpickling
