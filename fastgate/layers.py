@@ -401,6 +401,44 @@ class RecurrentLayer:
                 hold_masked_output, out.reshape(steps * batch, width))
         return out, h0, c0
 
+    # ------------------------------------------------------------------ streaming
+    def initial_state(self, batch_size: int = 1) -> State:
+        """The zero state for ``batch_size`` sequences (LSTM: the pair ``(h, c)``).
+
+        States are plain NumPy arrays: a service may store them between requests (pickle,
+        ``np.save``...) and resume a sequence later with :meth:`step`.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 0:
+            raise ConfigError(f"batch_size must be a non-negative integer, got {batch_size!r}")
+        h0, c0 = self._initial_state(None, int(batch_size), False)
+        return (h0, c0) if self.cell == "lstm" else h0
+
+    def step(self, x: ArrayLike, state: State | None = None) -> tuple[np.ndarray, State]:
+        """Advance sequences by one step ``(B, D)`` or a chunk of steps ``(B, T, D)``.
+
+        Always batch-major, whatever ``batch_first`` says. Feeding a sequence step by step
+        or chunk by chunk gives the outputs of one call on the whole sequence. ``state`` (from
+        :meth:`initial_state` or a previous ``step``; zeros if ``None``) is not modified; the
+        new state is returned.
+
+        Returns ``(y, state)``: ``y`` is ``(B, output_size)`` for one step, ``(B, T,
+        output_size)`` for a chunk.
+        """
+        if self.bidirectional:
+            raise ConfigError(f"{type(self).__name__}: a bidirectional layer cannot stream: "
+                              f"its reverse direction needs the whole sequence")
+        x = as_array(x, self.dtype, f"{type(self).__name__} step input")
+        if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
+            raise ShapeError(f"{type(self).__name__} step input: expected (B, D) or (B, T, D) "
+                             f"with D={self.input_size}, got shape {x.shape}")
+        single = x.ndim == 2
+        chunk = x[:, None, :] if single else x
+        h0, c0 = self._initial_state(state, chunk.shape[0], False)
+        out, h_n, c_n = self.forward(chunk, h0, c0, batch_major=True)
+        y = out[:, 0] if single else out
+        return y, ((h_n, c_n) if self.cell == "lstm" else h_n)
+
     @property
     def _activation_codes(self) -> tuple[int, int]:
         return activation_code(self.activation), activation_code(self.recurrent_activation)
