@@ -1,4 +1,8 @@
-"""Non-recurrent building blocks that recurrent models are served with: Dense, Embedding.
+"""The building blocks that recurrent models are served with, besides the recurrent layers.
+
+Dense and Embedding are usable on their own; every class here is also a step of a
+:class:`fastgate.Model` (``op.apply(x, mask)``), including :class:`Recurrent` and
+:class:`Bidirectional`, which run the recurrent layers with Keras' options.
 
 They follow the same rules as the recurrent layers: weights validated and converted once at
 construction, cheap calls, fastgate errors on bad input, ``.fastgate`` serialization.
@@ -11,11 +15,12 @@ from typing import Any
 import numpy as np
 
 from .activations import activation_function, canonical_name
-from .errors import DTypeError, InputError, ShapeError
+from .errors import ConfigError, DTypeError, InputError, ShapeError
 from .layers import _as_float_dtype, as_array
 from .serialization import save, serializable
 
-__all__ = ["Dense", "Embedding"]
+__all__ = ["Dense", "Embedding", "Activation", "Masking", "Flatten", "GlobalPooling1D",
+           "RepeatVector", "Recurrent", "Bidirectional", "AXIS_ACTIVATIONS"]
 
 
 @serializable
@@ -60,6 +65,10 @@ class Dense:
             y += self.bias
         return self._act(y) if self.activation != "linear" else y
 
+    def apply(self, x: Any, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Model step (see :class:`fastgate.Model`): the mask passes through unchanged."""
+        return self(x), mask
+
     def _get_spec(self) -> dict[str, Any]:
         return {"kernel": self.kernel, "bias": self.bias, "activation": self.activation,
                 "dtype": self.dtype.name}
@@ -84,11 +93,13 @@ class Embedding:
     """Lookup table: integer ids ``(...)`` -> vectors ``(..., embedding_dim)``.
 
     Ids must be integers in ``[0, num_embeddings)``; anything else raises
-    :class:`~fastgate.errors.InputError` (never an out-of-bounds read).
+    :class:`~fastgate.errors.InputError` (never an out-of-bounds read). With ``mask_zero``
+    (Keras), id 0 is padding: inside a :class:`fastgate.Model` it masks its step.
     """
 
-    def __init__(self, table: Any, *, dtype: Any = np.float32) -> None:
+    def __init__(self, table: Any, *, dtype: Any = np.float32, mask_zero: bool = False) -> None:
         self.dtype = _as_float_dtype(dtype)
+        self.mask_zero = bool(mask_zero)
         self.table = np.ascontiguousarray(as_array(table, self.dtype, "Embedding table"))
         if self.table.ndim != 2:
             raise ShapeError(f"Embedding table: expected (num_embeddings, embedding_dim), got "
@@ -115,17 +126,399 @@ class Embedding:
                              f"{ids.min()} and max {ids.max()}")
         return self.table[ids]
 
+    def apply(self, ids: Any, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Model step: ``mask_zero`` makes the mask ``ids != 0``; otherwise there is none."""
+        vectors = self(ids)
+        return vectors, (np.asarray(ids) != 0 if self.mask_zero else None)
+
     def _get_spec(self) -> dict[str, Any]:
-        return {"table": self.table, "dtype": self.dtype.name}
+        return {"table": self.table, "dtype": self.dtype.name, "mask_zero": self.mask_zero}
 
     @classmethod
     def _from_spec(cls, spec: dict[str, Any]) -> "Embedding":
-        return cls(spec["table"], dtype=spec["dtype"])
+        return cls(spec["table"], dtype=spec["dtype"], mask_zero=spec.get("mask_zero", False))
 
     def save(self, path: str) -> None:
         """Save in fastgate's own format."""
         save(self, path)
 
     def __repr__(self) -> str:
+        zero = ", mask_zero=True" if self.mask_zero else ""
         return (f"Embedding(num_embeddings={self.num_embeddings}, "
-                f"embedding_dim={self.embedding_dim}, dtype={self.dtype.name})")
+                f"embedding_dim={self.embedding_dim}{zero}, dtype={self.dtype.name})")
+
+
+# ---------------------------------------------------------------------------------------
+# Model steps. Inside a :class:`fastgate.Model` every op is called as
+# ``outputs, mask = op.apply(x, mask)``: ``mask`` is ``None`` or a ``(B, T)`` bool array of
+# valid steps, and an op with several outputs returns a tuple of outputs and a tuple of
+# masks. The rules of which op keeps, makes or drops the mask are Keras' (Keras is the
+# framework that has masks); each class says which it follows.
+# ---------------------------------------------------------------------------------------
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    shifted = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return shifted / np.sum(shifted, axis=-1, keepdims=True)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - np.max(x, axis=-1, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+#: Activations over the last axis, not elementwise (so not usable inside a recurrent cell).
+AXIS_ACTIVATIONS = {"softmax": _softmax, "log_softmax": _log_softmax}
+
+
+def _float_input(x: Any, dtype: np.dtype, what: str, ndim: tuple[int, ...]) -> np.ndarray:
+    x = as_array(x, dtype, what)
+    if x.ndim not in ndim:
+        expected = " or ".join(f"{n}-d" for n in ndim)
+        raise ShapeError(f"{what}: expected a {expected} array, got shape {x.shape}")
+    return x
+
+
+@serializable
+class Activation:
+    """An activation on its own: elementwise (:mod:`fastgate.activations`) or ``"softmax"`` /
+    ``"log_softmax"`` over the last axis. Keeps the mask (Keras ``Activation``)."""
+
+    def __init__(self, activation: str, *, dtype: Any = np.float32) -> None:
+        self.dtype = _as_float_dtype(dtype)
+        if activation in AXIS_ACTIVATIONS:
+            self.activation = activation
+            self._act = AXIS_ACTIVATIONS[activation]
+        else:
+            self.activation = canonical_name(activation)
+            self._act = activation_function(self.activation)
+
+    def apply(self, x: Any, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        x = as_array(x, self.dtype, "Activation input")
+        with np.errstate(over="ignore"):
+            return self._act(x).astype(self.dtype, copy=False), mask
+
+    def _get_spec(self) -> dict[str, Any]:
+        return {"activation": self.activation, "dtype": self.dtype.name}
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "Activation":
+        return cls(spec["activation"], dtype=spec["dtype"])
+
+    def __repr__(self) -> str:
+        return f"Activation({self.activation!r})"
+
+
+@serializable
+class Masking:
+    """Keras ``Masking``: a step whose features all equal ``mask_value`` is masked.
+
+    Makes the mask ``any(x != mask_value, axis=-1)`` and zeroes the masked steps of ``x``.
+    """
+
+    def __init__(self, mask_value: float = 0.0, *, dtype: Any = np.float32) -> None:
+        self.dtype = _as_float_dtype(dtype)
+        self.mask_value = float(mask_value)
+
+    def apply(self, x: Any, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        x = _float_input(x, self.dtype, "Masking input", (3,))
+        keep = np.any(x != self.mask_value, axis=-1)
+        return x * keep[..., None].astype(self.dtype), keep
+
+    def _get_spec(self) -> dict[str, Any]:
+        return {"mask_value": self.mask_value, "dtype": self.dtype.name}
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "Masking":
+        return cls(spec["mask_value"], dtype=spec["dtype"])
+
+    def __repr__(self) -> str:
+        return f"Masking(mask_value={self.mask_value!r})"
+
+
+@serializable
+class Flatten:
+    """``(B, ...) -> (B, prod(...))``. Drops the mask (Keras ``Flatten``)."""
+
+    def __init__(self, *, dtype: Any = np.float32) -> None:
+        self.dtype = _as_float_dtype(dtype)
+
+    def apply(self, x: Any, mask: np.ndarray | None) -> tuple[np.ndarray, None]:
+        x = as_array(x, self.dtype, "Flatten input")
+        if x.ndim == 0:
+            raise ShapeError("Flatten input: expected a batch, got a scalar")
+        return x.reshape(x.shape[0], -1), None
+
+    def _get_spec(self) -> dict[str, Any]:
+        return {"dtype": self.dtype.name}
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "Flatten":
+        return cls(dtype=spec["dtype"])
+
+    def __repr__(self) -> str:
+        return "Flatten()"
+
+
+@serializable
+class GlobalPooling1D:
+    """Max or average over the steps axis of ``(B, T, F)`` (``steps_axis=2``: ``(B, F, T)``).
+
+    ``"average"`` counts only the valid steps when a mask is given (Keras
+    ``GlobalAveragePooling1D``: ``sum(x * mask) / sum(mask)``, NaN when no step is valid);
+    ``"max"`` ignores the mask (Keras ``GlobalMaxPooling1D``). Both drop the mask.
+    """
+
+    def __init__(self, mode: str, *, steps_axis: int = 1, keepdims: bool = False,
+                 dtype: Any = np.float32) -> None:
+        if mode not in ("max", "average"):
+            raise ConfigError(f"GlobalPooling1D mode must be 'max' or 'average', got {mode!r}")
+        if steps_axis not in (1, 2):
+            raise ConfigError(f"GlobalPooling1D steps_axis must be 1 or 2, got {steps_axis!r}")
+        self.mode = mode
+        self.steps_axis = int(steps_axis)
+        self.keepdims = bool(keepdims)
+        self.dtype = _as_float_dtype(dtype)
+
+    def apply(self, x: Any, mask: np.ndarray | None) -> tuple[np.ndarray, None]:
+        x = _float_input(x, self.dtype, f"GlobalPooling1D({self.mode!r}) input", (3,))
+        axis = self.steps_axis
+        if self.mode == "max":
+            return np.max(x, axis=axis, keepdims=self.keepdims), None
+        if mask is None:
+            return np.mean(x, axis=axis, keepdims=self.keepdims), None
+        valid = np.expand_dims(mask, 3 - axis).astype(self.dtype)  # (B,T,1) or (B,1,T)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total = np.sum(np.where(valid > 0, x, 0), axis=axis, keepdims=self.keepdims)
+            return (total / np.sum(valid, axis=axis, keepdims=self.keepdims)).astype(
+                self.dtype, copy=False), None
+
+    def _get_spec(self) -> dict[str, Any]:
+        return {"mode": self.mode, "steps_axis": self.steps_axis, "keepdims": self.keepdims,
+                "dtype": self.dtype.name}
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "GlobalPooling1D":
+        return cls(spec["mode"], steps_axis=spec["steps_axis"], keepdims=spec["keepdims"],
+                   dtype=spec["dtype"])
+
+    def __repr__(self) -> str:
+        extra = "" if self.steps_axis == 1 else f", steps_axis={self.steps_axis}"
+        extra += ", keepdims=True" if self.keepdims else ""
+        return f"GlobalPooling1D({self.mode!r}{extra})"
+
+
+@serializable
+class RepeatVector:
+    """``(B, F) -> (B, n, F)``: the same vector at every step (Keras ``RepeatVector``)."""
+
+    def __init__(self, n: int, *, dtype: Any = np.float32) -> None:
+        if int(n) != n or n < 0:
+            raise ConfigError(f"RepeatVector n must be a non-negative integer, got {n!r}")
+        self.n = int(n)
+        self.dtype = _as_float_dtype(dtype)
+
+    def apply(self, x: Any, mask: np.ndarray | None) -> tuple[np.ndarray, None]:
+        x = _float_input(x, self.dtype, "RepeatVector input", (2,))
+        return np.repeat(x[:, None, :], self.n, axis=1), None
+
+    def _get_spec(self) -> dict[str, Any]:
+        return {"n": self.n, "dtype": self.dtype.name}
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "RepeatVector":
+        return cls(spec["n"], dtype=spec["dtype"])
+
+    def __repr__(self) -> str:
+        return f"RepeatVector({self.n})"
+
+
+@serializable
+class Recurrent:
+    """A one-layer, one-direction recurrent layer run the way Keras runs its RNN layers.
+
+    Wraps a :class:`~fastgate.layers.LSTM`, :class:`~fastgate.layers.GRU` or
+    :class:`~fastgate.layers.SimpleRNN` (``num_layers=1``, unidirectional) over batch-major
+    ``(B, T, D)`` inputs, with Keras' options:
+
+    * ``return_sequences``: all outputs ``(B, T, H)``, else the last one ``(B, H)``;
+    * ``return_state``: outputs ``(output, h)`` (LSTM ``(output, h, c)``);
+    * ``go_backwards``: read the steps last to first; the outputs stay in reading order
+      (reversed), as Keras returns them, and the mask passed on is *not* reversed (Keras);
+    * ``stateful``: the final state is kept and is the next call's initial state, until
+      :meth:`reset_states`;
+    * masking: a masked step keeps the state and repeats the previous output (zeros before
+      the first valid step), or outputs zeros with ``zero_output_for_mask``.
+
+    The mask is passed on if ``return_sequences``, else dropped (Keras).
+    """
+
+    def __init__(self, layer: Any, *, return_sequences: bool = False,
+                 return_state: bool = False, go_backwards: bool = False,
+                 stateful: bool = False, zero_output_for_mask: bool = False) -> None:
+        from .layers import RecurrentLayer
+
+        if not isinstance(layer, RecurrentLayer):
+            raise ConfigError(f"Recurrent wraps an LSTM, GRU or SimpleRNN, got "
+                              f"{type(layer).__name__}")
+        if layer.num_layers != 1 or layer.bidirectional or layer.proj_size:
+            raise ConfigError(f"Recurrent wraps one layer, one direction, no projection; got "
+                              f"{layer!r}")
+        self.layer = layer
+        self.return_sequences = bool(return_sequences)
+        self.return_state = bool(return_state)
+        self.go_backwards = bool(go_backwards)
+        self.stateful = bool(stateful)
+        self.zero_output_for_mask = bool(zero_output_for_mask)
+        self.states: tuple[np.ndarray, ...] | None = None
+
+    @property
+    def units(self) -> int:
+        return self.layer.hidden_size
+
+    def reset_states(self) -> None:
+        """Forget the state a stateful layer carried over (the next call starts at zeros)."""
+        self.states = None
+
+    def _initial_state(self, batch: int) -> tuple[np.ndarray, np.ndarray | None]:
+        layer = self.layer
+        is_lstm = layer.cell == "lstm"
+        if self.states is None:
+            zeros = np.zeros((1, batch, layer.hidden_size), layer.dtype)
+            return zeros, (zeros.copy() if is_lstm else None)
+        if self.states[0].shape[0] != batch:
+            raise ShapeError(f"stateful {type(layer).__name__}: the batch size must stay "
+                             f"{self.states[0].shape[0]} (the batch of the carried state), "
+                             f"got {batch}; call reset_states() to change it")
+        h0 = np.array(self.states[0][None], order="C")  # the kernels update it in place
+        c0 = np.array(self.states[1][None], order="C") if is_lstm else None
+        return h0, c0
+
+    def apply(self, x: Any, mask: np.ndarray | None) -> tuple[Any, Any]:
+        layer = self.layer
+        name = type(layer).__name__
+        x = _float_input(x, layer.dtype, f"{name} input", (3,))
+        batch, steps, width = x.shape
+        if width != layer.input_size:
+            raise ShapeError(f"{name} input: expected (B, T, {layer.input_size}), got shape "
+                             f"{x.shape}")
+        if steps == 0:
+            raise ShapeError(f"{name} input: a sequence needs at least one step, got shape "
+                             f"{x.shape}")
+        reading_mask = mask
+        if self.go_backwards:
+            x = x[:, ::-1]
+            reading_mask = None if mask is None else mask[:, ::-1]
+        h0, c0 = self._initial_state(batch)
+        time_major_mask = (None if reading_mask is None
+                           else np.ascontiguousarray(np.asarray(reading_mask, bool).T))
+        out, h_n, c_n = layer.forward(
+            np.ascontiguousarray(x), h0, c0, mask=time_major_mask, batch_major=True,
+            hold_masked_output=not self.zero_output_for_mask)
+        states = (h_n[0],) if c_n is None else (h_n[0], c_n[0])
+        if self.stateful:
+            self.states = tuple(s.copy() for s in states)
+        output = out if self.return_sequences else out[:, -1]
+        output_mask = mask if self.return_sequences else None
+        if self.return_state:
+            return (output,) + states, (output_mask,) + (None,) * len(states)
+        return output, output_mask
+
+    def _get_spec(self) -> dict[str, Any]:
+        return {"layer": self.layer, "return_sequences": self.return_sequences,
+                "return_state": self.return_state, "go_backwards": self.go_backwards,
+                "stateful": self.stateful, "zero_output_for_mask": self.zero_output_for_mask}
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "Recurrent":
+        spec = dict(spec)
+        return cls(spec.pop("layer"), **spec)
+
+    def __repr__(self) -> str:
+        options = [repr(self.layer)]
+        for key in ("return_sequences", "return_state", "go_backwards", "stateful",
+                    "zero_output_for_mask"):
+            if getattr(self, key):
+                options.append(f"{key}=True")
+        return f"Recurrent({', '.join(options)})"
+
+
+_MERGE_MODES = ("concat", "sum", "mul", "ave", None)
+
+
+@serializable
+class Bidirectional:
+    """Keras ``Bidirectional``: a forward and a backward :class:`Recurrent`, merged.
+
+    ``backward`` reads the steps last to first (``go_backwards=True``); with
+    ``return_sequences`` its outputs are flipped back into step order before the merge.
+    ``merge_mode`` is ``"concat"``, ``"sum"``, ``"mul"``, ``"ave"`` or ``None`` (the two
+    outputs separately). With ``return_state`` the states follow: forward's, then backward's.
+    """
+
+    def __init__(self, forward: Recurrent, backward: Recurrent, *,
+                 merge_mode: str | None = "concat") -> None:
+        if merge_mode not in _MERGE_MODES:
+            raise ConfigError(f"Bidirectional merge_mode must be one of {_MERGE_MODES}, got "
+                              f"{merge_mode!r}")
+        for which, op in (("forward", forward), ("backward", backward)):
+            if not isinstance(op, Recurrent):
+                raise ConfigError(f"Bidirectional {which} must be a Recurrent op, got "
+                                  f"{type(op).__name__}")
+        if (forward.return_sequences, forward.return_state) != (
+                backward.return_sequences, backward.return_state):
+            raise ConfigError("Bidirectional: forward and backward must agree on "
+                              "return_sequences and return_state")
+        self.forward = forward
+        self.backward = backward
+        self.merge_mode = merge_mode
+
+    @property
+    def stateful(self) -> bool:
+        return self.forward.stateful or self.backward.stateful
+
+    def reset_states(self) -> None:
+        """Reset both directions' carried states."""
+        self.forward.reset_states()
+        self.backward.reset_states()
+
+    def apply(self, x: Any, mask: np.ndarray | None) -> tuple[tuple, tuple]:
+        y, _ = self.forward.apply(x, mask)
+        y_rev, _ = self.backward.apply(x, mask)
+        states: tuple = ()
+        if self.forward.return_state:
+            states = y[1:] + y_rev[1:]
+            y, y_rev = y[0], y_rev[0]
+        sequences = self.forward.return_sequences
+        if sequences:
+            y_rev = y_rev[:, ::-1]
+        output_mask = mask if sequences else None
+        if self.merge_mode is None:
+            outputs, masks = (y, np.ascontiguousarray(y_rev)), (output_mask, output_mask)
+        else:
+            if self.merge_mode == "concat":
+                merged = np.concatenate([y, y_rev], axis=-1)
+            elif self.merge_mode == "sum":
+                merged = y + y_rev
+            elif self.merge_mode == "ave":
+                merged = (y + y_rev) / 2
+            else:
+                merged = y * y_rev
+            outputs, masks = (merged,), (output_mask,)
+        return outputs + states, masks + (None,) * len(states)
+
+    def _get_spec(self) -> dict[str, Any]:
+        return {"forward": self.forward, "backward": self.backward,
+                "merge_mode": self.merge_mode}
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "Bidirectional":
+        return cls(spec["forward"], spec["backward"], merge_mode=spec["merge_mode"])
+
+    def __repr__(self) -> str:
+        layer = self.forward.layer
+        options = [f"{type(layer).__name__}(input_size={layer.input_size}, "
+                   f"hidden_size={layer.hidden_size})", f"merge_mode={self.merge_mode!r}"]
+        for key in ("return_sequences", "return_state", "stateful"):
+            if getattr(self.forward, key):
+                options.append(f"{key}=True")
+        return f"Bidirectional({', '.join(options)})"

@@ -1,0 +1,639 @@
+"""Keras importer: a saved (or live) Keras model becomes a :class:`fastgate.Model`.
+
+Reads Keras 3 ``.keras`` archives, full-model ``.h5`` files written by Keras 3 and by
+Keras 2 / tf.keras, and weights-only files (``.weights.h5`` in either layout, with the
+architecture given as ``model.to_json()`` text or dict). The file reading is in
+:mod:`fastgate.importers.keras_hdf5`; this module translates a Keras configuration and its
+weights into fastgate ops, and computes nothing itself:
+
+* kernels are already ``x @ W`` (fastgate's layout); gates are reordered with
+  :data:`fastgate.layout.GATE_ORDERS` ``["keras"]`` (GRU ``z r h`` -> ``r z n``);
+* LSTM / SimpleRNN / GRU(``reset_after=False``) have one bias: it is the input bias and the
+  recurrent bias is zero; GRU(``reset_after=True``) stores ``(2, 3H)``: input, recurrent;
+* Keras 2 CuDNNLSTM / CuDNNGRU weights (bias ``8H`` / flat ``6H``) are converted the way
+  tf.keras' ``_convert_rnn_weights`` did (per-gate kernel re-layout, bias halves);
+* ``hard_sigmoid`` is ``0.2 x + 0.5`` in Keras 2 and ``x / 6 + 0.5`` in Keras 3: the saving
+  version decides (:mod:`fastgate.activations`).
+
+Supported: ``Sequential`` and functional models with one input whose layers each take one
+tensor (a chain, possibly with several outputs). Anything else raises
+:class:`~fastgate.errors.UnsupportedLayerError` naming the layer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..activations import canonical_name
+from ..errors import ConfigError, UnsupportedLayerError, WeightFormatError
+from ..layers import GRU, LSTM, SimpleRNN
+from ..layout import GATE_COUNT, CellWeights, reorder_gates
+from ..model import MODEL_INPUT, Model, Node
+from ..ops import (AXIS_ACTIVATIONS, Activation, Bidirectional, Dense, Embedding, Flatten,
+                   GlobalPooling1D, Masking, Recurrent, RepeatVector)
+from .keras_hdf5 import (Keras3Weights, LegacyWeights, is_hdf5, keras3_group_name,
+                         open_hdf5, read_attribute, read_keras_archive)
+
+__all__ = ["load_keras", "from_keras", "from_config", "SUPPORTED_LAYERS"]
+
+_RECURRENT = {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "rnn", "CuDNNLSTM": "lstm",
+              "CuDNNGRU": "gru"}
+_FASTGATE_LAYER = {"lstm": LSTM, "gru": GRU, "rnn": SimpleRNN}
+# Identity at inference; each passes the mask on (Keras: supports_masking = True).
+_IDENTITY = {"Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout"}
+_POOLING = {"GlobalMaxPooling1D": "max", "GlobalMaxPool1D": "max",
+            "GlobalAveragePooling1D": "average", "GlobalAvgPool1D": "average"}
+SUPPORTED_LAYERS = sorted({"InputLayer", "Dense", "Embedding", "Masking", "Activation",
+                           "Flatten", "RepeatVector", "TimeDistributed", "Bidirectional"}
+                          | set(_RECURRENT) | _IDENTITY | set(_POOLING))
+_WEIGHTED = {"Dense", "Embedding", "TimeDistributed", "Bidirectional"} | set(_RECURRENT)
+
+
+@dataclass
+class KerasLayer:
+    """One layer of a Keras configuration."""
+
+    class_name: str
+    name: str
+    config: dict
+    inbound: tuple[str, int] | None = None  # (producing layer, tensor index)
+    weight_group: str | None = None  # Keras 3 weights layout only
+
+
+@dataclass
+class _Context:
+    """What translating a layer needs besides its config: version, weights, file name."""
+
+    keras_major: int
+    get_weights: Callable[[KerasLayer, list[str]], list[tuple[str, np.ndarray]]]
+    path: Any
+    dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
+
+    def unsupported(self, message: str, layer: str) -> UnsupportedLayerError:
+        return UnsupportedLayerError(message, path=self.path, layer=layer)
+
+    def bad_weights(self, message: str, layer: str, tensor: str | None = None
+                    ) -> WeightFormatError:
+        return WeightFormatError(message, path=self.path, layer=layer, tensor=tensor)
+
+    def activation(self, value: Any, layer: str, *, allow_axis: bool = False) -> str:
+        """The fastgate activation computing Keras activation ``value`` of this version."""
+        if isinstance(value, dict):  # Keras 3 may serialize {"class_name": "function", ...}
+            value = value.get("config") if isinstance(value.get("config"), str) else value
+        if value is None:
+            return "linear"
+        if value == "hard_sigmoid":
+            # Keras 2: clip(0.2 x + 0.5); Keras 3: clip(x / 6 + 0.5).
+            return "hard_sigmoid_keras2" if self.keras_major < 3 else "hard_sigmoid"
+        if isinstance(value, str) and value in AXIS_ACTIVATIONS:
+            if allow_axis:
+                return value
+            raise self.unsupported(f"activation {value!r} inside a recurrent cell is not "
+                                   f"supported", layer)
+        try:
+            return canonical_name(value)
+        except ConfigError:
+            raise self.unsupported(f"activation {value!r} is not supported", layer) from None
+
+
+# ----------------------------------------------------------------------------- weights
+def _expect(ctx: _Context, weights: list[tuple[str, np.ndarray]], count: int, layer: str,
+            what: str) -> list[tuple[str, np.ndarray]]:
+    if len(weights) != count:
+        names = [name for name, _ in weights]
+        raise ctx.bad_weights(f"expected {count} weight arrays ({what}), found "
+                              f"{len(weights)}: {names}", layer)
+    return weights
+
+
+def _check_shape(ctx: _Context, entry: tuple[str, np.ndarray], shape: tuple, layer: str
+                 ) -> np.ndarray:
+    name, array = entry
+    if array.shape != shape:
+        raise ctx.bad_weights(f"has shape {array.shape}, expected {shape}", layer, name)
+    return array
+
+
+def _from_cudnn_kernels(kernel: np.ndarray, recurrent_kernel: np.ndarray, gates: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """tf.keras' CuDNN -> Keras kernel conversion (``_convert_rnn_weights``), per gate."""
+    kernel = np.hstack([k.T.reshape(k.shape, order="F") for k in np.hsplit(kernel, gates)])
+    recurrent_kernel = np.hstack([k.T for k in np.hsplit(recurrent_kernel, gates)])
+    return kernel, recurrent_kernel
+
+
+def _recurrent(ctx: _Context, class_name: str, config: dict,
+               weights: list[tuple[str, np.ndarray]], layer: str, *,
+               zero_output_for_mask: bool | None = None) -> Recurrent:
+    cell = _RECURRENT[class_name]
+    cudnn_class = class_name.startswith("CuDNN")
+    if config.get("time_major"):
+        raise ctx.unsupported(f"{class_name} option time_major=True is not supported", layer)
+    units = int(config["units"])
+    gates = GATE_COUNT[cell]
+    use_bias = True if cudnn_class else bool(config.get("use_bias", True))
+    reset_after = True if cudnn_class else bool(config.get("reset_after", True))
+    weights = _expect(ctx, weights, 3 if use_bias else 2, layer,
+                      "kernel, recurrent_kernel" + (", bias" if use_bias else ""))
+    kernel = weights[0][1]
+    if kernel.ndim != 2 or kernel.shape[1] != gates * units:
+        raise ctx.bad_weights(f"has shape {kernel.shape}, expected (input_size, "
+                              f"{gates * units})", layer, weights[0][0])
+    recurrent_kernel = _check_shape(ctx, weights[1], (units, gates * units), layer)
+    zeros = np.zeros(gates * units, kernel.dtype)
+    input_bias, recurrent_bias = zeros, zeros
+    from_cudnn = cudnn_class
+    if use_bias:
+        bias_name, bias = weights[2]
+        if cell == "lstm" and bias.shape == (8 * units,):
+            from_cudnn = True  # CuDNNLSTM: input biases, then recurrent biases
+            input_bias, recurrent_bias = bias[:4 * units], bias[4 * units:]
+        elif cell == "lstm" and bias.shape == (4 * units,) and not cudnn_class:
+            input_bias = bias
+        elif cell == "gru" and reset_after and bias.shape == (6 * units,):
+            from_cudnn = True  # CuDNNGRU: flat (input, recurrent)
+            input_bias, recurrent_bias = bias[:3 * units], bias[3 * units:]
+        elif cell == "gru" and reset_after and bias.shape == (2, 3 * units) and not cudnn_class:
+            input_bias, recurrent_bias = bias[0], bias[1]
+        elif cell == "gru" and not reset_after and bias.shape == (3 * units,):
+            input_bias = bias
+        elif cell == "rnn" and bias.shape == (units,):
+            input_bias = bias
+        else:
+            expected = {"lstm": f"({4 * units},), or ({8 * units},) from CuDNNLSTM",
+                        "rnn": f"({units},)"}.get(cell)
+            if cell == "gru":
+                expected = (f"(2, {3 * units}), or ({6 * units},) from CuDNNGRU"
+                            if reset_after else f"({3 * units},)")
+                if not reset_after and bias.shape in ((6 * units,), (2, 3 * units)):
+                    expected += ("; weights of a CuDNNGRU or GRU(reset_after=True) cannot be "
+                                 "used by GRU(reset_after=False)")
+                elif reset_after and bias.shape == (3 * units,):
+                    expected += ("; weights of GRU(reset_after=False) cannot be used by "
+                                 "GRU(reset_after=True)")
+            raise ctx.bad_weights(f"has shape {bias.shape}, expected {expected}", layer,
+                                  bias_name)
+    if from_cudnn:
+        kernel, recurrent_kernel = _from_cudnn_kernels(kernel, recurrent_kernel, gates)
+    cell_weights = CellWeights(*(reorder_gates(array, cell, "keras") for array in
+                                 (kernel, recurrent_kernel, input_bias, recurrent_bias)))
+    options: dict[str, Any] = {
+        "activation": "tanh" if cudnn_class else ctx.activation(
+            config.get("activation", "tanh"), layer)}
+    if cell != "rnn":
+        options["recurrent_activation"] = "sigmoid" if cudnn_class else ctx.activation(
+            config.get("recurrent_activation", "sigmoid"), layer)
+    if cell == "gru":
+        options["reset_after"] = reset_after
+    fastgate_layer = _FASTGATE_LAYER[cell]([cell_weights], dtype=ctx.dtype, batch_first=True,
+                                           **options)
+    if zero_output_for_mask is None:
+        zero_output_for_mask = bool(config.get("zero_output_for_mask", False))
+    return Recurrent(fastgate_layer, return_sequences=bool(config.get("return_sequences")),
+                     return_state=bool(config.get("return_state")),
+                     go_backwards=bool(config.get("go_backwards")),
+                     stateful=bool(config.get("stateful")),
+                     zero_output_for_mask=zero_output_for_mask)
+
+
+def _dense(ctx: _Context, config: dict, weights: list[tuple[str, np.ndarray]], layer: str
+           ) -> list[tuple[str, Any]]:
+    units = int(config["units"])
+    use_bias = bool(config.get("use_bias", True))
+    weights = _expect(ctx, weights, 2 if use_bias else 1, layer,
+                      "kernel, bias" if use_bias else "kernel")
+    kernel = weights[0][1]
+    if kernel.ndim != 2 or kernel.shape[1] != units:
+        raise ctx.bad_weights(f"has shape {kernel.shape}, expected (in_features, {units})",
+                              layer, weights[0][0])
+    bias = _check_shape(ctx, weights[1], (units,), layer) if use_bias else None
+    activation = ctx.activation(config.get("activation", "linear"), layer, allow_axis=True)
+    if activation in AXIS_ACTIVATIONS:
+        return [("", Dense(kernel, bias, dtype=ctx.dtype)),
+                (f".{activation}", Activation(activation, dtype=ctx.dtype))]
+    return [("", Dense(kernel, bias, activation=activation, dtype=ctx.dtype))]
+
+
+# ----------------------------------------------------------------------------- layers
+def _translate(ctx: _Context, layer: KerasLayer) -> list[tuple[str, Any]]:
+    """The fastgate ops of one Keras layer, as ``(name suffix, op)``; ``[]`` for identity."""
+    kind, config, name = layer.class_name, layer.config, layer.name
+    if kind in _IDENTITY:
+        return []
+    if kind == "Masking":
+        return [("", Masking(config.get("mask_value", 0.0), dtype=ctx.dtype))]
+    if kind == "Activation":
+        return [("", Activation(ctx.activation(config.get("activation"), name,
+                                               allow_axis=True), dtype=ctx.dtype))]
+    if kind == "Flatten":
+        if config.get("data_format", "channels_last") not in (None, "channels_last"):
+            raise ctx.unsupported("Flatten with data_format='channels_first' is not "
+                                  "supported", name)
+        return [("", Flatten(dtype=ctx.dtype))]
+    if kind in _POOLING:
+        steps_axis = 2 if config.get("data_format") == "channels_first" else 1
+        return [("", GlobalPooling1D(_POOLING[kind], steps_axis=steps_axis,
+                                     keepdims=bool(config.get("keepdims", False)),
+                                     dtype=ctx.dtype))]
+    if kind == "RepeatVector":
+        return [("", RepeatVector(config["n"], dtype=ctx.dtype))]
+    if kind == "Dense":
+        return _dense(ctx, config, ctx.get_weights(layer, [""]), name)
+    if kind == "Embedding":
+        shape = (int(config["input_dim"]), int(config["output_dim"]))
+        weights = _expect(ctx, ctx.get_weights(layer, [""]), 1, name, "embeddings")
+        table = _check_shape(ctx, weights[0], shape, name)
+        return [("", Embedding(table, dtype=ctx.dtype,
+                               mask_zero=bool(config.get("mask_zero", False))))]
+    if kind in _RECURRENT:
+        return [("", _recurrent(ctx, kind, config, ctx.get_weights(layer, ["cell"]), name))]
+    if kind == "TimeDistributed":
+        inner = config.get("layer") or {}
+        if inner.get("class_name") != "Dense":
+            raise ctx.unsupported(f"TimeDistributed({inner.get('class_name')}) is not "
+                                  f"supported (only TimeDistributed(Dense))", name)
+        # Dense acts on the last axis of any input, which is what TimeDistributed(Dense) does.
+        return _dense(ctx, inner.get("config", {}), ctx.get_weights(layer, ["layer"]), name)
+    if kind == "Bidirectional":
+        return [("", _bidirectional(ctx, layer))]
+    raise ctx.unsupported(f"layer class {kind!r} is not supported (supported: "
+                          f"{', '.join(SUPPORTED_LAYERS)})", name)
+
+
+def _bidirectional(ctx: _Context, layer: KerasLayer) -> Bidirectional:
+    config, name = layer.config, layer.name
+    forward = config.get("layer") or {}
+    backward = config.get("backward_layer")
+    if backward is None:  # Keras builds it as a copy reading the other way
+        backward = {"class_name": forward.get("class_name"),
+                    "config": dict(forward.get("config", {}),
+                                   go_backwards=not forward.get("config", {}).get(
+                                       "go_backwards", False))}
+    for inner in (forward, backward):
+        if inner.get("class_name") not in _RECURRENT:
+            raise ctx.unsupported(f"Bidirectional({inner.get('class_name')}) is not "
+                                  f"supported", name)
+    weights = ctx.get_weights(layer, ["forward_layer/cell", "backward_layer/cell"])
+    forward_count = 3 if forward["config"].get("use_bias", True) else 2
+    if forward["class_name"].startswith("CuDNN"):
+        forward_count = 3
+    # Keras forces zero_output_for_mask = return_sequences on both directions.
+    ops = []
+    for inner, part in ((forward, weights[:forward_count]), (backward, weights[forward_count:])):
+        inner_name = f"{name}/{inner['config'].get('name', inner['class_name'])}"
+        ops.append(_recurrent(ctx, inner["class_name"], inner["config"], part, inner_name,
+                              zero_output_for_mask=bool(
+                                  inner["config"].get("return_sequences"))))
+    merge_mode = config.get("merge_mode", "concat")
+    if merge_mode not in ("concat", "sum", "mul", "ave", None):
+        raise ctx.unsupported(f"Bidirectional merge_mode {merge_mode!r} is not supported", name)
+    return Bidirectional(ops[0], ops[1], merge_mode=merge_mode)
+
+
+def _output_count(op: Any) -> int:
+    if isinstance(op, Recurrent):
+        return 1 + (len(op.layer.state_shapes) if op.return_state else 0)
+    if isinstance(op, Bidirectional):
+        states = 2 * len(op.forward.layer.state_shapes) if op.forward.return_state else 0
+        return (2 if op.merge_mode is None else 1) + states
+    return 1
+
+
+# ----------------------------------------------------------------------------- configs
+def _keras_tensors(value: Any) -> list[tuple[str, int]]:
+    """Every Keras 3 ``__keras_tensor__`` reference inside ``value``: (layer, tensor index)."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            history = value.get("config", {}).get("keras_history", [])
+            return [(str(history[0]), int(history[2]))]
+        return [t for v in value.values() for t in _keras_tensors(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _keras_tensors(v)]
+    return []
+
+
+def _inbound(entry: dict, path: Any) -> tuple[str, int] | None:
+    """The one input tensor of a functional layer, ``None`` for an input layer."""
+    name = entry.get("name") or entry.get("config", {}).get("name")
+    nodes = entry.get("inbound_nodes") or []
+    if not nodes:
+        return None
+    if len(nodes) > 1:
+        raise UnsupportedLayerError(f"{entry.get('class_name')} is called {len(nodes)} times "
+                                    f"(shared layers are not supported)", path=path, layer=name)
+    node = nodes[0]
+    if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
+        tensors = _keras_tensors(node.get("args", []))
+        extra = sorted(key for key, value in (node.get("kwargs") or {}).items()
+                       if key != "mask" and _keras_tensors(value))
+    else:  # Keras 2: [[layer, node_index, tensor_index, kwargs], ...]
+        tensors = [(str(t[0]), int(t[2])) for t in node]
+        extra = sorted(key for t in node if len(t) > 3 and isinstance(t[3], dict)
+                       for key in t[3] if key not in ("mask", "training"))
+    if extra:
+        raise UnsupportedLayerError(f"{entry.get('class_name')} is called with {extra} "
+                                    f"(only single-input layers are supported)", path=path,
+                                    layer=name)
+    if len(tensors) != 1:
+        raise UnsupportedLayerError(f"{entry.get('class_name')} takes {len(tensors)} inputs "
+                                    f"(only chains of single-input layers are supported)",
+                                    path=path, layer=name)
+    return tensors[0]
+
+
+def _batch_shape(config: dict) -> list | None:
+    for key in ("batch_shape", "batch_input_shape"):
+        if config.get(key) is not None:
+            return list(config[key])
+    return None
+
+
+def _refs(value: Any) -> list[tuple[str, int]]:
+    """Keras ``input_layers`` / ``output_layers``: one ``[name, node, index]`` or a list."""
+    if isinstance(value, list) and value and isinstance(value[0], str):
+        value = [value]
+    return [(str(v[0]), int(v[2])) for v in (value or [])]
+
+
+def _parse(config: dict, path: Any) -> tuple[str, list[KerasLayer], list | None, str | None,
+                                             list[tuple[str, int]] | None]:
+    """``(model name, layers, input batch shape, input layer name, outputs)``."""
+    kind = config.get("class_name")
+    body = config.get("config")
+    if not isinstance(body, dict) or not isinstance(body.get("layers"), list):
+        raise WeightFormatError("the architecture is not a Keras model configuration "
+                                "(no config.layers)", path=path)
+    model_name = str(body.get("name", "model"))
+    layers = []
+    for entry in body["layers"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+            raise WeightFormatError(f"malformed layer entry in the configuration: "
+                                    f"{str(entry)[:200]}", path=path)
+        layer_name = str(entry.get("name") or entry["config"].get("name"))
+        layers.append(KerasLayer(str(entry.get("class_name")), layer_name, entry["config"]))
+    if kind == "Sequential":
+        shape = None
+        for layer in layers[:1]:
+            shape = _batch_shape(layer.config)
+        if shape is None and body.get("build_input_shape"):
+            shape = list(body["build_input_shape"])
+        for k, layer in enumerate(layers):
+            if k and layer.class_name == "InputLayer":
+                raise UnsupportedLayerError("InputLayer inside a Sequential model",
+                                            path=path, layer=layer.name)
+        return model_name, layers, shape, None, None
+    if kind not in ("Functional", "Model"):
+        raise UnsupportedLayerError(f"model class {kind!r} is not supported (Sequential or "
+                                    f"functional models only; subclassed models have no "
+                                    f"architecture to read)", path=path, layer=model_name)
+    for entry, layer in zip(body["layers"], layers):
+        layer.inbound = _inbound(entry, path) if layer.class_name != "InputLayer" else None
+    inputs = _refs(body.get("input_layers"))
+    if len(inputs) != 1:
+        raise UnsupportedLayerError(f"the model has {len(inputs)} inputs; only one is "
+                                    f"supported", path=path, layer=model_name)
+    by_name = {layer.name: layer for layer in layers}
+    input_layer = by_name.get(inputs[0][0])
+    if input_layer is None:
+        raise WeightFormatError(f"input layer {inputs[0][0]!r} is not in the configuration",
+                                path=path)
+    return (model_name, layers, _batch_shape(input_layer.config), input_layer.name,
+            _refs(body.get("output_layers")))
+
+
+def _needed(layers: list[KerasLayer], outputs: list[tuple[str, int]], input_name: str,
+            path: Any) -> set[str]:
+    """The layers on a path from the input to an output (Keras 3 also lists the small ops
+    that compute masks; those feed only ``mask=`` arguments and are not needed)."""
+    by_name = {layer.name: layer for layer in layers}
+    needed: set[str] = set()
+    stack = [name for name, _ in outputs]
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        layer = by_name.get(name)
+        if layer is None:
+            raise WeightFormatError(f"layer {name!r} is referenced but not in the "
+                                    f"configuration", path=path)
+        needed.add(name)
+        if layer.inbound is not None:
+            stack.append(layer.inbound[0])
+        elif name != input_name:
+            raise UnsupportedLayerError(f"{layer.class_name} has no input and is not the "
+                                        f"model input", path=path, layer=name)
+    return needed
+
+
+def _keras_major(version: Any, config: dict) -> int:
+    """Major Keras version that saved ``config``; inferred from the config if unknown."""
+    if version:
+        try:
+            return int(str(version).split(".")[0])
+        except ValueError:
+            pass
+    text = json.dumps(config)
+    return 2 if ('"batch_input_shape"' in text or '"time_major"' in text) else 3
+
+
+def from_config(config: dict | str, weights: Any, *, keras_version: str | None = None,
+                path: Any = None) -> Model:
+    """Build a :class:`~fastgate.Model` from a Keras model configuration and its weights.
+
+    ``config`` is ``model.to_json()`` text or its dict; ``weights`` a
+    :class:`~fastgate.importers.keras_hdf5.LegacyWeights`,
+    :class:`~fastgate.importers.keras_hdf5.Keras3Weights`, or a mapping
+    ``layer name -> list of (tensor name, array)`` in ``layer.weights`` order.
+    """
+    if isinstance(config, (str, bytes)):
+        try:
+            config = json.loads(config)
+        except ValueError as error:
+            raise WeightFormatError(f"the architecture is not valid JSON: {error}",
+                                    path=path) from error
+    if not isinstance(config, dict):
+        raise WeightFormatError("the architecture must be a Keras model config (dict or "
+                                "JSON text)", path=path)
+    keras_version = config.get("keras_version") or keras_version
+    model_name, layers, input_shape, input_name, outputs = _parse(config, path)
+
+    if isinstance(weights, Keras3Weights):
+        used: dict[str, int] = {}
+        for layer in layers:
+            layer.weight_group = keras3_group_name(layer.class_name, used)
+
+        def get_weights(layer: KerasLayer, parts: list[str]) -> list[tuple[str, np.ndarray]]:
+            return weights.get(layer.weight_group or "", parts, layer.name)
+    elif isinstance(weights, LegacyWeights):
+        weighted = [layer.name for layer in layers if layer.class_name in _WEIGHTED]
+        if not all(weights.has_layer(name) for name in weighted):
+            weights.pair_by_order(weighted)
+
+        def get_weights(layer: KerasLayer, parts: list[str]) -> list[tuple[str, np.ndarray]]:
+            return weights.get(layer.name)
+    else:
+        def get_weights(layer: KerasLayer, parts: list[str]) -> list[tuple[str, np.ndarray]]:
+            if layer.name not in weights:
+                raise WeightFormatError("no weights for this layer", path=path, layer=layer.name)
+            return list(weights[layer.name])
+
+    ctx = _Context(_keras_major(keras_version, config), get_weights, path)
+
+    nodes: list[Node] = []
+    last_node: dict[str, int] = {}  # Keras layer -> its last fastgate node
+    passthrough: dict[str, tuple[int, int]] = {}  # identity layer -> what it passes on
+
+    def resolve(ref: tuple[str, int], consumer: str) -> tuple[int, int]:
+        name, index = ref
+        if name == input_name:
+            return (MODEL_INPUT, 0)
+        if name in passthrough:
+            return passthrough[name]
+        if name not in last_node:
+            raise WeightFormatError(f"layer {consumer!r} reads {name!r}, which comes later or "
+                                    f"is not a supported input", path=path, layer=consumer)
+        node = last_node[name]
+        if index >= _output_count(nodes[node].op):
+            raise WeightFormatError(f"layer {consumer!r} reads output {index} of {name!r}, "
+                                    f"which has {_output_count(nodes[node].op)}", path=path,
+                                    layer=consumer)
+        return (node, index)
+
+    sequential = outputs is None
+    needed = None if sequential else _needed(layers, outputs, input_name, path)
+    previous: tuple[int, int] = (MODEL_INPUT, 0)
+    for layer in layers:
+        if layer.class_name == "InputLayer" or (needed is not None and layer.name not in needed):
+            continue
+        source = previous if sequential else resolve(layer.inbound, layer.name)
+        translated = _translate(ctx, layer)
+        if not translated:
+            passthrough[layer.name] = source
+            previous = source
+            continue
+        for suffix, op in translated:
+            nodes.append(Node(layer.name + suffix, op, source))
+            source = (len(nodes) - 1, 0)
+        last_node[layer.name] = len(nodes) - 1
+        previous = source
+    if sequential:
+        if previous[0] == MODEL_INPUT:
+            model_outputs = [previous]
+        else:
+            model_outputs = [(previous[0], k) for k in range(_output_count(nodes[-1].op))]
+    else:
+        model_outputs = [resolve(ref, "<model outputs>") for ref in outputs]
+    return Model(nodes, model_outputs, input_shape=input_shape, name=model_name)
+
+
+# ----------------------------------------------------------------------------- entry points
+def _read_architecture(architecture: Any, path: Any) -> dict:
+    if isinstance(architecture, dict):
+        return architecture
+    if isinstance(architecture, (str, bytes, os.PathLike)):
+        text = architecture
+        if isinstance(architecture, os.PathLike) or (
+                isinstance(architecture, str) and not architecture.lstrip().startswith("{")):
+            try:
+                with open(architecture, "rb") as handle:
+                    text = handle.read()
+            except OSError as error:
+                raise WeightFormatError(f"architecture is neither JSON text nor a readable "
+                                        f"file: {error}", path=architecture) from error
+        try:
+            config = json.loads(text)
+        except ValueError as error:
+            raise WeightFormatError(f"the architecture is not valid JSON: {error}",
+                                    path=path) from error
+        if isinstance(config, dict):
+            return config
+    raise WeightFormatError("architecture must be model.to_json() text, its dict, or a "
+                            f"JSON file, got {type(architecture).__name__}", path=path)
+
+
+def load_keras(path: str | os.PathLike, architecture: Any = None) -> Model:
+    """Load a Keras model file (``.keras``, ``.h5``, ``.weights.h5``) as a fastgate Model.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A Keras 3 ``.keras`` archive, a full-model ``.h5`` (Keras 2 or 3), or a weights-only
+        HDF5 file (``save_weights``), which needs ``architecture``.
+    architecture : str, dict or PathLike, optional
+        The model's ``to_json()`` text (or dict, or a JSON file); overrides the file's own.
+
+    Raises
+    ------
+    WeightFormatError
+        The file is unreadable, truncated, or its weights do not fit the architecture.
+    UnsupportedLayerError
+        The model uses a layer or option fastgate does not implement.
+    """
+    config = _read_architecture(architecture, path) if architecture is not None else None
+    if zipfile.is_zipfile(path):
+        archive_config, weights_bytes, version = read_keras_archive(path)
+        handle = open_hdf5(weights_bytes, path)
+        with handle:
+            weights = (Keras3Weights(handle, path) if "layers" in handle
+                       else LegacyWeights(handle, path))
+            return from_config(config or archive_config, weights, keras_version=version,
+                               path=path)
+    if not is_hdf5(path):
+        raise WeightFormatError("not a Keras file: neither a .keras zip archive nor HDF5 "
+                                "(truncated or corrupt?)", path=path)
+    with open_hdf5(path, path) as handle:
+        version = read_attribute(handle, "keras_version", path)
+        model_config = read_attribute(handle, "model_config", path)
+        if model_config is not None:
+            if config is None:
+                try:
+                    config = json.loads(model_config)
+                except ValueError as error:
+                    raise WeightFormatError(f"model_config is not valid JSON: {error}",
+                                            path=path) from error
+            if "model_weights" not in handle:
+                raise WeightFormatError("full-model file without a model_weights group",
+                                        path=path)
+            weights: Any = LegacyWeights(handle["model_weights"], path)
+        elif read_attribute(handle, "layer_names", path) is not None:
+            weights = LegacyWeights(handle, path)
+        elif "layers" in handle:
+            weights = Keras3Weights(handle, path)
+        else:
+            raise WeightFormatError("HDF5 file holds no Keras model or weights (no "
+                                    "model_config, layer_names or layers group)", path=path)
+        if config is None:
+            raise WeightFormatError("weights-only file: pass architecture=model.to_json() "
+                                    "(text or dict)", path=path)
+        return from_config(config, weights, keras_version=version, path=path)
+
+
+def from_keras(model: Any) -> Model:
+    """Translate a live Keras model (Keras 3, or Keras 2 / tf.keras) into a fastgate Model.
+
+    Reads ``model.to_json()`` and each layer's ``get_weights()``; keras is only needed
+    because ``model`` is a Keras object.
+    """
+    try:
+        config = json.loads(model.to_json())
+    except (AttributeError, TypeError, ValueError, NotImplementedError) as error:
+        raise WeightFormatError(f"cannot read the architecture of this "
+                                f"{type(model).__name__}: {error}") from error
+    package = sys.modules.get(type(model).__module__.split(".")[0])
+    version = getattr(package, "__version__", None)
+    weights: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for layer in model.layers:
+        variables = list(layer.weights)
+        values = layer.get_weights()
+        names = [getattr(v, "path", None) or getattr(v, "name", str(k))
+                 for k, v in enumerate(variables)]
+        weights[layer.name] = [(str(n), np.asarray(a)) for n, a in zip(names, values)]
+    return from_config(config, weights, keras_version=version, path=f"<{type(model).__name__} "
+                       f"{getattr(model, 'name', '')!r}>")

@@ -1,0 +1,232 @@
+"""A whole network as one object: :class:`Model`, what the importers build.
+
+A model is an ordered chain of ops (:mod:`fastgate.ops`) fed by one input. Every node names
+its op and where its input comes from: the model input, or one output of an earlier node
+(an op such as an LSTM with ``return_state`` has several outputs). The model's outputs are
+references into the chain the same way. Each op is called as
+``outputs, mask = op.apply(x, mask)``, so masks (Keras padding) flow along the chain.
+
+The chain is the unit a streaming API will work on later: recurrent ops keep their state
+in ``Recurrent.states`` and nothing else in the chain has state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+from .errors import ConfigError, ShapeError
+from .layers import as_array
+from .ops import Embedding
+from .serialization import save, serializable
+
+__all__ = ["Model", "Node", "MODEL_INPUT"]
+
+#: The node index that stands for the model input in a :class:`Node` ``source``.
+MODEL_INPUT = -1
+
+ArrayLike = Any
+
+
+class Node(NamedTuple):
+    """One step of a :class:`Model`: ``op`` applied to output ``source[1]`` of node
+    ``source[0]`` (``MODEL_INPUT`` for the model input)."""
+
+    name: str
+    op: Any
+    source: tuple[int, int] = (MODEL_INPUT, 0)
+
+
+def _count_parameters(value: Any) -> int:
+    """Number of weights in an op, counted from its serialization spec."""
+    if isinstance(value, np.ndarray):
+        return int(value.size)
+    if hasattr(value, "_get_spec"):
+        return _count_parameters(value._get_spec())
+    if isinstance(value, dict):
+        return sum(_count_parameters(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_count_parameters(v) for v in value)
+    return 0
+
+
+@serializable
+class Model:
+    """A chain of ops with one input and one or more outputs.
+
+    Parameters
+    ----------
+    nodes : sequence of Node or (name, op, source)
+        In order; a node's ``source`` must refer to the model input or an earlier node.
+    outputs : sequence of (node, index)
+        The model outputs; several outputs make :meth:`predict` return a list.
+    input_shape : sequence of int or None, optional
+        The input's shape with the batch first, ``None`` for any size (Keras' ``batch_shape``);
+        checked on every call.
+    name : str
+        Shown by ``repr`` and :meth:`summary`.
+
+    Examples
+    --------
+    >>> model = fastgate.load("model.keras")
+    >>> y = model.predict(x)                   # what keras' model.predict(x) returns
+    >>> model.save("model.fastgate")
+    """
+
+    def __init__(self, nodes: Sequence[Any], outputs: Sequence[Sequence[int]], *,
+                 input_shape: Sequence[int | None] | None = None,
+                 name: str = "model") -> None:
+        self.nodes = []
+        for position, entry in enumerate(nodes):
+            node = Node(*entry) if not isinstance(entry, Node) else entry
+            source = (int(node.source[0]), int(node.source[1]))
+            if not (MODEL_INPUT <= source[0] < position) or source[1] < 0:
+                raise ConfigError(f"node {position} ({node.name!r}): source {source} must be "
+                                  f"the model input ({MODEL_INPUT}, 0) or an earlier node")
+            if not hasattr(node.op, "apply"):
+                raise ConfigError(f"node {node.name!r}: {type(node.op).__name__} is not a "
+                                  f"model op (it has no apply(x, mask))")
+            self.nodes.append(Node(str(node.name), node.op, source))
+        self.outputs = [(int(node), int(index)) for node, index in outputs]
+        if not self.outputs:
+            raise ConfigError("a model needs at least one output")
+        for node, index in self.outputs:
+            if not (MODEL_INPUT <= node < len(self.nodes)) or index < 0:
+                raise ConfigError(f"output ({node}, {index}) does not refer to a node")
+        self.input_shape = None if input_shape is None else tuple(
+            None if d is None else int(d) for d in input_shape)
+        self.name = str(name)
+
+    # ------------------------------------------------------------------ description
+    @property
+    def stateful(self) -> bool:
+        """Whether some op carries state from one call to the next (Keras ``stateful``)."""
+        return any(getattr(node.op, "stateful", False) for node in self.nodes)
+
+    def count_params(self) -> int:
+        """The number of weights (every array entry) in the model."""
+        return sum(_count_parameters(node.op) for node in self.nodes)
+
+    def summary(self) -> str:
+        """A table of the nodes (name, op, input, weights), as a string to print."""
+        def where(ref: tuple[int, int]) -> str:
+            if ref[0] == MODEL_INPUT:
+                return "input"
+            return self.nodes[ref[0]].name + (f"[{ref[1]}]" if ref[1] else "")
+
+        rows = [("name", "op", "input", "weights")]
+        for node in self.nodes:
+            rows.append((node.name, repr(node.op), where(node.source),
+                         f"{_count_parameters(node.op):,}"))
+        widths = [max(len(row[k]) for row in rows) for k in range(3)]
+        lines = [f"Model {self.name!r}, input shape {self.input_shape}"]
+        for row in rows:
+            lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths))
+                         + "  " + row[3])
+        lines.append(f"outputs: {', '.join(where(ref) for ref in self.outputs)}")
+        lines.append(f"total weights: {self.count_params():,}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        ops = ", ".join(type(node.op).__name__ for node in self.nodes)
+        return (f"Model({self.name!r}, input_shape={self.input_shape}, ops=[{ops}], "
+                f"outputs={len(self.outputs)})")
+
+    # ------------------------------------------------------------------ running
+    def reset_states(self) -> None:
+        """Forget the state that stateful recurrent ops carried over from earlier calls."""
+        for node in self.nodes:
+            if hasattr(node.op, "reset_states"):
+                node.op.reset_states()
+
+    def _prepare_input(self, x: ArrayLike) -> np.ndarray:
+        feeds_embedding = any(isinstance(node.op, Embedding) and node.source[0] == MODEL_INPUT
+                              for node in self.nodes)
+        if feeds_embedding:
+            x = np.asarray(x)  # token ids: Embedding checks and converts them
+        else:
+            x = as_array(x, np.dtype(np.float32), f"model {self.name!r} input")
+        if self.input_shape is not None:
+            expected = self.input_shape
+            if x.ndim != len(expected) or any(
+                    want is not None and got != want
+                    for want, got in zip(expected[1:], x.shape[1:])):
+                shown = tuple("B" if k == 0 else ("*" if d is None else d)
+                              for k, d in enumerate(expected))
+                raise ShapeError(f"model {self.name!r} input: expected shape {shown} "
+                                 f"(* = any), got {x.shape}")
+        return x
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        produced: list[tuple[tuple, tuple]] = []
+
+        def fetch(ref: tuple[int, int]) -> tuple[Any, Any]:
+            if ref[0] == MODEL_INPUT:
+                return x, None
+            outputs, masks = produced[ref[0]]
+            return outputs[ref[1]], masks[ref[1]]
+
+        for node in self.nodes:
+            value, mask = fetch(node.source)
+            try:
+                outputs, masks = node.op.apply(value, mask)
+            except ShapeError as error:
+                raise type(error)(f"node {node.name!r}: {error}") from error
+            if not isinstance(outputs, tuple):
+                outputs, masks = (outputs,), (masks,)
+            produced.append((outputs, masks))
+        results = []
+        for ref in self.outputs:
+            value = fetch(ref)[0]
+            results.append(np.ascontiguousarray(value, dtype=np.float32)
+                           if ref[0] != MODEL_INPUT or value.dtype.kind == "f" else value)
+        return results
+
+    def _result(self, results: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+        return results[0] if len(results) == 1 else results
+
+    def __call__(self, x: ArrayLike) -> np.ndarray | list[np.ndarray]:
+        """Run the model on one batch ``x`` and return its output (a list if several)."""
+        return self._result(self._run(self._prepare_input(x)))
+
+    def predict(self, x: ArrayLike, batch_size: int | None = None
+                ) -> np.ndarray | list[np.ndarray]:
+        """What Keras' ``model.predict(x, batch_size)`` returns: the outputs for ``x``.
+
+        ``x`` is processed in batches of ``batch_size`` rows, in order. Batches only matter
+        for a stateful model, whose state carries from one batch to the next as in Keras
+        (its default batch is its input's fixed batch size, else 32); otherwise the whole of
+        ``x`` runs at once unless ``batch_size`` is given. Outputs are float32 arrays, one
+        array for one output, else a list.
+        """
+        x = self._prepare_input(x)
+        if batch_size is None and self.stateful:
+            fixed = self.input_shape[0] if self.input_shape else None
+            batch_size = fixed or 32
+        if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        total = x.shape[0] if x.ndim else 0
+        if batch_size is None or total <= batch_size:
+            return self._result(self._run(x))
+        pieces = [self._run(x[start:start + batch_size])
+                  for start in range(0, total, int(batch_size))]
+        return self._result([np.concatenate(parts, axis=0) for parts in zip(*pieces)])
+
+    # ------------------------------------------------------------------ saving
+    def save(self, path: str) -> None:
+        """Save in fastgate's own format; ``fastgate.load(path)`` gives the model back."""
+        save(self, path)
+
+    def _get_spec(self) -> dict[str, Any]:
+        return {"name": self.name, "input_shape": self.input_shape,
+                "nodes": [{"name": n.name, "op": n.op, "source": list(n.source)}
+                          for n in self.nodes],
+                "outputs": [list(ref) for ref in self.outputs]}
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "Model":
+        nodes = [Node(entry["name"], entry["op"], tuple(entry["source"]))
+                 for entry in spec["nodes"]]
+        return cls(nodes, spec["outputs"], input_shape=spec.get("input_shape"),
+                   name=spec.get("name", "model"))
