@@ -18,7 +18,11 @@ from .errors import (BackendError, ConfigError, DTypeError, FastgateError, Input
                      UnsupportedLayerError, WeightFormatError)
 from .layers import GRU, LSTM, RecurrentLayer, SimpleRNN
 from .layout import GATE_ORDERS, CellWeights, reorder_gates
-from .ops import Dense, Embedding
+from .ops import (Activation, Bidirectional, Dense, Embedding, Flatten, GlobalPooling1D, Masking,
+                  Recurrent, RepeatVector)
+from .model import Model
+from .loading import load
+from .importers.keras import from_keras
 from .cells import GRUCell, LSTMCell, RNNCell
 from .importers.torch import from_torch
 from .serialization import save
@@ -27,6 +31,8 @@ from .threads import get_num_threads, set_num_threads
 __version__ = "0.1.0"
 
 __all__ = [
+    "Model", "load", "from_keras", "Activation", "Bidirectional", "Flatten", "GlobalPooling1D",
+    "Masking", "Recurrent", "RepeatVector",
     "LSTM", "GRU", "SimpleRNN", "RecurrentLayer", "LSTMCell", "GRUCell", "RNNCell", "from_torch", "Dense", "Embedding", "save", "CellWeights", "GATE_ORDERS",
     "reorder_gates", "backend", "use_backend", "available_backends",
     "FastgateError", "ConfigError", "InputError", "ShapeError", "DTypeError", "WeightFormatError",
