@@ -27,7 +27,8 @@ import fastgate
 from fastgate.importers.safetensors import read_safetensors
 from fastgate.importers.torch_pickle import load_torch_file
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Where the fastgate under test lives, for the subprocess.
+FASTGATE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastgate.__file__)))
 
 
 def lstm_state(seed=0):
@@ -378,6 +379,6 @@ def test_files_load_without_torch(tmp_path):
         print("loaded without torch")
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+                            timeout=120, env=dict(os.environ, PYTHONPATH=FASTGATE_ROOT))
     assert result.returncode == 0, result.stderr
     assert "loaded without torch" in result.stdout

@@ -9,17 +9,15 @@
 
 What a module is comes from its state_dict's keys and shapes alone:
 
-==========================================  =================================================
-keys                                        fastgate object
-==========================================  =================================================
-``weight_ih_l{k}[_reverse]``, ``weight_hh_``  :class:`~fastgate.LSTM` (4 gates), :class:`~fastgate.GRU`
-``bias_ih_``, ``bias_hh_``, ``weight_hr_``    (3) or :class:`~fastgate.SimpleRNN` (1); ``num_layers``,
-                                            ``bidirectional``, ``bias``, ``proj_size`` likewise
-``weight_ih``, ``weight_hh``, ``bias_*``    :class:`~fastgate.LSTMCell` / ``GRUCell`` / ``RNNCell``
-``weight`` (2-D), ``bias``                  :class:`~fastgate.Dense` (``nn.Linear``)
-``weight`` (2-D) alone                      ``nn.Linear(bias=False)`` or ``nn.Embedding``: ambiguous,
-                                            say which with ``kind=``
-==========================================  =================================================
+* ``weight_ih_l{k}[_reverse]``, ``weight_hh_l..``, ``bias_ih_l..``, ``bias_hh_l..``,
+  ``weight_hr_l..``: :class:`~fastgate.LSTM` (4 gates), :class:`~fastgate.GRU` (3) or
+  :class:`~fastgate.SimpleRNN` (1), with ``num_layers``, ``bidirectional``, ``bias`` and
+  ``proj_size`` read from which keys exist;
+* ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``: :class:`~fastgate.LSTMCell`,
+  :class:`~fastgate.GRUCell` or :class:`~fastgate.RNNCell`;
+* ``weight`` (2-D) and ``bias``: :class:`~fastgate.Dense` (``nn.Linear``);
+* ``weight`` (2-D) alone: ``nn.Embedding`` or ``nn.Linear(bias=False)``, which a state_dict
+  cannot tell apart: say which with ``kind="embedding"`` or ``kind="linear"``.
 
 The number of gates is ``weight_hh.shape[0] / hidden_size``, with ``hidden_size`` the width
 of ``weight_hh`` (of ``weight_hr`` for a projected LSTM). What a state_dict cannot say,
@@ -87,6 +85,29 @@ def _to_numpy(value: Any, name: str, where: Any) -> np.ndarray:
         raise WeightFormatError(f"expected a tensor or array, got {type(value).__name__}",
                                 path=where, tensor=name)
     return value
+
+
+def _flatten_mapping(state: Mapping[Any, Any]) -> dict[Any, Any]:
+    """Nested mappings (a checkpoint ``{"model": state_dict, "epoch": 3}``) joined with dots.
+
+    Numbers, strings and ``None`` are dropped, as when reading a file; anything else is kept
+    for :func:`_to_numpy` to accept or refuse.
+    """
+    flat: dict[Any, Any] = {}
+    stack: list[tuple[str, Mapping[Any, Any], int]] = [("", state, 0)]
+    while stack:
+        name, mapping, depth = stack.pop()
+        if depth > 32:
+            raise WeightFormatError("mappings nested deeper than 32 levels")
+        for key, value in mapping.items():
+            full = f"{name}{key}" if isinstance(key, str) else key
+            if isinstance(value, Mapping):
+                stack.append((f"{full}.", value, depth + 1))
+            elif value is None or isinstance(value, (int, float, str, bytes)):
+                continue
+            else:
+                flat[full] = value
+    return flat
 
 
 def _is_torch_module(value: Any) -> bool:
@@ -422,7 +443,7 @@ def from_torch(source: Any, prefix: str = "", batch_first: bool | None = None,
         where = os.fspath(source)
         state: Mapping[str, Any] = load_state_dict(source)
     elif isinstance(source, Mapping):
-        state = source
+        state = _flatten_mapping(source)
     elif _is_torch_module(source):
         module = source
         live_kind = _module_kind(source)
