@@ -163,6 +163,20 @@ def test_handwritten_global_eval_and_inst_opcodes(tmp_path):
             assert not marker.exists()
 
 
+def test_build_on_allowed_globals_is_refused(tmp_path):
+    """BUILD could set ``__defaults__`` of an allowed function: only OrderedDict may BUILD."""
+    rebuild = b"ctorch._utils\n_rebuild_tensor_v2\n"
+    slot_state = b"(N}X\x0c\x00\x00\x00__defaults__(K\x01tst"  # (None, {...: (1,)})
+    for target in (rebuild, b"ctorch\nFloatStorage\n"):
+        pickled = b"\x80\x02" + target + slot_state + b"b."
+        data = rezip(saved_bytes(lstm_state()[1]), replace={"data.pkl": pickled})
+        with pytest.raises(fastgate.WeightFormatError, match="refusing BUILD"):
+            load_torch_file(write(tmp_path / "build.pt", data))
+    assert torch._utils._rebuild_tensor_v2.__defaults__ == (None,)
+    from fastgate.importers import torch_pickle
+    assert torch_pickle._rebuild_tensor_v2.__defaults__ == (False, None, None)
+
+
 def test_whole_pickled_model_is_refused_with_a_hint(tmp_path):
     lstm, _ = lstm_state()
     torch.save(lstm, tmp_path / "model.pt")
@@ -246,6 +260,25 @@ def test_claimed_sizes_are_checked_before_allocation(tmp_path):
             path = write(tmp_path / "crafted.pt", data)
             with pytest.raises(fastgate.WeightFormatError, match=message):
                 load_torch_file(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 << 20
+
+
+def test_lying_zip_directory_is_checked_against_the_file_size(tmp_path):
+    """A central directory claiming a 4 GB member in a tiny file: refused, never read."""
+    claimed = 0xFFFFFFFC
+    data = bytearray(crafted_zip({"w": tensor(StorageRef("0", claimed // 4), 0, (4,), (1,))},
+                                 {"0": b"\0" * 16}))
+    entry = data.index(b"PK\x01\x02" + data[data.index(b"PK\x01\x02") + 4:][:0])
+    while not data[entry + 46:].startswith(b"archive/data/0"):
+        entry = data.index(b"PK\x01\x02", entry + 4)
+    data[entry + 20:entry + 28] = struct.pack("<II", claimed, claimed)
+    tracemalloc.start()
+    try:
+        with pytest.raises(fastgate.WeightFormatError, match="more than the .*-byte file"):
+            load_torch_file(write(tmp_path / "liar.pt", bytes(data)))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

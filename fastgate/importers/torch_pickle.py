@@ -11,8 +11,8 @@ needs:
   (``os.system``, ``builtins.eval``, a pickled ``nn.Module``...) raises
   :class:`~fastgate.errors.WeightFormatError` before anything is called;
 * plain containers and numbers, and ``('storage', ...)`` persistent ids;
-* no ``INST``/``OBJ``/``NEWOBJ``/``EXT`` opcodes, and ``BUILD`` only on fastgate's own
-  objects, which ignore (OrderedDict ``_metadata``) or refuse it.
+* no ``INST``/``OBJ``/``NEWOBJ``/``EXT`` opcodes, and ``BUILD`` only on an OrderedDict,
+  whose state (PyTorch's ``_metadata``) is ignored.
 
 It subclasses the pure-Python ``pickle._Unpickler``, whose memo is a dict (the C unpickler
 pre-allocates a memo array as large as the largest index a pickle names). Two containers are
@@ -37,6 +37,7 @@ import os
 import pickle
 import struct
 import zipfile
+import zlib
 from typing import Any, Callable
 
 import numpy as np
@@ -49,6 +50,7 @@ _MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 _PROTOCOL_VERSION = 1001
 _MAX_PICKLE_BYTES = 64 << 20
 _MAX_DEPTH = 32
+_MAX_DIMS = 32
 #: Largest zip inflation ratio accepted for a compressed member (deflate's limit is ~1032).
 _MAX_INFLATION = 1100
 
@@ -72,9 +74,6 @@ class _StorageType:
         self.dtype = _STORAGE_DTYPES[name]
         self.itemsize = 2 if self.dtype == "bfloat16" else np.dtype(self.dtype).itemsize
 
-    def __setstate__(self, state: Any) -> None:
-        raise WeightFormatError(f"refusing BUILD on torch.{self.name}")
-
 
 class _Storage:
     """A storage named by a persistent id; ``array`` is filled once its bytes are read."""
@@ -97,9 +96,6 @@ class _Storage:
             raise WeightFormatError(f"storage {self.key!r} has no data in the file")
         return self.array
 
-    def __setstate__(self, state: Any) -> None:
-        raise WeightFormatError("refusing BUILD on a storage")
-
 
 class _Tensor:
     """A tensor as a (storage, offset, size, stride) view, validated when built."""
@@ -117,12 +113,17 @@ class _Tensor:
             if not isinstance(value, (tuple, list)) or not all(_is_count(v) for v in value):
                 raise WeightFormatError(f"tensor {label} must be a tuple of non-negative "
                                         f"integers, got {value!r:.100}")
+        if len(size) > _MAX_DIMS:
+            raise WeightFormatError(f"tensor has {len(size)} dimensions, more than "
+                                    f"{_MAX_DIMS}")
         if len(size) != len(stride):
             raise WeightFormatError(f"tensor size {tuple(size)} and stride {tuple(stride)} "
                                     f"differ in length")
         count = 1
         for dim in size:
             count *= dim
+        if not count and any(dim >= 1 << 31 for dim in size):
+            raise WeightFormatError(f"empty tensor of absurd size {tuple(size)}")
         if count:
             last = offset + sum((dim - 1) * step for dim, step in zip(size, stride))
             if last >= storage.numel:
@@ -144,15 +145,9 @@ class _Tensor:
             strides=tuple(step * data.itemsize for step in self.stride), writeable=False)
         return view
 
-    def __setstate__(self, state: Any) -> None:
-        raise WeightFormatError("refusing BUILD on a tensor")
-
 
 class _OrderedDict(collections.OrderedDict):
-    """``collections.OrderedDict`` that ignores BUILD (PyTorch stores ``_metadata`` there)."""
-
-    def __setstate__(self, state: Any) -> None:
-        pass
+    """``collections.OrderedDict``; BUILD on it is ignored (PyTorch's ``_metadata``)."""
 
 
 def _is_count(value: Any) -> bool:
@@ -223,8 +218,20 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         raise WeightFormatError("refusing pickle opcodes that build arbitrary objects "
                                 "(INST/OBJ/NEWOBJ/EXT/PERSID)", path=self._path)
 
+    def _load_build(self) -> None:
+        """BUILD only on an OrderedDict, ignoring the state (torch's ``_metadata``).
+
+        BUILD on anything else could set attributes (even ``__defaults__`` of a function
+        reached through an allowed global), so it is refused.
+        """
+        self.stack.pop()
+        if type(self.stack[-1]) is not _OrderedDict:
+            raise WeightFormatError(f"refusing BUILD on {type(self.stack[-1]).__name__}",
+                                    path=self._path)
+
     for _code in _REFUSED_OPCODES:
         dispatch[_code[0]] = _refuse
+    dispatch[pickle.BUILD[0]] = _load_build
     del _code
 
 
@@ -271,14 +278,17 @@ def is_torch_zip(path: str | os.PathLike) -> bool:
 
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, path: Any,
-                 what: str) -> bytes:
+                 what: str, archive_size: int) -> bytes:
     """Read exactly ``size`` bytes of ``info``, after checking the archive can hold them."""
     if info.file_size != size:
         raise WeightFormatError(f"{what} should be {size} bytes, the archive holds "
                                 f"{info.file_size}", path=path)
-    if info.compress_type != zipfile.ZIP_STORED and \
-            info.file_size > max(info.compress_size, 1) * _MAX_INFLATION:
-        raise WeightFormatError(f"{what} claims an impossible compression ratio", path=path)
+    stored = info.compress_type == zipfile.ZIP_STORED
+    if info.compress_size > archive_size or (
+            info.file_size > (info.compress_size if stored
+                              else max(info.compress_size, 1) * _MAX_INFLATION)):
+        raise WeightFormatError(f"{what} claims {info.file_size} bytes, more than the "
+                                f"{archive_size}-byte file can hold", path=path)
     with archive.open(info) as handle:
         data = handle.read(size)
     if len(data) != size:
@@ -298,9 +308,18 @@ def _storage_array(raw: bytes, storage_type: _StorageType, big_endian: bool) -> 
 
 def _load_zip(file: Any, path: Any) -> Any:
     try:
-        archive = zipfile.ZipFile(file)
-    except (zipfile.BadZipFile, ValueError, EOFError) as error:
-        raise WeightFormatError(f"not a readable zip archive: {error}", path=path) from error
+        return _read_zip(file, path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, KeyError,
+            NotImplementedError, RuntimeError, zlib.error) as error:
+        if isinstance(error, WeightFormatError):
+            raise
+        raise WeightFormatError(f"unreadable zip archive: {type(error).__name__}: {error}",
+                                path=path) from error
+
+
+def _read_zip(file: Any, path: Any) -> Any:
+    archive_size = os.fstat(file.fileno()).st_size
+    archive = zipfile.ZipFile(file)
     with archive:
         members = {info.filename: info for info in archive.infolist()}
         pickles = [name for name in members
@@ -316,7 +335,8 @@ def _load_zip(file: Any, path: Any) -> Any:
         big_endian = False
         if root + "byteorder" in members:
             order = _read_member(archive, members[root + "byteorder"],
-                                 members[root + "byteorder"].file_size, path, "byteorder")
+                                 min(members[root + "byteorder"].file_size, 8), path,
+                                 "byteorder", archive_size)
             if order not in (b"little", b"big"):
                 raise WeightFormatError(f"unknown byteorder {order[:20]!r}", path=path)
             big_endian = order == b"big"
@@ -332,7 +352,7 @@ def _load_zip(file: Any, path: Any) -> Any:
                                         path=path)
             return storage
 
-        data = _read_member(archive, info, info.file_size, path, "data.pkl")
+        data = _read_member(archive, info, info.file_size, path, "data.pkl", archive_size)
         obj = _unpickle(io.BytesIO(data), path, persistent_load)
         for key, storage in storages.items():
             member = members.get(f"{root}data/{key}")
@@ -340,7 +360,7 @@ def _load_zip(file: Any, path: Any) -> Any:
                 raise WeightFormatError(f"storage data 'data/{key}' is missing from the "
                                         f"archive", path=path)
             raw = _read_member(archive, member, storage.numel * storage.type.itemsize, path,
-                               f"storage data 'data/{key}'")
+                               f"storage data 'data/{key}'", archive_size)
             storage.array = _storage_array(raw, storage.type, big_endian)
     return obj
 
@@ -408,7 +428,11 @@ def _flatten(obj: Any, path: Any) -> dict[str, np.ndarray]:
     while stack:
         name, value, depth = stack.pop()
         if isinstance(value, _Tensor):
-            flat[name] = value.to_numpy()
+            try:
+                flat[name] = value.to_numpy()
+            except (ValueError, MemoryError) as error:
+                raise WeightFormatError(f"cannot view tensor: {error}", path=path,
+                                        tensor=name) from error
             continue
         if isinstance(value, dict):
             items = list(value.items())
