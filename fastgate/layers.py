@@ -387,8 +387,10 @@ class RecurrentLayer:
             if out.shape[0] != steps:  # no steps: the oracle loop never ran
                 out = np.zeros((steps, batch, width), self.dtype)
             out = out.transpose(1, 0, 2) if batch_major else out
-            return np.ascontiguousarray(out, dtype=self.dtype), h_n.astype(self.dtype, copy=False), (
-                None if c_n is None else c_n.astype(self.dtype, copy=False))
+            h0[...] = h_n  # the final state lands in the initial-state buffers, as compiled
+            if c0 is not None:
+                c0[...] = c_n
+            return np.ascontiguousarray(out, dtype=self.dtype), h0, c0
         kernels = compiled_module()
         x = np.ascontiguousarray(x)
         out = np.empty(x.shape[:2] + (width,), self.dtype)
