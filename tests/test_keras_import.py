@@ -2,26 +2,30 @@
 
 Each case builds a small Keras model with weights drawn from normal(0, 0.3) (so that a gate
 or bias in the wrong place shows), saves it as ``.keras``, as a Keras 3 legacy ``.h5``, as
-``.weights.h5`` + ``to_json()``, and reads it live with ``fastgate.from_keras``; fastgate's
+``.weights.h5`` + ``to_json()``, as a Keras-2-style weights-only ``.h5`` + ``to_json()``, and
+reads it live with ``fastgate.from_keras``; fastgate's
 ``predict`` must match Keras' ``predict`` on several inputs (float32, atol 1e-5).
 Surprising Keras semantics are pinned by these comparisons; each case says which.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
+import h5py  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import fastgate  # noqa: E402
+from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
 
 L = keras.layers
 ATOL = 1e-5  # float32 outputs of O(1)
-FORMATS = ("keras", "h5", "weights_h5", "live")
+FORMATS = ("keras", "h5", "weights_h5", "legacy_weights_h5", "live")
 
 
 def randomize(model: keras.Model, seed: int) -> keras.Model:
@@ -215,12 +219,16 @@ class Saved:
         model.save(self.paths["keras"])
         model.save(self.paths["h5"])
         model.save_weights(self.paths["weights_h5"])
+        # Keras-2-style weights-only HDF5 (layer_names / weight_names), as save_weights wrote.
+        self.paths["legacy_weights_h5"] = f"{base}.legacy.h5"
+        with h5py.File(self.paths["legacy_weights_h5"], "w") as handle:
+            legacy_h5_format.save_weights_to_hdf5_group(handle, model)
         self.architecture = model.to_json()
 
     def load(self, fmt):
         if fmt == "live":
             return fastgate.from_keras(self.model)
-        if fmt == "weights_h5":
+        if fmt in ("weights_h5", "legacy_weights_h5"):
             return fastgate.load(self.paths[fmt], architecture=self.architecture)
         return fastgate.load(self.paths[fmt])
 
@@ -359,3 +367,13 @@ def test_hard_sigmoid_follows_saving_version(saved, tmp_path):
     # Keras 3 hard_sigmoid is x/6 + 1/2; Keras 2's is 0.2 x + 1/2.
     assert {r.layer.recurrent_activation for r in recurrent3} == {"hard_sigmoid"}
     assert {r.layer.recurrent_activation for r in recurrent2} == {"hard_sigmoid_keras2"}
+
+
+def test_legacy_weights_pair_by_order_when_names_differ(saved):
+    # Keras' load_weights (by_name=False) pairs the layers with weights in order.
+    case = saved("stacked_gru_regression")
+    renamed = json.loads(case.architecture)
+    for k, layer in enumerate(renamed["config"]["layers"]):
+        layer["config"]["name"] = f"renamed_{k}"
+    model = fastgate.load(case.paths["legacy_weights_h5"], architecture=renamed)
+    assert_same_outputs(model.predict(case.inputs[0]), case.expected[0], "paired by order")

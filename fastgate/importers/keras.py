@@ -635,5 +635,4 @@ def from_keras(model: Any) -> Model:
         names = [getattr(v, "path", None) or getattr(v, "name", str(k))
                  for k, v in enumerate(variables)]
         weights[layer.name] = [(str(n), np.asarray(a)) for n, a in zip(names, values)]
-    return from_config(config, weights, keras_version=version, path=f"<{type(model).__name__} "
-                       f"{getattr(model, 'name', '')!r}>")
+    return from_config(config, weights, keras_version=version)
