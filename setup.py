@@ -4,8 +4,13 @@ BLAS comes only through ``scipy.linalg.cython_blas``: nothing is linked. Newer S
 declares a ``blas_int`` type there; this script checks whether the installed SciPy does and
 writes ``fastgate/_kernels/_config.pxi`` accordingly (``int`` otherwise).
 
-Set ``FASTGATE_NATIVE=1`` at build time to compile with ``-march=native`` (the result then
-runs only on CPUs like the build machine's); the default build runs on any x86-64.
+The recurrent kernels (``fused.h``) are compiled for AVX-512, AVX2 and the baseline ISA in one
+build, through function target attributes; the CPU picks one at run time, so the default
+build runs on any x86-64. Set ``FASTGATE_NATIVE=1`` at build time to compile everything else
+with ``-march=native`` too (the result then runs only on CPUs like the build machine's).
+
+Threads (``fastgate.set_num_threads``) come from OpenMP where the compiler has it (GCC,
+``-fopenmp``); elsewhere the kernels run single-threaded. ``FASTGATE_OPENMP=0`` turns it off.
 """
 
 import os
@@ -39,15 +44,21 @@ def extensions() -> list:
     from Cython.Build import cythonize
 
     write_config()
+    link_args = []
     if sys.platform == "win32":
         compile_args = ["/O2"]
     else:
         compile_args = ["-O3", "-fno-math-errno"]
         if os.environ.get("FASTGATE_NATIVE", "") not in ("", "0"):
             compile_args.append("-march=native")
+        if sys.platform.startswith("linux") and os.environ.get("FASTGATE_OPENMP", "1") != "0":
+            compile_args.append("-fopenmp")
+            link_args.append("-fopenmp")
+    headers = [str(KERNELS / name) for name in ("fused.h", "packed_step.h", "vecmath.h")]
     modules = [
         Extension(f"fastgate._kernels.{name}", [f"fastgate/_kernels/{name}.pyx"],
-                  extra_compile_args=compile_args,
+                  extra_compile_args=compile_args, extra_link_args=link_args,
+                  depends=headers if name == "recurrent" else [],
                   define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
         for name in ("blas", "recurrent")
     ]

@@ -156,25 +156,19 @@ class RecurrentLayer:
             checked.append(CellWeights(**arrays))
         return checked
 
-    def _prepare_kernel_weights(self) -> list[tuple]:
-        """Per layer and direction, the arrays the compiled kernel reads.
+    def _prepare_kernel_weights(self) -> list[tuple] | None:
+        """Per layer and direction, the arrays the compiled kernel reads (``None`` without it).
 
-        The recurrent bias is folded into the input bias wherever the equations allow it:
-        everywhere except the GRU reset-after new gate, where ``b_hn`` sits inside ``r * (...)``
-        and is kept apart.
+        The kernel owns that layout (``fastgate._kernels.recurrent.prepare``): it folds the
+        biases together and packs the recurrent kernel for the running CPU's vector width.
         """
-        prepared = []
-        hidden = self.hidden_size
-        for w in self.weights:
-            bias = w.input_bias + w.recurrent_bias
-            new_gate_bias = np.zeros(0, self.dtype)
-            if self.cell == "gru" and self.reset_after:
-                bias[2 * hidden:] = w.input_bias[2 * hidden:]
-                new_gate_bias = w.recurrent_bias[2 * hidden:].copy()
-            projection = w.projection if w.projection is not None else np.zeros((0, 0), self.dtype)
-            prepared.append((w.input_kernel, w.recurrent_kernel, bias, new_gate_bias,
-                             projection))
-        return prepared
+        kernels = compiled_module()
+        if kernels is None:
+            return None
+        cell = _CELL_CODES[self.cell]
+        return [kernels.prepare(cell, self.reset_after, w.input_kernel, w.recurrent_kernel,
+                                w.input_bias, w.recurrent_bias, w.projection)
+                for w in self.weights]
 
     @classmethod
     def random(cls, input_size: int, hidden_size: int, *, num_layers: int = 1,

@@ -1,0 +1,179 @@
+/* The fused recurrent loop of one layer direction, compiled for several instruction sets.
+ *
+ * packed_step.h is instantiated per dtype and per ISA: AVX-512 and AVX2+FMA through
+ * function target attributes (so a default build runs on any x86-64), and the baseline
+ * (SSE2 on x86-64, NEON on arm64). fg_isa() picks the best one the CPU supports, once; the
+ * packed weight layout depends on it (fg_block_width), so the layer packs its weights with
+ * the width the running CPU uses.
+ */
+#ifndef FASTGATE_FUSED_H
+#define FASTGATE_FUSED_H
+
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vecmath.h"
+
+enum { FG_CELL_LSTM = 0, FG_CELL_GRU = 1, FG_CELL_RNN = 2 };
+
+/* One layer direction. Row (t, b) of the input projection and of the output is
+ * t * step_stride + b * batch_stride (time-major: B, 1; batch-major: 1, T). */
+typedef struct {
+    int cell, act, rec_act, reset_after, reverse, hold_masked_output;
+    ptrdiff_t steps, batch, step_stride, batch_stride;
+    ptrdiff_t hidden;               /* H */
+    ptrdiff_t width;                /* P: proj_size, else H */
+    const void *projected_input;    /* (T*B, G*H): x @ W of every row */
+    const void *bias;               /* (G*H,): b_i + b_h, except the GRU reset-after n gate */
+    const void *new_gate_bias;      /* (H,): b_hn of a GRU reset-after, else NULL */
+    const void *recurrent;          /* packed U (GRU reset-before: its r and z gates) */
+    const void *recurrent_new;      /* packed U_n of a GRU reset-before, else NULL */
+    const void *projection;         /* packed W_hr of a projected LSTM, else NULL */
+    void *h;                        /* (B, P): initial state in, final state out */
+    void *c;                        /* (B, H): LSTM cell state, updated in place */
+    void *h_spare;                  /* (B, P) workspace: the other half of h's double buffer */
+    void *cell_out;                 /* (B, H) workspace: o * act(c) / r * h */
+    void *gate_buffer;              /* (B, H) workspace: z of a GRU reset-before */
+    const unsigned char *mask;      /* (T, B) valid steps, or NULL */
+    void *out;                      /* output rows, already offset to this direction */
+    ptrdiff_t out_width;
+} fg_direction;
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define FG_X86 1
+#else
+#define FG_X86 0
+#endif
+
+/* ------------------------------------------------------------------- instantiations */
+#define FG_TARGET
+#define FG_VBYTES 16
+#define FG_ACC 12
+#define FG_T float
+#define FG_ACTIVATE fg_activate_f
+#define FG_NAME(x) x##_f_base
+#include "packed_step.h"
+#undef FG_T
+#undef FG_ACTIVATE
+#undef FG_NAME
+#define FG_T double
+#define FG_ACTIVATE fg_activate_d
+#define FG_NAME(x) x##_d_base
+#include "packed_step.h"
+#undef FG_T
+#undef FG_ACTIVATE
+#undef FG_NAME
+#undef FG_TARGET
+#undef FG_VBYTES
+#undef FG_ACC
+
+#if FG_X86
+#define FG_TARGET __attribute__((target("avx2,fma")))
+#define FG_VBYTES 32
+#define FG_ACC 12
+#define FG_T float
+#define FG_ACTIVATE fg_activate_f
+#define FG_NAME(x) x##_f_avx2
+#include "packed_step.h"
+#undef FG_T
+#undef FG_ACTIVATE
+#undef FG_NAME
+#define FG_T double
+#define FG_ACTIVATE fg_activate_d
+#define FG_NAME(x) x##_d_avx2
+#include "packed_step.h"
+#undef FG_T
+#undef FG_ACTIVATE
+#undef FG_NAME
+#undef FG_TARGET
+#undef FG_VBYTES
+#undef FG_ACC
+
+#define FG_TARGET __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma,prefer-vector-width=512")))
+#define FG_VBYTES 64
+#define FG_ACC 24
+#define FG_T float
+#define FG_ACTIVATE fg_activate_f
+#define FG_NAME(x) x##_f_avx512
+#include "packed_step.h"
+#undef FG_T
+#undef FG_ACTIVATE
+#undef FG_NAME
+#define FG_T double
+#define FG_ACTIVATE fg_activate_d
+#define FG_NAME(x) x##_d_avx512
+#include "packed_step.h"
+#undef FG_T
+#undef FG_ACTIVATE
+#undef FG_NAME
+#undef FG_TARGET
+#undef FG_VBYTES
+#undef FG_ACC
+#endif
+
+/* ------------------------------------------------------------------------- dispatch */
+enum { FG_ISA_BASE = 0, FG_ISA_AVX2 = 1, FG_ISA_AVX512 = 2 };
+
+/* The best instruction set this CPU runs; FASTGATE_ISA=base|avx2|avx512 caps it (tests). */
+static int fg_detect_isa(void)
+{
+    int isa = FG_ISA_BASE;
+#if FG_X86
+    const char *cap = getenv("FASTGATE_ISA");
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        isa = FG_ISA_AVX2;
+    if (isa == FG_ISA_AVX2 && __builtin_cpu_supports("avx512f")
+            && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        isa = FG_ISA_AVX512;
+    if (cap != NULL && strcmp(cap, "base") == 0)
+        isa = FG_ISA_BASE;
+    else if (cap != NULL && strcmp(cap, "avx2") == 0 && isa > FG_ISA_AVX2)
+        isa = FG_ISA_AVX2;
+#endif
+    return isa;
+}
+
+static int fg_isa_level = -1;
+
+static int fg_isa(void)
+{
+    if (fg_isa_level < 0)
+        fg_isa_level = fg_detect_isa();
+    return fg_isa_level;
+}
+
+/* Hidden units per packed block (the vector width in elements of the chosen ISA). */
+static ptrdiff_t fg_block_width(int is_double)
+{
+    const ptrdiff_t bytes = fg_isa() == FG_ISA_AVX512 ? 64 : (fg_isa() == FG_ISA_AVX2 ? 32 : 16);
+    return bytes / (is_double ? 8 : 4);
+}
+
+static void fg_run_direction_f(const fg_direction *d, ptrdiff_t row_begin, ptrdiff_t row_end)
+{
+#if FG_X86
+    if (fg_isa() == FG_ISA_AVX512) { run_direction_f_avx512(d, row_begin, row_end); return; }
+    if (fg_isa() == FG_ISA_AVX2) { run_direction_f_avx2(d, row_begin, row_end); return; }
+#endif
+    run_direction_f_base(d, row_begin, row_end);
+}
+
+static void fg_run_direction_d(const fg_direction *d, ptrdiff_t row_begin, ptrdiff_t row_end)
+{
+#if FG_X86
+    if (fg_isa() == FG_ISA_AVX512) { run_direction_d_avx512(d, row_begin, row_end); return; }
+    if (fg_isa() == FG_ISA_AVX2) { run_direction_d_avx2(d, row_begin, row_end); return; }
+#endif
+    run_direction_d_base(d, row_begin, row_end);
+}
+
+/* Rows per tile of the chosen ISA for G gates: threads split the batch in multiples of it. */
+static ptrdiff_t fg_tile_rows(int gates)
+{
+    const int acc = fg_isa() == FG_ISA_AVX512 ? 24 : 12;
+    return acc / gates < 12 ? acc / gates : 12;
+}
+
+#endif /* FASTGATE_FUSED_H */
