@@ -1,8 +1,10 @@
-"""How many threads the BLAS under fastgate uses.
+"""How many threads fastgate uses: its own kernels' and the BLAS under them.
 
 fastgate's compiled kernels call BLAS through ``scipy.linalg.cython_blas``, that is the
-OpenBLAS that SciPy ships (``scipy.libs/libscipy_openblas*.so``); the NumPy oracle calls the
-OpenBLAS that NumPy ships. :func:`set_num_threads` sets the thread count of both, through
+OpenBLAS that SciPy ships (``scipy.libs/libscipy_openblas*.so``), for the input projection,
+and split the batch of the recurrent loop over OpenMP threads; the NumPy oracle calls the
+OpenBLAS that NumPy ships. :func:`set_num_threads` sets all of them: the count the kernels
+read (:func:`kernel_num_threads`) and the thread count of both OpenBLAS libraries, through
 ``threadpoolctl`` when it is installed and otherwise through the libraries' own
 ``*_set_num_threads`` functions (``ctypes``). Neither is a run-time dependency.
 
@@ -13,7 +15,8 @@ loaded, and uses all cores if neither is set. fastgate never overrides that at i
 
     OPENBLAS_NUM_THREADS=1 python serve.py
 
-runs fastgate single-threaded until :func:`set_num_threads` says otherwise. The setting is
+runs fastgate single-threaded until :func:`set_num_threads` says otherwise: until then
+fastgate's kernels follow SciPy's OpenBLAS, read once at their first call. The setting is
 process-wide: it also applies to any other SciPy / NumPy linear algebra in the process.
 """
 
@@ -24,7 +27,8 @@ import glob
 import os
 from typing import Callable
 
-__all__ = ["set_num_threads", "get_num_threads", "blas_libraries"]
+__all__ = ["set_num_threads", "get_num_threads", "kernel_num_threads", "blas_num_threads",
+           "blas_libraries"]
 
 # Exported names of the thread-count functions, per OpenBLAS build: SciPy's and NumPy's
 # wheels prefix them (scipy_openblas32 / scipy_openblas64_ with a "64_" suffix), a system
@@ -35,6 +39,8 @@ _GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads
             "openblas_get_num_threads64_", "openblas_get_num_threads")
 
 _libraries: list[tuple[str, Callable, Callable]] | None = None
+#: The thread count of fastgate's kernels; None until set or first read from the BLAS.
+_num_threads: int | None = None
 
 
 def _loaded_openblas_paths() -> list[str]:
@@ -99,7 +105,7 @@ def blas_libraries() -> list[str]:
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads in the BLAS calls of fastgate (SciPy's and NumPy's OpenBLAS).
+    """Use ``n`` threads in fastgate's kernels and in SciPy's and NumPy's OpenBLAS.
 
     Parameters
     ----------
@@ -107,28 +113,47 @@ def set_num_threads(n: int) -> None:
         A positive number of threads. Process-wide; see the module docstring for the
         ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` environment variables.
     """
+    global _num_threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         from .errors import ConfigError
         raise ConfigError(f"number of threads must be a positive int, got {n!r}")
     threadpoolctl = _threadpoolctl()
     if threadpoolctl is not None:
         threadpoolctl.threadpool_limits(limits=n, user_api="blas")
-        return
-    for _, setter, _ in _ctypes_libraries():
-        setter(n)
+    else:
+        for _, setter, _ in _ctypes_libraries():
+            setter(n)
+    _num_threads = n
 
 
 def get_num_threads() -> int:
-    """The number of threads of the BLAS that fastgate's compiled kernels call (SciPy's)."""
+    """The number of threads fastgate uses (:func:`set_num_threads`).
+
+    Until :func:`set_num_threads` is called, the thread count of SciPy's OpenBLAS, which
+    honours ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS``.
+    """
+    return _num_threads if _num_threads is not None else blas_num_threads()
+
+
+def kernel_num_threads() -> int:
+    """The thread count for the compiled kernels; cheap enough to read on every call."""
+    global _num_threads
+    if _num_threads is None:
+        _num_threads = blas_num_threads()
+    return _num_threads
+
+
+def blas_num_threads() -> int:
+    """The thread count of the BLAS that fastgate's compiled kernels call (SciPy's)."""
+    libraries = _ctypes_libraries()
+    if libraries:
+        return int(libraries[0][2]())
     threadpoolctl = _threadpoolctl()
     if threadpoolctl is not None:
         pools = [pool for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
         pools.sort(key=lambda pool: not _is_scipys(pool["filepath"]))
         if pools:
             return int(pools[0]["num_threads"])
-    libraries = _ctypes_libraries()
-    if not libraries:
-        from .errors import BackendError
-        raise BackendError("no OpenBLAS library found in this process; cannot read its "
-                           "thread count")
-    return int(libraries[0][2]())
+    from .errors import BackendError
+    raise BackendError("no OpenBLAS library found in this process; cannot read its thread "
+                       "count")

@@ -35,8 +35,12 @@ def test_blas_libraries_finds_scipys_openblas_first():
 def test_set_then_get(path):
     fastgate.set_num_threads(1)
     assert fastgate.get_num_threads() == 1
+    assert threads.kernel_num_threads() == 1
+    assert threads.blas_num_threads() == 1
     fastgate.set_num_threads(2)
     assert fastgate.get_num_threads() == 2
+    assert threads.kernel_num_threads() == 2
+    assert threads.blas_num_threads() == 2
 
 
 @pytest.mark.usefixtures("restore_threads")
@@ -67,6 +71,7 @@ def test_environment_is_respected_at_import(variable):
         [os.path.dirname(os.path.dirname(fastgate.__file__)), env.get("PYTHONPATH", "")])
     result = subprocess.run(
         [sys.executable, "-W", "ignore", "-c",
-         "import fastgate; print(fastgate.get_num_threads())"],
+         "import fastgate; print(fastgate.get_num_threads(), "
+         "fastgate.threads.kernel_num_threads(), fastgate.threads.blas_num_threads())"],
         env=env, capture_output=True, text=True, timeout=60, check=True)
-    assert result.stdout.strip() == "1"
+    assert result.stdout.split() == ["1", "1", "1"]
