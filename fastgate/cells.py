@@ -8,6 +8,11 @@ A cell runs one time step, like PyTorch's ``nn.LSTMCell`` / ``nn.GRUCell`` / ``n
 Each cell is a one-layer, one-direction fastgate layer (:mod:`fastgate.layers`) run over a
 single step, so it uses the same weights layout (:class:`~fastgate.layout.CellWeights`), the
 same validation and the same backends.
+
+Cells also have the streaming signature of the layers and of :class:`fastgate.Model`::
+
+    state = cell.initial_state(batch_size)      # h, or (h, c) for LSTMCell: (B, hidden_size)
+    y, state = cell.step(x, state)              # x: (B, input_size) or a chunk (B, T, input_size)
 """
 
 from __future__ import annotations
@@ -101,6 +106,45 @@ class _Cell:
         from .importers.torch import to_torch_state_dict
 
         return to_torch_state_dict(self, prefix, bias=bias)
+
+    # ------------------------------------------------------------------ streaming
+    def initial_state(self, batch_size: int = 1) -> State:
+        """The zero state of ``batch_size`` sequences: ``h`` (LSTMCell: ``(h, c)``), each
+        ``(batch_size, hidden_size)``; plain NumPy arrays, to store between requests."""
+        h0 = self.layer.initial_state(batch_size)
+        if self.layer.cell == "lstm":
+            return h0[0][0], h0[1][0]
+        return h0[0]
+
+    def step(self, x: Any, state: State | None = None) -> tuple[np.ndarray, State]:
+        """Advance by one step ``(B, input_size)`` or a chunk ``(B, T, input_size)``.
+
+        Returns ``(y, state)``: ``y`` is the new ``h`` ``(B, hidden_size)`` for one step, or
+        the ``h`` of every step ``(B, T, hidden_size)`` for a chunk; ``state`` is the new ``h``
+        (LSTMCell ``(h, c)``). Feeding a chunk gives what calling the cell step after step
+        gives. ``state`` (zeros if ``None``) is not modified.
+        """
+        name = type(self).__name__
+        x = as_array(x, self.dtype, f"{name} step input")
+        if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
+            raise ShapeError(f"{name} step input: expected (B, {self.input_size}) or (B, T, "
+                             f"{self.input_size}), got shape {x.shape}")
+        batch = x.shape[0]
+        is_lstm = self.layer.cell == "lstm"
+        if state is None:
+            layer_state = None
+        elif is_lstm:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise ShapeError(f"{name} state: expected a pair (h, c), got "
+                                 f"{type(state).__name__}")
+            layer_state = (self._state_array(state[0], "h", self.hidden_size, batch, False),
+                           self._state_array(state[1], "c", self.hidden_size, batch, False))
+        else:
+            layer_state = self._state_array(state, "h", self.hidden_size, batch, False)
+        y, new_state = self.layer.step(x, layer_state)
+        if is_lstm:
+            return y, (new_state[0][0], new_state[1][0])
+        return y, new_state[0]
 
     # ------------------------------------------------------------------ calling
     def _state_array(self, value: Any, label: str, width: int, batch: int,

@@ -6,8 +6,11 @@ its op and where its input comes from: the model input, or one output of an earl
 references into the chain the same way. Each op is called as
 ``outputs, mask = op.apply(x, mask)``, so masks (Keras padding) flow along the chain.
 
-The chain is the unit a streaming API will work on later: recurrent ops keep their state
-in ``Recurrent.states`` and nothing else in the chain has state.
+Streaming: :meth:`Model.step` feeds a sequence a step or a chunk at a time, with the state
+of every recurrent op passed in and returned as plain NumPy arrays; the model object itself
+keeps no per-sequence state (except Keras ``stateful`` ops in full calls, see
+:meth:`Model.predict`). Which ops can stream, and how, is each op's ``streaming`` attribute
+(:mod:`fastgate.ops`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,17 @@ __all__ = ["Model", "Node", "MODEL_INPUT"]
 MODEL_INPUT = -1
 
 ArrayLike = Any
+
+#: A streaming state: one tuple of ``(B, units)`` arrays per recurrent op, in node order.
+StreamState = tuple
+
+
+class _StreamPlan(NamedTuple):
+    """What :meth:`Model.step` needs to know about the chain, worked out once."""
+
+    recurrent_nodes: tuple[int, ...]        # positions of the "recurrent" ops
+    sequence_outputs: tuple[tuple[bool, ...], ...]  # per node: which outputs have steps
+    error: str | None                      # why the model cannot stream, if it cannot
 
 
 class Node(NamedTuple):
@@ -97,6 +111,7 @@ class Model:
         self.input_shape = None if input_shape is None else tuple(
             None if d is None else int(d) for d in input_shape)
         self.name = str(name)
+        self._plan = self._stream_plan()
 
     # ------------------------------------------------------------------ description
     @property
@@ -212,6 +227,179 @@ class Model:
         pieces = [self._run(x[start:start + batch_size])
                   for start in range(0, total, int(batch_size))]
         return self._result([np.concatenate(parts, axis=0) for parts in zip(*pieces)])
+
+    # ------------------------------------------------------------------ streaming
+    def _stream_plan(self) -> _StreamPlan:
+        """Which values carry a steps axis when streaming, and which op (if any) cannot."""
+        recurrent: list[int] = []
+        sequences: list[tuple[bool, ...]] = []
+        error = None
+
+        def has_steps(ref: tuple[int, int]) -> bool:
+            if ref[0] == MODEL_INPUT:
+                return True
+            flags = sequences[ref[0]]
+            return flags[ref[1]] if ref[1] < len(flags) else False
+
+        for position, node in enumerate(self.nodes):
+            kind = getattr(node.op, "streaming", None)
+            op_name = f"node {node.name!r} ({type(node.op).__name__})"
+            incoming = has_steps(node.source)
+            flags: tuple[bool, ...] = (incoming,)
+            if kind == "recurrent":
+                recurrent.append(position)
+                if getattr(node.op, "go_backwards", False):
+                    error = error or (f"{op_name} reads its sequence backwards "
+                                      f"(go_backwards=True): it needs the whole sequence")
+                elif not incoming:
+                    error = error or f"{op_name} is fed a value with no steps axis"
+                states = 2 if node.op.layer.cell == "lstm" else 1
+                flags = (node.op.return_sequences,) + (False,) * states
+            elif kind == "not_over_time":
+                if incoming:
+                    error = error or (f"{op_name} acts over the steps axis: it needs the "
+                                      f"whole sequence")
+                flags = (False,)
+            elif kind == "whole_sequence":
+                error = error or f"{op_name} needs the whole sequence"
+            elif kind != "per_step":
+                error = error or f"{op_name} does not say how it streams (no `streaming`)"
+            sequences.append(flags)
+        return _StreamPlan(tuple(recurrent), tuple(sequences), error)
+
+    def _streaming(self) -> _StreamPlan:
+        plan = self.__dict__.get("_plan") or self._stream_plan()
+        if plan.error:
+            raise ConfigError(f"model {self.name!r} cannot stream: {plan.error}")
+        return plan
+
+    def initial_state(self, batch_size: int = 1) -> StreamState:
+        """The streaming state at the start of ``batch_size`` sequences (zeros).
+
+        A tuple with, per recurrent op in node order, a tuple of ``(batch_size, units)``
+        NumPy arrays: ``(h, last_output)`` (LSTM ``(h, c, last_output)``; ``last_output`` is
+        what a masked step repeats). Plain arrays: a service can pickle or ``np.save`` them
+        between requests and resume later. Raises :class:`~fastgate.errors.ConfigError` if
+        the model cannot stream (see :meth:`step`).
+        """
+        plan = self._streaming()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 0:
+            raise ConfigError(f"batch_size must be a non-negative integer, got {batch_size!r}")
+        return tuple(self.nodes[k].op.initial_stream_state(int(batch_size))
+                     for k in plan.recurrent_nodes)
+
+    def _check_state(self, state: Any, plan: _StreamPlan, batch: int) -> StreamState:
+        count = len(plan.recurrent_nodes)
+        if not isinstance(state, (tuple, list)) or len(state) != count:
+            raise ShapeError(f"model {self.name!r} state: expected a tuple of {count} entries "
+                             f"(one per recurrent op, from initial_state()), got "
+                             f"{type(state).__name__}"
+                             + (f" of {len(state)}" if isinstance(state, (tuple, list)) else ""))
+        checked = []
+        for k, entry in zip(plan.recurrent_nodes, state):
+            op = self.nodes[k].op
+            parts = 3 if op.layer.cell == "lstm" else 2
+            where = f"model {self.name!r} state of node {self.nodes[k].name!r}"
+            if not isinstance(entry, (tuple, list)) or len(entry) != parts:
+                raise ShapeError(f"{where}: expected a tuple of {parts} arrays, got "
+                                 f"{type(entry).__name__}")
+            arrays = tuple(as_array(part, op.layer.dtype, where) for part in entry)
+            for part in arrays:
+                if part.shape != (batch, op.units):
+                    raise ShapeError(f"{where}: expected arrays of shape ({batch}, {op.units})"
+                                     f", got {part.shape}")
+            checked.append(arrays)
+        return tuple(checked)
+
+    def step(self, x: ArrayLike, state: StreamState | None = None
+             ) -> tuple[np.ndarray | list[np.ndarray], StreamState]:
+        """Feed one step or a chunk of steps of ``B`` sequences; return outputs and new state.
+
+        Parameters
+        ----------
+        x : array_like
+            One step ``(B, D)`` or a chunk ``(B, T, D)`` (for a model fed token ids by an
+            Embedding: ``(B,)`` or ``(B, T)``).
+        state : tuple, optional
+            From :meth:`initial_state` or a previous ``step``; zeros if omitted. Not modified.
+
+        Returns
+        -------
+        y : ndarray or list of ndarray
+            What a full call on the whole sequence gives for the steps just fed: ``(B, F)``
+            for one step, ``(B, T, F)`` for a chunk; for an output that is not a sequence (a
+            recurrent op without ``return_sequences``), its value after the last step fed.
+        state : tuple
+            The state after these steps (new arrays).
+
+        Feeding a sequence step by step or chunk by chunk gives the outputs of one call on the
+        whole sequence, masking included (a masked step keeps the state and repeats the last
+        output). Ops that need the whole sequence (Flatten over the steps axis,
+        GlobalPooling1D, RepeatVector, Bidirectional, ``go_backwards``) make it raise
+        :class:`~fastgate.errors.ConfigError` naming the op. The carried state of Keras
+        ``stateful`` ops is neither used nor changed: streaming states are explicit.
+        """
+        plan = self._streaming()
+        feeds_embedding = any(isinstance(node.op, Embedding) and node.source[0] == MODEL_INPUT
+                              for node in self.nodes)
+        if feeds_embedding:
+            x = np.asarray(x)
+            rank = 2
+        else:
+            x = as_array(x, np.dtype(np.float32), f"model {self.name!r} step input")
+            rank = 3
+        if self.input_shape is not None:
+            rank = len(self.input_shape)
+        if x.ndim == rank - 1 and rank >= 2:
+            single, chunk = True, x[:, None]
+        elif x.ndim == rank:
+            single, chunk = False, x
+        else:
+            raise ShapeError(f"model {self.name!r} step input: expected one step of rank "
+                             f"{rank - 1} or a chunk of rank {rank} (batch first), got shape "
+                             f"{x.shape}")
+        if self.input_shape is not None and any(
+                want is not None and got != want
+                for want, got in zip(self.input_shape[2:], chunk.shape[2:])):
+            raise ShapeError(f"model {self.name!r} step input: expected features "
+                             f"{self.input_shape[2:]}, got shape {x.shape}")
+        batch = chunk.shape[0]
+        states = (self.initial_state(batch) if state is None
+                  else self._check_state(state, plan, batch))
+        new_states = list(states)
+        produced: list[tuple[tuple, tuple]] = []
+
+        def fetch(ref: tuple[int, int]) -> tuple[Any, Any]:
+            if ref[0] == MODEL_INPUT:
+                return chunk, None
+            outputs, masks = produced[ref[0]]
+            return outputs[ref[1]], masks[ref[1]]
+
+        slot = 0
+        for node in self.nodes:
+            value, mask = fetch(node.source)
+            try:
+                if node.op.streaming == "recurrent":
+                    outputs, masks, new_states[slot] = node.op.apply_step(
+                        value, mask, states[slot])
+                    slot += 1
+                else:
+                    outputs, masks = node.op.apply(value, mask)
+            except ShapeError as error:
+                raise type(error)(f"node {node.name!r}: {error}") from error
+            if not isinstance(outputs, tuple):
+                outputs, masks = (outputs,), (masks,)
+            produced.append((outputs, masks))
+        results = []
+        for ref in self.outputs:
+            value = fetch(ref)[0]
+            sequence = ref[0] == MODEL_INPUT or plan.sequence_outputs[ref[0]][ref[1]]
+            if single and sequence:
+                value = value[:, 0]
+            results.append(np.ascontiguousarray(value, dtype=np.float32)
+                           if ref[0] != MODEL_INPUT or value.dtype.kind == "f" else value)
+        return self._result(results), tuple(new_states)
 
     # ------------------------------------------------------------------ saving
     def save(self, path: str) -> None:

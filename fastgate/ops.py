@@ -6,6 +6,14 @@ Dense and Embedding are usable on their own; every class here is also a step of 
 
 They follow the same rules as the recurrent layers: weights validated and converted once at
 construction, cheap calls, fastgate errors on bad input, ``.fastgate`` serialization.
+
+Streaming (:meth:`fastgate.Model.step`): every op says in ``streaming`` how it behaves when a
+sequence arrives a step or a chunk at a time: ``"per_step"`` ops (Dense, Embedding, Activation,
+Masking) act on each step alone, so they run on the chunk as it is; ``"recurrent"`` ops
+(:class:`Recurrent`) carry a state from chunk to chunk (:meth:`Recurrent.initial_stream_state`,
+:meth:`Recurrent.apply_step`); ``"not_over_time"`` ops (Flatten) only accept a value that has
+no steps axis any more; ``"whole_sequence"`` ops (GlobalPooling1D, RepeatVector,
+Bidirectional) need the whole sequence and cannot stream.
 """
 
 from __future__ import annotations
@@ -29,7 +37,12 @@ class Dense:
 
     ``kernel`` is ``(in_features, out_features)`` (Keras layout; PyTorch's ``nn.Linear``
     weight transposed), ``bias`` ``(out_features,)`` or ``None``. Works on any leading shape.
+
+    Like the recurrent layers it has ``initial_state(batch_size)`` / ``step(x, state)``, with an
+    empty state: a Dense head can sit in a streaming loop next to a layer.
     """
+
+    streaming = "per_step"
 
     def __init__(self, kernel: Any, bias: Any = None, *, activation: str = "linear",
                  dtype: Any = np.float32) -> None:
@@ -69,6 +82,14 @@ class Dense:
         """Model step (see :class:`fastgate.Model`): the mask passes through unchanged."""
         return self(x), mask
 
+    def initial_state(self, batch_size: int = 1) -> tuple:
+        """The (empty) streaming state: Dense has none."""
+        return ()
+
+    def step(self, x: Any, state: tuple = ()) -> tuple[np.ndarray, tuple]:
+        """``(self(x), state)``: the streaming signature of the recurrent layers."""
+        return self(x), state
+
     def _get_spec(self) -> dict[str, Any]:
         return {"kernel": self.kernel, "bias": self.bias, "activation": self.activation,
                 "dtype": self.dtype.name}
@@ -95,7 +116,13 @@ class Embedding:
     Ids must be integers in ``[0, num_embeddings)``; anything else raises
     :class:`~fastgate.errors.InputError` (never an out-of-bounds read). With ``mask_zero``
     (Keras), id 0 is padding: inside a :class:`fastgate.Model` it masks its step.
+
+    Integer ids of any width (``int64`` included) are checked against the vocabulary before
+    the lookup; floats are accepted only when they hold integers. ``initial_state`` /
+    ``step`` give it the streaming signature of the recurrent layers (with an empty state).
     """
+
+    streaming = "per_step"
 
     def __init__(self, table: Any, *, dtype: Any = np.float32, mask_zero: bool = False) -> None:
         self.dtype = _as_float_dtype(dtype)
@@ -130,6 +157,14 @@ class Embedding:
         """Model step: ``mask_zero`` makes the mask ``ids != 0``; otherwise there is none."""
         vectors = self(ids)
         return vectors, (np.asarray(ids) != 0 if self.mask_zero else None)
+
+    def initial_state(self, batch_size: int = 1) -> tuple:
+        """The (empty) streaming state: Embedding has none."""
+        return ()
+
+    def step(self, ids: Any, state: tuple = ()) -> tuple[np.ndarray, tuple]:
+        """``(self(ids), state)``: the streaming signature of the recurrent layers."""
+        return self(ids), state
 
     def _get_spec(self) -> dict[str, Any]:
         return {"table": self.table, "dtype": self.dtype.name, "mask_zero": self.mask_zero}
@@ -183,6 +218,8 @@ class Activation:
     """An activation on its own: elementwise (:mod:`fastgate.activations`) or ``"softmax"`` /
     ``"log_softmax"`` over the last axis. Keeps the mask (Keras ``Activation``)."""
 
+    streaming = "per_step"
+
     def __init__(self, activation: str, *, dtype: Any = np.float32) -> None:
         self.dtype = _as_float_dtype(dtype)
         if activation in AXIS_ACTIVATIONS:
@@ -215,6 +252,8 @@ class Masking:
     Makes the mask ``any(x != mask_value, axis=-1)`` and zeroes the masked steps of ``x``.
     """
 
+    streaming = "per_step"
+
     def __init__(self, mask_value: float = 0.0, *, dtype: Any = np.float32) -> None:
         self.dtype = _as_float_dtype(dtype)
         self.mask_value = float(mask_value)
@@ -238,6 +277,8 @@ class Masking:
 @serializable
 class Flatten:
     """``(B, ...) -> (B, prod(...))``. Drops the mask (Keras ``Flatten``)."""
+
+    streaming = "not_over_time"
 
     def __init__(self, *, dtype: Any = np.float32) -> None:
         self.dtype = _as_float_dtype(dtype)
@@ -267,6 +308,8 @@ class GlobalPooling1D:
     ``GlobalAveragePooling1D``: ``sum(x * mask) / sum(mask)``, NaN when no step is valid);
     ``"max"`` ignores the mask (Keras ``GlobalMaxPooling1D``). Both drop the mask.
     """
+
+    streaming = "whole_sequence"
 
     def __init__(self, mode: str, *, steps_axis: int = 1, keepdims: bool = False,
                  dtype: Any = np.float32) -> None:
@@ -311,6 +354,8 @@ class GlobalPooling1D:
 class RepeatVector:
     """``(B, F) -> (B, n, F)``: the same vector at every step (Keras ``RepeatVector``)."""
 
+    streaming = "whole_sequence"
+
     def __init__(self, n: int, *, dtype: Any = np.float32) -> None:
         if int(n) != n or n < 0:
             raise ConfigError(f"RepeatVector n must be a non-negative integer, got {n!r}")
@@ -350,7 +395,13 @@ class Recurrent:
       the first valid step), or outputs zeros with ``zero_output_for_mask``.
 
     The mask is passed on if ``return_sequences``, else dropped (Keras).
+
+    Streaming (:meth:`apply_step`, used by :meth:`fastgate.Model.step`): the state is the tuple
+    ``(h, output)`` (LSTM ``(h, c, output)``) of ``(B, units)`` arrays, ``output`` being the
+    last output given, which a masked step repeats. ``go_backwards`` cannot stream.
     """
+
+    streaming = "recurrent"
 
     def __init__(self, layer: Any, *, return_sequences: bool = False,
                  return_state: bool = False, go_backwards: bool = False,
@@ -423,6 +474,60 @@ class Recurrent:
             return (output,) + states, (output_mask,) + (None,) * len(states)
         return output, output_mask
 
+    # ------------------------------------------------------------------ streaming
+    def initial_stream_state(self, batch_size: int) -> tuple[np.ndarray, ...]:
+        """The streaming state at the start of ``batch_size`` sequences: zeros.
+
+        ``(h, output)``, LSTM ``(h, c, output)``, each ``(batch_size, units)``. A stateful
+        op's carried state (:attr:`states`) is not used: streaming states are explicit.
+        """
+        layer = self.layer
+        count = 3 if layer.cell == "lstm" else 2
+        return tuple(np.zeros((batch_size, layer.hidden_size), layer.dtype)
+                     for _ in range(count))
+
+    def apply_step(self, x: Any, mask: np.ndarray | None, state: tuple[np.ndarray, ...]
+                   ) -> tuple[Any, Any, tuple[np.ndarray, ...]]:
+        """Advance the sequences by the chunk ``x`` ``(B, T, D)`` from ``state``.
+
+        Returns ``(outputs, masks, new_state)``: ``outputs`` and ``masks`` are what
+        :meth:`apply` gives for these steps when the sequences so far had been fed in one
+        call (the last step's output if not ``return_sequences``); ``state`` is not modified.
+        """
+        layer = self.layer
+        name = type(layer).__name__
+        if self.go_backwards:
+            raise ConfigError(f"{name} with go_backwards=True cannot stream: it reads the "
+                              f"sequence from its last step")
+        x = _float_input(x, layer.dtype, f"{name} input", (3,))
+        batch, steps, width = x.shape
+        if width != layer.input_size or steps == 0:
+            raise ShapeError(f"{name} input: expected (B, T, {layer.input_size}) with T >= 1, "
+                             f"got shape {x.shape}")
+        is_lstm = layer.cell == "lstm"
+        # Fresh C-ordered copies: the kernels write the final state into them.
+        h0 = np.array(state[0][None], dtype=layer.dtype, order="C")
+        c0 = np.array(state[1][None], dtype=layer.dtype, order="C") if is_lstm else None
+        hold = not self.zero_output_for_mask
+        valid = None if mask is None else np.asarray(mask, bool)
+        out, h_n, c_n = layer.forward(
+            np.ascontiguousarray(x), h0, c0,
+            mask=None if valid is None else np.ascontiguousarray(valid.T), batch_major=True,
+            hold_masked_output=hold)
+        if valid is not None and hold:
+            # The kernels hold zeros before a chunk's first valid step; the sequence's output
+            # before that step is the last output of the previous chunk.
+            leading = ~np.logical_or.accumulate(valid, axis=1)
+            if leading.any():
+                out = np.where(leading[:, :, None], state[-1][:, None, :], out)
+        new_state = (h_n[0],) + ((c_n[0],) if is_lstm else ()) + (out[:, -1].copy(),)
+        output = out if self.return_sequences else out[:, -1]
+        output_mask = mask if self.return_sequences else None
+        if self.return_state:
+            finals = tuple(part.copy() for part in new_state[:-1])  # outputs may be edited
+            return (output,) + finals, (output_mask,) + (None,) * len(finals), new_state
+        return output, output_mask, new_state
+
     def _get_spec(self) -> dict[str, Any]:
         return {"layer": self.layer, "return_sequences": self.return_sequences,
                 "return_state": self.return_state, "go_backwards": self.go_backwards,
@@ -453,7 +558,10 @@ class Bidirectional:
     ``return_sequences`` its outputs are flipped back into step order before the merge.
     ``merge_mode`` is ``"concat"``, ``"sum"``, ``"mul"``, ``"ave"`` or ``None`` (the two
     outputs separately). With ``return_state`` the states follow: forward's, then backward's.
+    It cannot stream: the backward direction needs the whole sequence.
     """
+
+    streaming = "whole_sequence"
 
     def __init__(self, forward: Recurrent, backward: Recurrent, *,
                  merge_mode: str | None = "concat") -> None:
