@@ -129,22 +129,25 @@ class _Cell:
         if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
             raise ShapeError(f"{name} step input: expected (B, {self.input_size}) or (B, T, "
                              f"{self.input_size}), got shape {x.shape}")
+        single = x.ndim == 2
+        chunk = x[:, None, :] if single else x
         batch = x.shape[0]
         is_lstm = self.layer.cell == "lstm"
         if state is None:
-            layer_state = None
+            h0 = np.zeros((1, batch, self.hidden_size), self.dtype)
+            c0 = h0.copy() if is_lstm else None
         elif is_lstm:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise ShapeError(f"{name} state: expected a pair (h, c), got "
                                  f"{type(state).__name__}")
-            layer_state = (self._state_array(state[0], "h", self.hidden_size, batch, False),
-                           self._state_array(state[1], "c", self.hidden_size, batch, False))
+            h0 = self._state_array(state[0], "h", self.hidden_size, batch, False)
+            c0 = self._state_array(state[1], "c", self.hidden_size, batch, False)
         else:
-            layer_state = self._state_array(state, "h", self.hidden_size, batch, False)
-        y, new_state = self.layer.step(x, layer_state)
-        if is_lstm:
-            return y, (new_state[0][0], new_state[1][0])
-        return y, new_state[0]
+            h0 = self._state_array(state, "h", self.hidden_size, batch, False)
+            c0 = None
+        out, h_n, c_n = self.layer.forward(chunk, h0, c0, batch_major=True)
+        y = out[:, 0] if single else out
+        return y, ((h_n[0], c_n[0]) if is_lstm else h_n[0])
 
     # ------------------------------------------------------------------ calling
     def _state_array(self, value: Any, label: str, width: int, batch: int,

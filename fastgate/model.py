@@ -41,6 +41,8 @@ class _StreamPlan(NamedTuple):
     recurrent_nodes: tuple[int, ...]        # positions of the "recurrent" ops
     sequence_outputs: tuple[tuple[bool, ...], ...]  # per node: which outputs have steps
     error: str | None                      # why the model cannot stream, if it cannot
+    feeds_embedding: bool                  # the input is token ids
+    state_shapes: tuple[tuple[int, int, Any], ...]  # per recurrent op: parts, units, dtype
 
 
 class Node(NamedTuple):
@@ -156,9 +158,7 @@ class Model:
                 node.op.reset_states()
 
     def _prepare_input(self, x: ArrayLike) -> np.ndarray:
-        feeds_embedding = any(isinstance(node.op, Embedding) and node.source[0] == MODEL_INPUT
-                              for node in self.nodes)
-        if feeds_embedding:
+        if self._feeds_embedding():
             x = np.asarray(x)  # token ids: Embedding checks and converts them
         else:
             x = as_array(x, np.dtype(np.float32), f"model {self.name!r} input")
@@ -265,7 +265,15 @@ class Model:
             elif kind != "per_step":
                 error = error or f"{op_name} does not say how it streams (no `streaming`)"
             sequences.append(flags)
-        return _StreamPlan(tuple(recurrent), tuple(sequences), error)
+        shapes = tuple((3 if self.nodes[k].op.layer.cell == "lstm" else 2,
+                        self.nodes[k].op.units, self.nodes[k].op.layer.dtype)
+                       for k in recurrent)
+        return _StreamPlan(tuple(recurrent), tuple(sequences), error,
+                           self._feeds_embedding(), shapes)
+
+    def _feeds_embedding(self) -> bool:
+        return any(isinstance(node.op, Embedding) and node.source[0] == MODEL_INPUT
+                   for node in self.nodes)
 
     def _streaming(self) -> _StreamPlan:
         plan = self.__dict__.get("_plan") or self._stream_plan()
@@ -296,18 +304,26 @@ class Model:
                              f"(one per recurrent op, from initial_state()), got "
                              f"{type(state).__name__}"
                              + (f" of {len(state)}" if isinstance(state, (tuple, list)) else ""))
+        for entry, (parts, units, dtype) in zip(state, plan.state_shapes):
+            # The common case, arrays from a previous step, costs a few attribute checks.
+            if not (type(entry) is tuple and len(entry) == parts and all(
+                    type(part) is np.ndarray and part.dtype == dtype
+                    and part.shape == (batch, units) for part in entry)):
+                return self._convert_state(state, plan, batch)
+        return state if type(state) is tuple else tuple(state)
+
+    def _convert_state(self, state: Any, plan: _StreamPlan, batch: int) -> StreamState:
         checked = []
-        for k, entry in zip(plan.recurrent_nodes, state):
-            op = self.nodes[k].op
-            parts = 3 if op.layer.cell == "lstm" else 2
+        for k, entry, (parts, units, dtype) in zip(plan.recurrent_nodes, state,
+                                                   plan.state_shapes):
             where = f"model {self.name!r} state of node {self.nodes[k].name!r}"
             if not isinstance(entry, (tuple, list)) or len(entry) != parts:
                 raise ShapeError(f"{where}: expected a tuple of {parts} arrays, got "
                                  f"{type(entry).__name__}")
-            arrays = tuple(as_array(part, op.layer.dtype, where) for part in entry)
+            arrays = tuple(as_array(part, dtype, where) for part in entry)
             for part in arrays:
-                if part.shape != (batch, op.units):
-                    raise ShapeError(f"{where}: expected arrays of shape ({batch}, {op.units})"
+                if part.shape != (batch, units):
+                    raise ShapeError(f"{where}: expected arrays of shape ({batch}, {units})"
                                      f", got {part.shape}")
             checked.append(arrays)
         return tuple(checked)
@@ -341,9 +357,7 @@ class Model:
         ``stateful`` ops is neither used nor changed: streaming states are explicit.
         """
         plan = self._streaming()
-        feeds_embedding = any(isinstance(node.op, Embedding) and node.source[0] == MODEL_INPUT
-                              for node in self.nodes)
-        if feeds_embedding:
+        if plan.feeds_embedding:
             x = np.asarray(x)
             rank = 2
         else:
