@@ -24,11 +24,14 @@ typedef struct {
     ptrdiff_t steps, batch, step_stride, batch_stride;
     ptrdiff_t hidden;               /* H */
     ptrdiff_t width;                /* P: proj_size, else H */
-    const void *projected_input;    /* (T*B, G*H): x @ W of every row */
+    const void *input;              /* (T*B, D): the layer input rows */
+    ptrdiff_t input_width;          /* D */
+    const void *projected_input;    /* (T*B, G*H): x @ W of every row, or NULL: then the
+                                       kernel computes x_t W next to h U, step by step */
     const void *bias;               /* (G*H,): b_i + b_h, except the GRU reset-after n gate */
     const void *new_gate_bias;      /* (H,): b_hn of a GRU reset-after, else NULL */
-    const void *recurrent;          /* packed U (GRU reset-before: its r and z gates) */
-    const void *recurrent_new;      /* packed U_n of a GRU reset-before, else NULL */
+    const void *recurrent;          /* packed [W; U] (GRU reset-before: the r and z gates) */
+    const void *recurrent_new;      /* packed [W_n; U_n] of a GRU reset-before, else NULL */
     const void *projection;         /* packed W_hr of a projected LSTM, else NULL */
     void *h;                        /* (B, P): initial state in, final state out */
     void *c;                        /* (B, H): LSTM cell state, updated in place */

@@ -24,25 +24,21 @@ typedef FG_T FG_NAME(vec) __attribute__((vector_size(FG_VBYTES), aligned(sizeof(
 /* Tile height for G gates: as many rows as the accumulator registers allow (at most 12). */
 #define FG_MR(G) (FG_ACC / (G) < 12 ? FG_ACC / (G) : 12)
 
-/* tile[(r G + g) W + w] = sum_k a[r lda + k] * panel[(k G + g) W + w], r < MR, g < G.
- * G and MR are constants at every call site, so acc[] lives in registers. With few
- * accumulators (batch 1), two sets over even / odd k hide the FMA latency. */
-FG_ALWAYS_INLINE void FG_NAME(tile_product)(const int G, const int MR,
-                                            const FG_T *restrict a, ptrdiff_t lda,
-                                            const FG_T *restrict panel, ptrdiff_t K,
-                                            FG_T *restrict tile)
+/* acc[r A + g'] += sum_k a[r lda + k] * panel[(k G + g) W + :], r < MR, g < G, k < K,
+ * with A accumulators per row and g' = g, except that with `last_apart` the last gate goes to
+ * accumulator G (a GRU keeps h U_n apart from x W_n). G, A, MR and last_apart are constants
+ * at every call site, so acc[] lives in registers. With few accumulators (batch 1), a
+ * second set over odd k hides the FMA latency. */
+FG_ALWAYS_INLINE void FG_NAME(accumulate)(const int G, const int A, const int MR,
+                                          const int last_apart, const FG_T *restrict a,
+                                          ptrdiff_t lda, const FG_T *restrict panel,
+                                          ptrdiff_t K, FG_NAME(vec) *acc, FG_NAME(vec) *acc2)
 {
     typedef FG_NAME(vec) V;
-    V acc[24], acc2[24];
-    const V zero = {0};
     ptrdiff_t k = 0;
-    int i, r, g;
-#pragma GCC unroll 24
-    for (i = 0; i < G * MR; i++) {
-        acc[i] = zero;
-        acc2[i] = zero;
-    }
-    if (G * MR < 8) {
+    int r, g;
+#define FG_ACC_INDEX(r, g) ((r) * A + (last_apart && (g) == G - 1 ? G : (g)))
+    if (A * MR < 8) {
         for (; k + 1 < K; k += 2) {
             const V *p0 = (const V *)(panel + k * G * FG_W);
             const V *p1 = p0 + G;
@@ -51,8 +47,8 @@ FG_ALWAYS_INLINE void FG_NAME(tile_product)(const int G, const int MR,
                 const FG_T a0 = a[r * lda + k], a1 = a[r * lda + k + 1];
 #pragma GCC unroll 4
                 for (g = 0; g < G; g++) {
-                    acc[r * G + g] += a0 * p0[g];
-                    acc2[r * G + g] += a1 * p1[g];
+                    acc[FG_ACC_INDEX(r, g)] += a0 * p0[g];
+                    acc2[FG_ACC_INDEX(r, g)] += a1 * p1[g];
                 }
             }
         }
@@ -64,57 +60,100 @@ FG_ALWAYS_INLINE void FG_NAME(tile_product)(const int G, const int MR,
             const FG_T ak = a[r * lda + k];
 #pragma GCC unroll 4
             for (g = 0; g < G; g++)
-                acc[r * G + g] += ak * p[g];
+                acc[FG_ACC_INDEX(r, g)] += ak * p[g];
         }
     }
+#undef FG_ACC_INDEX
+}
+
+/* The product of MR rows of [x_t | h] (a1: K1 columns, a2: K2 columns) with one block of the
+ * packed [W; U] (K1 + K2 rows): tile[(r A + g) W + w], A = G (+ 1 with `last_apart`: then
+ * the last gate's x and h parts are kept apart, at g = G - 1 and g = G). */
+FG_ALWAYS_INLINE void FG_NAME(tile_product)(const int G, const int MR, const int last_apart,
+                                            const FG_T *restrict a1, ptrdiff_t lda1,
+                                            ptrdiff_t K1, const FG_T *restrict a2,
+                                            ptrdiff_t lda2, ptrdiff_t K2,
+                                            const FG_T *restrict panel, FG_T *restrict tile)
+{
+    typedef FG_NAME(vec) V;
+    const int A = G + last_apart;
+    V acc[24], acc2[24];
+    const V zero = {0};
+    int i;
 #pragma GCC unroll 24
-    for (i = 0; i < G * MR; i++) {
-        if (G * MR < 8)
+    for (i = 0; i < A * MR; i++) {
+        acc[i] = zero;
+        acc2[i] = zero;
+    }
+    FG_NAME(accumulate)(G, A, MR, 0, a1, lda1, panel, K1, acc, acc2);
+    FG_NAME(accumulate)(G, A, MR, last_apart, a2, lda2, panel + K1 * G * FG_W, K2, acc, acc2);
+#pragma GCC unroll 24
+    for (i = 0; i < A * MR; i++) {
+        if (A * MR < 8)
             acc[i] += acc2[i];
         memcpy(tile + i * FG_W, &acc[i], sizeof(V));
     }
 }
 
-#define FG_TILE_CASE(G, M) \
-    case M: if ((M) <= FG_MR(G)) FG_NAME(tile_product)(G, (M) <= FG_MR(G) ? (M) : 1, \
-                                                      a, lda, panel, K, tile); break;
+#define FG_TILE_CASE(G, S, M)                                                              \
+    case M: {                                                                              \
+        if ((M) <= FG_MR(G + S))                                                           \
+            FG_NAME(tile_product)(G, (M) <= FG_MR(G + S) ? (M) : 1, S, a1, lda1, K1, a2,   \
+                                  lda2, K2, panel, tile);                                  \
+        break;                                                                             \
+    }
 
-/* tile_product for G gates and a runtime number of rows mr <= FG_MR(G). */
-#define FG_DEFINE_TILE(G)                                                                  \
-static FG_TARGET void FG_NAME(tile_g##G)(ptrdiff_t mr, const FG_T *restrict a,             \
-                                         ptrdiff_t lda, const FG_T *restrict panel,        \
-                                         ptrdiff_t K, FG_T *restrict tile)                 \
+/* tile_product for G gates (S: last one kept apart) and a runtime number of rows
+ * mr <= FG_MR(G + S). */
+#define FG_DEFINE_TILE(G, S, NAME)                                                         \
+static FG_TARGET void FG_NAME(NAME)(ptrdiff_t mr, const FG_T *restrict a1, ptrdiff_t lda1, \
+                                    ptrdiff_t K1, const FG_T *restrict a2, ptrdiff_t lda2, \
+                                    ptrdiff_t K2, const FG_T *restrict panel,              \
+                                    FG_T *restrict tile)                                   \
 {                                                                                          \
     switch (mr) {                                                                          \
-    FG_TILE_CASE(G, 1) FG_TILE_CASE(G, 2) FG_TILE_CASE(G, 3) FG_TILE_CASE(G, 4)           \
-    FG_TILE_CASE(G, 5) FG_TILE_CASE(G, 6) FG_TILE_CASE(G, 7) FG_TILE_CASE(G, 8)           \
-    FG_TILE_CASE(G, 9) FG_TILE_CASE(G, 10) FG_TILE_CASE(G, 11) FG_TILE_CASE(G, 12)        \
+    FG_TILE_CASE(G, S, 1) FG_TILE_CASE(G, S, 2) FG_TILE_CASE(G, S, 3)                      \
+    FG_TILE_CASE(G, S, 4) FG_TILE_CASE(G, S, 5) FG_TILE_CASE(G, S, 6)                      \
+    FG_TILE_CASE(G, S, 7) FG_TILE_CASE(G, S, 8) FG_TILE_CASE(G, S, 9)                      \
+    FG_TILE_CASE(G, S, 10) FG_TILE_CASE(G, S, 11) FG_TILE_CASE(G, S, 12)                   \
     default: break;                                                                        \
     }                                                                                      \
 }
-FG_DEFINE_TILE(1)
-FG_DEFINE_TILE(2)
-FG_DEFINE_TILE(3)
-FG_DEFINE_TILE(4)
+FG_DEFINE_TILE(1, 0, tile_g1)
+FG_DEFINE_TILE(2, 0, tile_g2)
+FG_DEFINE_TILE(3, 0, tile_g3)
+FG_DEFINE_TILE(3, 1, tile_g3_apart)
+FG_DEFINE_TILE(4, 0, tile_g4)
 #undef FG_DEFINE_TILE
 #undef FG_TILE_CASE
 
-typedef void (*FG_NAME(tile_fn))(ptrdiff_t, const FG_T *restrict, ptrdiff_t,
-                                 const FG_T *restrict, ptrdiff_t, FG_T *restrict);
-
-static FG_NAME(tile_fn) FG_NAME(tile_for)(int G)
-{
-    return G == 4 ? FG_NAME(tile_g4) : G == 3 ? FG_NAME(tile_g3)
-         : G == 2 ? FG_NAME(tile_g2) : FG_NAME(tile_g1);
-}
+typedef void (*FG_NAME(tile_fn))(ptrdiff_t, const FG_T *restrict, ptrdiff_t, ptrdiff_t,
+                                 const FG_T *restrict, ptrdiff_t, ptrdiff_t,
+                                 const FG_T *restrict, FG_T *restrict);
 
 /* ----------------------------------------------------------------------------- epilogues */
-/* Each takes one batch row's tile (G x W recurrent sums), the hidden units [j0, j0 + wn). */
+/* Each takes one batch row's tile (per gate, W sums of x W + h U, or of h U only when the
+ * input projection was computed beforehand: then `input` points at the row's x W, gates H
+ * apart; else it is NULL), for the hidden units [j0, j0 + wn). */
+
+/* pre[w] = tile[w] (+ input[w]) + bias[w] */
+FG_ALWAYS_INLINE void FG_NAME(pre_activation)(FG_T *restrict pre, const FG_T *restrict tile,
+                                              const FG_T *restrict input,
+                                              const FG_T *restrict bias, ptrdiff_t wn)
+{
+    ptrdiff_t w;
+    if (input != NULL)
+        for (w = 0; w < wn; w++)
+            pre[w] = tile[w] + input[w] + bias[w];
+    else
+        for (w = 0; w < wn; w++)
+            pre[w] = tile[w] + bias[w];
+}
 
 /* LSTM:  i, f, g, o = rec_act(.), rec_act(.), act(.), rec_act(.)  of  x W + b + h U
  *        c' = f * c + i * g;   h' = o * act(c')      (h' before the projection) */
 static FG_TARGET void FG_NAME(lstm_epilogue)(const FG_T *restrict tile,
-                                             const FG_T *restrict projected_input,
+                                             const FG_T *restrict input,
                                              const FG_T *restrict bias, ptrdiff_t hidden,
                                              ptrdiff_t wn, int act, int rec_act,
                                              FG_T *restrict c, FG_T *restrict h)
@@ -122,9 +161,9 @@ static FG_TARGET void FG_NAME(lstm_epilogue)(const FG_T *restrict tile,
     FG_T gates[4 * FG_W], cell[FG_W];
     ptrdiff_t gate, w;
     for (gate = 0; gate < 4; gate++)
-        for (w = 0; w < wn; w++)
-            gates[gate * FG_W + w] = tile[gate * FG_W + w] + projected_input[gate * hidden + w]
-                                     + bias[gate * hidden + w];
+        FG_NAME(pre_activation)(gates + gate * FG_W, tile + gate * FG_W,
+                                input != NULL ? input + gate * hidden : NULL,
+                                bias + gate * hidden, wn);
     if (wn == FG_W) {
         FG_ACTIVATE(rec_act, gates, 2 * FG_W);
     } else {
@@ -143,9 +182,12 @@ static FG_TARGET void FG_NAME(lstm_epilogue)(const FG_T *restrict tile,
 }
 
 /* GRU, reset after:  r = rec_act(x W_r + b_r + h U_r),  z = rec_act(x W_z + b_z + h U_z)
- *                    n = act(x W_n + b_in + r * (h U_n + b_hn));   h' = z * h + (1 - z) * n */
+ *                    n = act(x W_n + b_in + r * (h U_n + b_hn));   h' = z * h + (1 - z) * n
+ * x W_n is at `input_n`, h U_n at `recurrent_n`. */
 static FG_TARGET void FG_NAME(gru_epilogue)(const FG_T *restrict tile,
-                                            const FG_T *restrict projected_input,
+                                            const FG_T *restrict input,
+                                            const FG_T *restrict input_n,
+                                            const FG_T *restrict recurrent_n,
                                             const FG_T *restrict bias,
                                             const FG_T *restrict new_gate_bias,
                                             ptrdiff_t hidden, ptrdiff_t wn, int act,
@@ -155,9 +197,9 @@ static FG_TARGET void FG_NAME(gru_epilogue)(const FG_T *restrict tile,
     FG_T gates[3 * FG_W];
     ptrdiff_t gate, w;
     for (gate = 0; gate < 2; gate++)
-        for (w = 0; w < wn; w++)
-            gates[gate * FG_W + w] = tile[gate * FG_W + w] + projected_input[gate * hidden + w]
-                                     + bias[gate * hidden + w];
+        FG_NAME(pre_activation)(gates + gate * FG_W, tile + gate * FG_W,
+                                input != NULL ? input + gate * hidden : NULL,
+                                bias + gate * hidden, wn);
     if (wn == FG_W) {
         FG_ACTIVATE(rec_act, gates, 2 * FG_W);
     } else {
@@ -165,8 +207,8 @@ static FG_TARGET void FG_NAME(gru_epilogue)(const FG_T *restrict tile,
         FG_ACTIVATE(rec_act, gates + FG_W, wn);
     }
     for (w = 0; w < wn; w++)
-        gates[2 * FG_W + w] = projected_input[2 * hidden + w] + bias[2 * hidden + w]
-                              + gates[w] * (tile[2 * FG_W + w] + new_gate_bias[w]);
+        gates[2 * FG_W + w] = input_n[w] + bias[2 * hidden + w]
+                              + gates[w] * (recurrent_n[w] + new_gate_bias[w]);
     FG_ACTIVATE(act, gates + 2 * FG_W, wn);
     for (w = 0; w < wn; w++) {
         const FG_T z = gates[FG_W + w];
@@ -176,7 +218,7 @@ static FG_TARGET void FG_NAME(gru_epilogue)(const FG_T *restrict tile,
 
 /* GRU, reset before, first half:  r, z as above;  keeps r * h and z for the second half. */
 static FG_TARGET void FG_NAME(gru_reset_epilogue)(const FG_T *restrict tile,
-                                                  const FG_T *restrict projected_input,
+                                                  const FG_T *restrict input,
                                                   const FG_T *restrict bias, ptrdiff_t hidden,
                                                   ptrdiff_t wn, int rec_act,
                                                   const FG_T *restrict h_previous,
@@ -185,9 +227,9 @@ static FG_TARGET void FG_NAME(gru_reset_epilogue)(const FG_T *restrict tile,
     FG_T gates[2 * FG_W];
     ptrdiff_t gate, w;
     for (gate = 0; gate < 2; gate++)
-        for (w = 0; w < wn; w++)
-            gates[gate * FG_W + w] = tile[gate * FG_W + w] + projected_input[gate * hidden + w]
-                                     + bias[gate * hidden + w];
+        FG_NAME(pre_activation)(gates + gate * FG_W, tile + gate * FG_W,
+                                input != NULL ? input + gate * hidden : NULL,
+                                bias + gate * hidden, wn);
     FG_ACTIVATE(rec_act, gates, wn);
     FG_ACTIVATE(rec_act, gates + FG_W, wn);
     for (w = 0; w < wn; w++) {
@@ -199,7 +241,7 @@ static FG_TARGET void FG_NAME(gru_reset_epilogue)(const FG_T *restrict tile,
 /* GRU, reset before, second half:  n = act(x W_n + b_n + (r * h) U_n);  h' = z h + (1 - z) n.
  * SimpleRNN, with z = NULL:        h' = act(x W + b + h U). */
 static FG_TARGET void FG_NAME(single_gate_epilogue)(const FG_T *restrict tile,
-                                                    const FG_T *restrict projected_input,
+                                                    const FG_T *restrict input,
                                                     const FG_T *restrict bias, ptrdiff_t wn,
                                                     int act, const FG_T *restrict z,
                                                     const FG_T *restrict h_previous,
@@ -207,8 +249,7 @@ static FG_TARGET void FG_NAME(single_gate_epilogue)(const FG_T *restrict tile,
 {
     FG_T gate[FG_W];
     ptrdiff_t w;
-    for (w = 0; w < wn; w++)
-        gate[w] = tile[w] + projected_input[w] + bias[w];
+    FG_NAME(pre_activation)(gate, tile, input, bias, wn);
     FG_ACTIVATE(act, gate, wn);
     if (z == NULL) {
         for (w = 0; w < wn; w++)
@@ -221,18 +262,31 @@ static FG_TARGET void FG_NAME(single_gate_epilogue)(const FG_T *restrict tile,
 
 /* ------------------------------------------------------------------------------ the loop */
 /* Runs batch rows [row_begin, row_end) of one direction over every step. Rows are
- * independent: threads given disjoint row ranges share nothing and never synchronize. */
+ * independent: threads given disjoint row ranges share nothing and never synchronize.
+ *
+ * Two ways to get x_t W: with d->projected_input, it was computed for every step by one
+ * GEMM beforehand (best at batch 1, where a step is a matrix-vector product); without, the
+ * tile product reads the layer input rows x_t next to h and the packed [W; U] (no
+ * projection buffer, and no pass over it). */
 static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t row_begin,
                                              ptrdiff_t row_end)
 {
-    const ptrdiff_t H = d->hidden, P = d->width, B = d->batch;
+    const ptrdiff_t H = d->hidden, P = d->width, B = d->batch, D = d->input_width;
     const int G = d->cell == FG_CELL_LSTM ? 4 : (d->cell == FG_CELL_RNN ? 1
                  : (d->reset_after ? 3 : 2));
     const ptrdiff_t GH = (d->cell == FG_CELL_LSTM ? 4 : (d->cell == FG_CELL_GRU ? 3 : 1)) * H;
+    const int precomputed = d->projected_input != NULL;
+    /* a GRU reset-after with x W in the tile keeps x W_n and h U_n apart */
+    const int last_apart = d->cell == FG_CELL_GRU && d->reset_after && !precomputed;
     const ptrdiff_t blocks = (H + FG_W - 1) / FG_W, out_blocks = (P + FG_W - 1) / FG_W;
-    const ptrdiff_t panel_size = P * G * FG_W;          /* one block of packed U */
-    const ptrdiff_t mr = FG_MR(G), mr_single = FG_MR(1);
+    const ptrdiff_t panel_size = (D + P) * G * FG_W;      /* one block of packed [W; U] */
+    const ptrdiff_t panel_new_size = (D + H) * FG_W;      /* one block of [W_n; U_n] */
+    const ptrdiff_t K1 = precomputed ? 0 : D;             /* x columns read by the tile */
+    const ptrdiff_t x_stride = d->batch_stride * D;       /* between batch rows of x_t */
+    const ptrdiff_t A = G + last_apart;
+    const ptrdiff_t mr = FG_MR(A), mr_single = FG_MR(1);
     const FG_T *projected_input = (const FG_T *)d->projected_input;
+    const FG_T *layer_input = (const FG_T *)d->input;
     const FG_T *bias = (const FG_T *)d->bias;
     const FG_T *new_gate_bias = (const FG_T *)d->new_gate_bias;
     const FG_T *recurrent = (const FG_T *)d->recurrent;
@@ -243,30 +297,52 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
     FG_T *z_buffer = (FG_T *)d->gate_buffer;  /* (B, H) */
     FG_T *out = (FG_T *)d->out;
     FG_T *h_previous = (FG_T *)d->h, *h_next = (FG_T *)d->h_spare, *swap;
-    FG_NAME(tile_fn) tile_gates = FG_NAME(tile_for)(G), tile_single = FG_NAME(tile_for)(1);
+    FG_NAME(tile_fn) tile_gates = G == 4 ? FG_NAME(tile_g4)
+        : G == 3 ? (last_apart ? FG_NAME(tile_g3_apart) : FG_NAME(tile_g3))
+        : G == 2 ? FG_NAME(tile_g2) : FG_NAME(tile_g1);
+    FG_NAME(tile_fn) tile_single = FG_NAME(tile_g1);
     FG_T tile[24 * FG_W];
     ptrdiff_t s, t, t_previous = -1, b, r, rows, jb, j0, wn;
 
     for (s = 0; s < d->steps; s++) {
         const unsigned char *valid;
-        const FG_T *step_input;
+        const FG_T *step_input = NULL, *step_x;
         t = d->reverse ? d->steps - 1 - s : s;
         valid = d->mask != NULL ? d->mask + t * B : NULL;
-        step_input = projected_input + t * d->step_stride * GH;
-#define FG_ROW_INPUT(b) (step_input + (b) * d->batch_stride * GH)
+        if (precomputed)
+            step_input = projected_input + t * d->step_stride * GH;
+        step_x = layer_input + t * d->step_stride * D;
+#define FG_ROW_INPUT(b) (precomputed ? step_input + (b) * d->batch_stride * GH : NULL)
 #define FG_IS_VALID(b) (valid == NULL || valid[b])
 
         /* the recurrent product and the cell equations, block by block of hidden units */
         for (jb = 0; jb < blocks; jb++) {
-            const FG_T *panel = recurrent + jb * panel_size;
+            const FG_T *panel = recurrent + jb * panel_size + (D - K1) * G * FG_W;
             j0 = jb * FG_W;
             wn = H - j0 < FG_W ? H - j0 : FG_W;
             for (b = row_begin; b < row_end; b += rows) {
                 rows = row_end - b < mr ? row_end - b : mr;
-                tile_gates(rows, h_previous + b * P, P, panel, P, tile);
+                tile_gates(rows, step_x + b * x_stride, x_stride, K1, h_previous + b * P, P, P,
+                           panel, tile);
                 for (r = 0; r < rows; r++) {
-                    const FG_T *row_tile = tile + r * G * FG_W;
-                    const FG_T *row_input = FG_ROW_INPUT(b + r) + j0;
+                    const FG_T *row_tile = tile + r * A * FG_W;
+                    const FG_T *row_input = precomputed ? FG_ROW_INPUT(b + r) + j0 : NULL;
+                    if (precomputed) {
+                        /* The input projection of the step is not in cache (it was
+                         * computed for all steps at once); fetch this row's next block
+                         * while the other rows of this block are computed. */
+                        int gate;
+                        if (jb + 1 < blocks) {
+                            for (gate = 0; gate < G + (G == 2); gate++)
+                                FG_PREFETCH(row_input + gate * H + FG_W);
+                        } else if (s + 1 < d->steps) {
+                            const ptrdiff_t next_t = d->reverse ? t - 1 : t + 1;
+                            const FG_T *next_input = projected_input
+                                + (next_t * d->step_stride + (b + r) * d->batch_stride) * GH;
+                            for (gate = 0; gate < G + (G == 2); gate++)
+                                FG_PREFETCH(next_input + gate * H);
+                        }
+                    }
                     if (d->cell == FG_CELL_GRU && !d->reset_after) {
                         FG_NAME(gru_reset_epilogue)(
                             row_tile, row_input, bias + j0, H, wn, d->rec_act,
@@ -284,7 +360,10 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
                                                 : h_next + (b + r) * P) + j0);
                     else if (d->cell == FG_CELL_GRU)
                         FG_NAME(gru_epilogue)(
-                            row_tile, row_input, bias + j0, new_gate_bias + j0, H, wn, d->act,
+                            row_tile, row_input,
+                            precomputed ? row_input + 2 * H : row_tile + 2 * FG_W,
+                            row_tile + (precomputed ? 2 : 3) * FG_W,
+                            bias + j0, new_gate_bias + j0, H, wn, d->act,
                             d->rec_act, h_previous + (b + r) * P + j0,
                             h_next + (b + r) * P + j0);
                     else
@@ -297,17 +376,19 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
         if (d->cell == FG_CELL_GRU && !d->reset_after) {
             /* n = act(x W_n + b_n + (r * h) U_n) needs every r * h of the row first */
             for (jb = 0; jb < blocks; jb++) {
-                const FG_T *panel = recurrent_new + jb * H * FG_W;
+                const FG_T *panel = recurrent_new + jb * panel_new_size + (D - K1) * FG_W;
                 j0 = jb * FG_W;
                 wn = H - j0 < FG_W ? H - j0 : FG_W;
                 for (b = row_begin; b < row_end; b += rows) {
                     rows = row_end - b < mr_single ? row_end - b : mr_single;
-                    tile_single(rows, cell_out + b * H, H, panel, H, tile);
+                    tile_single(rows, step_x + b * x_stride, x_stride, K1, cell_out + b * H, H,
+                                H, panel, tile);
                     for (r = 0; r < rows; r++) {
                         if (!FG_IS_VALID(b + r))
                             continue;
                         FG_NAME(single_gate_epilogue)(
-                            tile + r * FG_W, FG_ROW_INPUT(b + r) + 2 * H + j0,
+                            tile + r * FG_W,
+                            precomputed ? FG_ROW_INPUT(b + r) + 2 * H + j0 : NULL,
                             bias + 2 * H + j0, wn, d->act, z_buffer + (b + r) * H + j0,
                             h_previous + (b + r) * P + j0, h_next + (b + r) * P + j0);
                     }
@@ -322,7 +403,7 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
                 wn = P - j0 < FG_W ? P - j0 : FG_W;
                 for (b = row_begin; b < row_end; b += rows) {
                     rows = row_end - b < mr_single ? row_end - b : mr_single;
-                    tile_single(rows, cell_out + b * H, H, panel, H, tile);
+                    tile_single(rows, NULL, 0, 0, cell_out + b * H, H, H, panel, tile);
                     for (r = 0; r < rows; r++)
                         if (FG_IS_VALID(b + r))
                             memcpy(h_next + (b + r) * P + j0, tile + r * FG_W,

@@ -28,6 +28,8 @@ cdef extern from "fused.h" nogil:
     ctypedef struct fg_direction:
         int cell, act, rec_act, reset_after, reverse, hold_masked_output
         Py_ssize_t steps, batch, step_stride, batch_stride, hidden, width
+        const void *input
+        Py_ssize_t input_width
         const void *projected_input
         const void *bias
         const void *new_gate_bias
@@ -59,6 +61,10 @@ cdef int MAX_THREADS = 64
 #: Below this many multiply-adds per call (steps x batch x recurrent product), threads cost
 #: more than they save.
 cdef double THREADING_MIN_WORK = 2e6
+#: From this batch size on, the kernel computes x_t W next to h U at every step (one pass,
+#: no projection buffer); below, one GEMM computes x W for all steps first (at batch 1 a
+#: step is a matrix-vector product, and re-reading W at every step would dominate).
+cdef Py_ssize_t FUSED_INPUT_MIN_BATCH = 4
 
 
 def isa():
@@ -95,28 +101,30 @@ def prepare(int cell, bint reset_after, input_kernel, recurrent_kernel, input_bi
     """The arrays :func:`forward` reads for one layer and direction.
 
     Returns ``(input_kernel, recurrent, bias, new_gate_bias, recurrent_new, projection)``:
-    the input kernel as is; ``recurrent`` the packed recurrent kernel (for a GRU with the
-    reset gate before ``U_n``, its ``r, z`` columns only, and ``recurrent_new`` its ``n``
-    columns); ``bias = b_i + b_h``, except a reset-after GRU's ``n`` gate, where ``b_hn`` sits
-    inside ``r * (...)`` and is kept apart in ``new_gate_bias``; ``projection`` packed. Absent
-    parts are empty arrays.
+    the input kernel as is (for the all-steps GEMM); ``recurrent`` the input and recurrent
+    kernels stacked, ``[W; U]``, and packed (for a GRU with the reset gate before ``U_n``,
+    their ``r, z`` columns only, and ``recurrent_new`` their ``n`` columns);
+    ``bias = b_i + b_h``, except a reset-after GRU's ``n`` gate, where ``b_hn`` sits inside
+    ``r * (...)`` and is kept apart in ``new_gate_bias``; ``projection`` packed. Absent parts
+    are empty arrays.
     """
     dtype = input_kernel.dtype
     gates = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
     hidden = input_kernel.shape[1] // gates
     empty = np.zeros(0, dtype)
+    stacked = np.concatenate([input_kernel, recurrent_kernel])
     bias = input_bias + recurrent_bias
     new_gate_bias = empty
     recurrent_new = empty
     if cell == CELL_GRU and reset_after:
         bias[2 * hidden:] = input_bias[2 * hidden:]
         new_gate_bias = recurrent_bias[2 * hidden:].copy()
-        recurrent = pack_gates(recurrent_kernel, 3)
+        recurrent = pack_gates(stacked, 3)
     elif cell == CELL_GRU:
-        recurrent = pack_gates(recurrent_kernel[:, :2 * hidden], 2)
-        recurrent_new = pack_gates(recurrent_kernel[:, 2 * hidden:], 1)
+        recurrent = pack_gates(stacked[:, :2 * hidden], 2)
+        recurrent_new = pack_gates(stacked[:, 2 * hidden:], 1)
     else:
-        recurrent = pack_gates(recurrent_kernel, gates)
+        recurrent = pack_gates(stacked, gates)
     packed_projection = empty if projection is None else pack_gates(projection, 1)
     return (np.ascontiguousarray(input_kernel), recurrent, np.ascontiguousarray(bias),
             new_gate_bias, recurrent_new, packed_projection)
@@ -162,6 +170,7 @@ def forward(int cell, tuple activation_codes, bint reset_after,
     cdef floating *layer_input
     cdef floating *layer_output
     cdef Py_ssize_t threads, chunk, work
+    cdef bint fused_input
     cdef Py_ssize_t bounds[65]
     cdef list weights = []
 
@@ -200,11 +209,11 @@ def forward(int cell, tuple activation_codes, bint reset_after,
         if (input_kernel.shape[0] != in_width or input_kernel.shape[1] != gates_width
                 or bias.shape[0] != gates_width
                 or recurrent.shape[0] != _packed_size(
-                    width, 2 if cell == CELL_GRU and not reset_after else gate_count,
-                    hidden, block)
+                    in_width + width,
+                    2 if cell == CELL_GRU and not reset_after else gate_count, hidden, block)
                 or (cell == CELL_GRU and reset_after and new_gate_bias.shape[0] != hidden)
-                or (cell == CELL_GRU and not reset_after
-                    and recurrent_new.shape[0] != _packed_size(hidden, 1, hidden, block))
+                or (cell == CELL_GRU and not reset_after and recurrent_new.shape[0]
+                    != _packed_size(in_width + hidden, 1, hidden, block))
                 or (projection.shape[0] != 0 and (
                     cell != CELL_LSTM
                     or projection.shape[0] != _packed_size(hidden, 1, width, block)))
@@ -225,10 +234,12 @@ def forward(int cell, tuple activation_codes, bint reset_after,
         bounds[chunk] = batch * chunk // threads
 
     dtype = np.float32 if floating is float else np.float64
-    # Workspace, allocated once per call: the input projection of all steps, two layer
+    # Workspace, allocated once per call: the input projection of all steps (unless fused
+    # into the step), two layer
     # buffers for stacked layers, and (B, P + 2 H) for the step (h double buffer, o*act(c)
     # or r*h, z).
-    projection_buffer = np.empty((rows, gates_width), dtype)
+    fused_input = batch >= FUSED_INPUT_MIN_BATCH
+    projection_buffer = np.empty((1 if fused_input else rows, gates_width), dtype)
     layer_buffers = np.empty((2 * rows if num_layers > 1 else 1, out_width), dtype)
     workspace = np.empty((batch, width + 2 * hidden), dtype)
 
@@ -243,7 +254,7 @@ def forward(int cell, tuple activation_codes, bint reset_after,
     direction_args.batch_stride = batch_stride
     direction_args.hidden = hidden
     direction_args.width = width
-    direction_args.projected_input = &projection_buffer[0, 0]
+    direction_args.projected_input = NULL if fused_input else &projection_buffer[0, 0]
     direction_args.h_spare = &workspace[0, 0]
     direction_args.cell_out = &workspace[0, 0] + batch * width
     direction_args.gate_buffer = &workspace[0, 0] + batch * (width + hidden)
@@ -269,12 +280,15 @@ def forward(int cell, tuple activation_codes, bint reset_after,
             direction_args.h = &h_state[k, 0, 0]
             direction_args.c = c_pointer + k * batch * hidden if c_pointer != NULL else NULL
             direction_args.out = layer_output + direction * width
+            direction_args.input = layer_input
+            direction_args.input_width = in_width
             with nogil:
-                # P_x = X @ W for every step at once
-                gemm(<blas_int> rows, <blas_int> gates_width, <blas_int> in_width,
-                     <floating> 1, layer_input, <blas_int> in_width, &input_kernel[0, 0],
-                     <blas_int> gates_width, <floating> 0, &projection_buffer[0, 0],
-                     <blas_int> gates_width)
+                if not fused_input:
+                    # P_x = X @ W for every step at once
+                    gemm(<blas_int> rows, <blas_int> gates_width, <blas_int> in_width,
+                         <floating> 1, layer_input, <blas_int> in_width,
+                         &input_kernel[0, 0], <blas_int> gates_width, <floating> 0,
+                         &projection_buffer[0, 0], <blas_int> gates_width)
                 if threads == 1:
                     _run_rows(<floating *> NULL, &direction_args, 0, batch)
                 else:

@@ -27,8 +27,10 @@
 
 #if defined(__GNUC__)
 #define FG_ALWAYS_INLINE static inline __attribute__((always_inline))
+#define FG_PREFETCH(address) __builtin_prefetch(address)
 #else
 #define FG_ALWAYS_INLINE static inline
+#define FG_PREFETCH(address) ((void)0)
 #endif
 
 /* ------------------------------------------------------------------------------- float */
