@@ -50,6 +50,8 @@ def selected_shapes(config) -> list[str]:
 
 
 def pytest_generate_tests(metafunc):
+    if not metafunc.module.__name__.endswith("test_recurrent"):
+        return  # other benchmark modules parametrize themselves
     config = metafunc.config
     if "engine" in metafunc.fixturenames:  # the python oracle runs on the small shapes only
         pairs = [(shape, engine) for shape in selected_shapes(config)
