@@ -153,6 +153,12 @@ def _format_time(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
 
+def _faster(ours: float, theirs: float) -> str:
+    """``"4.2x faster"`` (or ``"1.5x slower"``): fastgate's time ``ours`` vs ``theirs``."""
+    ratio = theirs / ours
+    return f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x slower"
+
+
 def _runs(count: int) -> str:
     return f"{count} run" + ("" if count == 1 else "s")
 
@@ -772,7 +778,7 @@ def _bench(args: argparse.Namespace) -> int:
           f"{_format_count(batch * steps / fast)} steps/s")
     if oracle is not None:
         print(f"oracle:   median {_format_time(oracle)} per batch ({_runs(oracle_repeat)}): "
-              f"compiled is {oracle / fast:.1f}x faster; max |compiled - oracle| = "
+              f"compiled is {_faster(fast, oracle)}; max |compiled - oracle| = "
               f"{_oracle_difference(obj, x):.1e}")
     else:
         print("oracle:   this is the oracle (the compiled extension is not built)")
@@ -781,7 +787,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         print(f"pytorch:  median {_format_time(torch_time)} per batch ({_runs(args.repeat)}, "
               f"torch {torch.__version__.split('+')[0]}, {torch.get_num_threads()} "
-              f"thread(s)): fastgate is {torch_time / fast:.1f}x faster")
+              f"thread(s)): fastgate is {_faster(fast, torch_time)}")
     elif not args.no_torch:
         print("pytorch:  not compared (torch is not installed, or the model has no PyTorch "
               "equivalent)")
@@ -840,22 +846,23 @@ def _load_forecaster() -> tuple[Any, str]:
                 "forecaster.fastgate (h5py is not installed, so not the .keras file)")
 
 
-def _speed_line(model: Any, x: np.ndarray, framework: str, torch_run: Callable | None,
-                repeat: int) -> str:
+def _speed_line(model: Any, x: np.ndarray, repeat: int) -> str:
+    """``speed on B sequences x T steps: compiled .., oracle .., PyTorch ..``."""
     import fastgate
 
     run = (lambda: model.predict(x))
     fast = _median_seconds(run, repeat)
-    line = f"{x.shape[0]} sequences x {x.shape[1]} steps: {fastgate.backend()} " \
+    line = f"speed on {x.shape[0]} sequences x {x.shape[1]} steps: {fastgate.backend()} " \
            f"{_format_time(fast)}"
     if fastgate.backend() == "compiled":
         with fastgate.use_backend("python"):
             oracle = _median_seconds(run, max(1, repeat // 5))
-        line += f", oracle {_format_time(oracle)} ({oracle / fast:.0f}x faster)"
-    if torch_run is not None:
-        torch_time = _torch_seconds(torch_run, x, repeat)
-        line += f", PyTorch {_format_time(torch_time)} ({torch_time / fast:.1f}x faster)"
-    return line
+        line += f", oracle {_format_time(oracle)} ({_faster(fast, oracle)})"
+    torch_run = _torch_equivalent(model)
+    if torch_run is None:
+        return line + "\n    (install torch to compare with PyTorch's speed)"
+    torch_time = _torch_seconds(torch_run, x, repeat)
+    return line + f", PyTorch {_format_time(torch_time)} ({_faster(fast, torch_time)})"
 
 
 def _oracle_line(model: Any, x: np.ndarray) -> str:
@@ -904,7 +911,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"    max |fastgate - Keras|   = {np.max(np.abs(y - keras_y)):.1e}")
     print(f"    max |compiled - oracle|  = {_oracle_line(model, x)}")
     timing_x = np.concatenate([x] * 11)[:64]
-    print(f"    speed on {_speed_line(model, timing_x, 'Keras', _torch_equivalent(model), repeat)}")
+    print("    " + _speed_line(model, timing_x, repeat))
 
     # ---- the PyTorch LSTM classifier
     info = summary["classifier"]
@@ -931,10 +938,9 @@ def _demo(args: argparse.Namespace) -> int:
           f"(logits)")
     print(f"    max |compiled - oracle|  = {_oracle_line(model, ids)}")
     timing_ids = np.concatenate([ids] * 8)[:64]
-    print(f"    speed on {_speed_line(model, timing_ids, 'PyTorch', _torch_equivalent(model), repeat)}")
-    if _torch_equivalent(model) is None:
-        print("    (install torch to compare with PyTorch's speed)")
-    print("\nTry: fastgate inspect " + str(DATA_DIR / "forecaster.keras"))
+    print("    " + _speed_line(model, timing_ids, repeat))
+    print(f"\nNext: fastgate inspect {DATA_DIR / 'forecaster.keras'}\n"
+          f"      fastgate bench {DATA_DIR / 'classifier.fastgate'} --batch 64 --steps 50")
     return 0
 
 
@@ -1011,7 +1017,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("file")
     bench.add_argument("--batch", type=int, default=32, metavar="N", help="sequences (32)")
     bench.add_argument("--steps", type=int, default=100, metavar="T", help="steps (100)")
-    bench.add_argument("--threads", type=int, metavar="K", help="BLAS threads")
+    bench.add_argument("--threads", type=int, default=1, metavar="K",
+                       help="BLAS (and PyTorch) threads (1)")
     bench.add_argument("--repeat", type=int, default=20, metavar="R",
                        help="timed runs (20; the oracle runs R/5)")
     bench.add_argument("--progress", action="store_true",
@@ -1040,7 +1047,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
-    except (FastgateError, OSError, ValueError, ImportError) as error:
+    except (FastgateError, OSError, ValueError, ImportError, zipfile.BadZipFile) as error:
         if args.debug:
             raise
         print(f"fastgate: error: {_message(error)}", file=sys.stderr)
