@@ -23,6 +23,7 @@ from .backend import backend, compiled_module
 from .errors import ConfigError, DTypeError, ShapeError
 from .layout import GATE_COUNT, CellWeights
 from .serialization import save, serializable
+from .threads import kernel_num_threads
 
 __all__ = ["LSTM", "GRU", "SimpleRNN", "RecurrentLayer"]
 
@@ -394,7 +395,7 @@ class RecurrentLayer:
                 x.reshape(steps * batch, -1), steps, batch, batch_major, self._prepared,
                 self.num_directions, h0, c0,
                 None if mask is None else np.ascontiguousarray(mask, dtype=np.uint8),
-                hold_masked_output, out.reshape(steps * batch, width))
+                hold_masked_output, out.reshape(steps * batch, width), kernel_num_threads())
         return out, h0, c0
 
     # ------------------------------------------------------------------ streaming
