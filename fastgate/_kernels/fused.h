@@ -26,8 +26,9 @@ typedef struct {
     ptrdiff_t width;                /* P: proj_size, else H */
     const void *input;              /* (T*B, D): the layer input rows */
     ptrdiff_t input_width;          /* D */
-    const void *projected_input;    /* (T*B, G*H): x @ W of every row, or NULL: then the
-                                       kernel computes x_t W next to h U, step by step */
+    void *projected_input;          /* (T*B, G*H) workspace for x W of every row, computed
+                                       first; or NULL: then the kernel computes x_t W next
+                                       to h U, step by step */
     const void *bias;               /* (G*H,): b_i + b_h, except the GRU reset-after n gate */
     const void *new_gate_bias;      /* (H,): b_hn of a GRU reset-after, else NULL */
     const void *recurrent;          /* packed [W; U] (GRU reset-before: the r and z gates) */

@@ -261,6 +261,33 @@ static FG_TARGET void FG_NAME(single_gate_epilogue)(const FG_T *restrict tile,
 }
 
 /* ------------------------------------------------------------------------------ the loop */
+/* projected[row, gate H + j] = (x W)[row, gate H + j] for every row of the layer input (all
+ * steps at once), from the W part of packed [W; U] blocks (`gates` gates, block stride
+ * `panel_size`), into columns starting at `column`. */
+static FG_TARGET void FG_NAME(project_inputs)(const FG_T *restrict x, ptrdiff_t rows,
+                                              ptrdiff_t D, const FG_T *restrict packed,
+                                              ptrdiff_t panel_size, int gates, ptrdiff_t H,
+                                              FG_T *restrict projected, ptrdiff_t GH,
+                                              ptrdiff_t column)
+{
+    FG_NAME(tile_fn) tile_gates = gates == 4 ? FG_NAME(tile_g4) : gates == 3 ? FG_NAME(tile_g3)
+        : gates == 2 ? FG_NAME(tile_g2) : FG_NAME(tile_g1);
+    const ptrdiff_t mr = FG_MR(gates), blocks = (H + FG_W - 1) / FG_W;
+    FG_T tile[24 * FG_W];
+    ptrdiff_t jb, row, r, n, gate;
+    for (jb = 0; jb < blocks; jb++) {
+        const ptrdiff_t j0 = jb * FG_W, wn = H - j0 < FG_W ? H - j0 : FG_W;
+        for (row = 0; row < rows; row += n) {
+            n = rows - row < mr ? rows - row : mr;
+            tile_gates(n, x + row * D, D, D, NULL, 0, 0, packed + jb * panel_size, tile);
+            for (r = 0; r < n; r++)
+                for (gate = 0; gate < gates; gate++)
+                    memcpy(projected + (row + r) * GH + column + gate * H + j0,
+                           tile + (r * gates + gate) * FG_W, wn * sizeof(FG_T));
+        }
+    }
+}
+
 /* Runs batch rows [row_begin, row_end) of one direction over every step. Rows are
  * independent: threads given disjoint row ranges share nothing and never synchronize.
  *
@@ -304,6 +331,15 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
     FG_T tile[24 * FG_W];
     ptrdiff_t s, t, t_previous = -1, b, r, rows, jb, j0, wn;
 
+    if (precomputed) {
+        /* x W for every step at once (the caller runs this mode on one thread) */
+        FG_NAME(project_inputs)(layer_input, d->steps * B, D, recurrent, panel_size, G, H,
+                                (FG_T *)d->projected_input, GH, 0);
+        if (recurrent_new != NULL)
+            FG_NAME(project_inputs)(layer_input, d->steps * B, D, recurrent_new,
+                                    panel_new_size, 1, H, (FG_T *)d->projected_input, GH,
+                                    2 * H);
+    }
     for (s = 0; s < d->steps; s++) {
         const unsigned char *valid;
         const FG_T *step_input = NULL, *step_x;

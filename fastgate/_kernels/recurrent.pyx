@@ -4,11 +4,12 @@
 
 The equations are those of :mod:`fastgate.oracle` (read them there). Per layer and direction:
 
-1. one BLAS GEMM projects every timestep at once: ``P_x = X (T*B, D) @ W (D, G*H)``;
-2. per step, a register-blocked kernel computes ``h @ U`` over ``U`` packed once (at layer
-   construction, :func:`prepare`) and applies the cell's equations to each tile while it is
-   still in registers (fused.h / packed_step.h, compiled for AVX-512, AVX2 and the
-   baseline; the CPU picks one at run time).
+per step, a register-blocked kernel computes ``x_t @ W + h @ U`` over ``[W; U]`` packed once
+(at layer construction, :func:`prepare`) and applies the cell's equations to each tile while
+it is still in registers (fused.h / packed_step.h, compiled for AVX-512, AVX2 and the
+baseline; the CPU picks one at run time). At batch < 4, where a step is a matrix-vector
+product, ``x @ W`` is computed for all steps first by the same kernel, and steps only read
+``U``.
 
 Rows of every ``(T*B, width)`` buffer are addressed ``t * step_stride + b * batch_stride``,
 which serves time-major (``B, 1``) and batch-major (``1, T``) layouts without transposing.
@@ -22,15 +23,13 @@ from cython.parallel cimport prange
 
 import numpy as np
 
-from .blas cimport blas_int, gemm
-
 cdef extern from "fused.h" nogil:
     ctypedef struct fg_direction:
         int cell, act, rec_act, reset_after, reverse, hold_masked_output
         Py_ssize_t steps, batch, step_stride, batch_stride, hidden, width
         const void *input
         Py_ssize_t input_width
-        const void *projected_input
+        void *projected_input
         const void *bias
         const void *new_gate_bias
         const void *recurrent
@@ -56,7 +55,6 @@ cdef enum:
     CELL_GRU = 1
     CELL_RNN = 2
 
-cdef Py_ssize_t BLAS_INT_MAX = 2147483647
 cdef int MAX_THREADS = 64
 #: Below this many multiply-adds per call (steps x batch x recurrent product), threads cost
 #: more than they save.
@@ -183,15 +181,13 @@ def forward(int cell, tuple activation_codes, bint reset_after,
     width = h_state.shape[2]
     out_width = num_directions * width
     block = fg_block_width(floating is double)
-    # Shapes are checked here, before any pointer reaches BLAS or the kernels.
+    # Shapes are checked here, before any pointer reaches the kernels.
     if x.shape[0] != rows or out.shape[0] != rows or out.shape[1] != out_width:
         raise ValueError(f"forward: x ({x.shape[0]}, {x.shape[1]}) / out ({out.shape[0]}, "
                          f"{out.shape[1]}) do not match {steps} steps x {batch} batch x "
                          f"{out_width}")
     if h_state.shape[0] != entries or h_state.shape[1] != batch:
         raise ValueError("forward: h_state shape does not match the weights")
-    if rows > BLAS_INT_MAX // max(gates_width, out_width, x.shape[1], 1):
-        raise OverflowError("forward: input too large for 32-bit BLAS indices")
     if cell == CELL_LSTM:
         c_view = c_state
         if c_view.shape[0] != entries or c_view.shape[1] != batch or c_view.shape[2] != hidden:
@@ -283,12 +279,6 @@ def forward(int cell, tuple activation_codes, bint reset_after,
             direction_args.input = layer_input
             direction_args.input_width = in_width
             with nogil:
-                if not fused_input:
-                    # P_x = X @ W for every step at once
-                    gemm(<blas_int> rows, <blas_int> gates_width, <blas_int> in_width,
-                         <floating> 1, layer_input, <blas_int> in_width,
-                         &input_kernel[0, 0], <blas_int> gates_width, <floating> 0,
-                         &projection_buffer[0, 0], <blas_int> gates_width)
                 if threads == 1:
                     _run_rows(<floating *> NULL, &direction_args, 0, batch)
                 else:
