@@ -75,7 +75,7 @@ def _tensor_entries(header: dict[str, Any], data_size: int, path: Any
             raise WeightFormatError("entry must be an object with exactly dtype, shape and "
                                     "data_offsets", path=path, tensor=name)
         dtype_name, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype_name not in _DTYPES:
+        if not isinstance(dtype_name, str) or dtype_name not in _DTYPES:
             raise WeightFormatError(f"unsupported dtype {dtype_name!r}; expected one of "
                                     f"{sorted(_DTYPES)}", path=path, tensor=name)
         if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
