@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..activations import canonical_name
-from ..errors import ConfigError, UnsupportedLayerError, WeightFormatError
+from ..errors import ConfigError, FastgateError, UnsupportedLayerError, WeightFormatError
 from ..layers import GRU, LSTM, SimpleRNN
 from ..layout import GATE_COUNT, CellWeights, reorder_gates
 from ..model import MODEL_INPUT, Model, Node
@@ -451,7 +451,23 @@ def from_config(config: dict | str, weights: Any, *, keras_version: str | None =
     :class:`~fastgate.importers.keras_hdf5.LegacyWeights`,
     :class:`~fastgate.importers.keras_hdf5.Keras3Weights`, or a mapping
     ``layer name -> list of (tensor name, array)`` in ``layer.weights`` order.
+
+    A configuration whose values have the wrong types or shapes (a corrupt or hand-edited
+    file) raises :class:`~fastgate.errors.WeightFormatError`, never a ``KeyError`` or
+    ``TypeError`` from inside the translation.
     """
+    try:
+        return _from_config(config, weights, keras_version=keras_version, path=path)
+    except FastgateError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError,
+            RecursionError) as error:
+        raise WeightFormatError(f"malformed Keras model configuration: "
+                                f"{type(error).__name__}: {error}"[:500], path=path) from error
+
+
+def _from_config(config: dict | str, weights: Any, *, keras_version: str | None,
+                 path: Any) -> Model:
     if isinstance(config, (str, bytes)):
         try:
             config = json.loads(config)
