@@ -295,6 +295,23 @@ class RecurrentLayer:
         state : ndarray or (ndarray, ndarray)
             Final state, arranged as ``state``: ``h_n`` (LSTM: ``(h_n, c_n)``).
         """
+        if (state is None and lengths is None and type(x) is np.ndarray and x.ndim == 3
+                and x.dtype == self.dtype and x.shape[2] == self.input_size
+                and self._prepared is not None and backend() == "compiled"):
+            # The common call, without the conversions of the general path (S1/S3-sized
+            # calls are dominated by Python overhead).
+            if self.batch_first:
+                batch, steps = x.shape[0], x.shape[1]
+            else:
+                steps, batch = x.shape[0], x.shape[1]
+            entries = len(self._prepared)
+            h = np.zeros((entries, batch, self.output_size), self.dtype)
+            if self.cell != "lstm":
+                return self._run_compiled(x, steps, batch, h, None, None, self.batch_first,
+                                          False), h
+            c = np.zeros((entries, batch, self.hidden_size), self.dtype)
+            return self._run_compiled(x, steps, batch, h, c, None, self.batch_first,
+                                      False), (h, c)
         x = as_array(x, self.dtype, f"{type(self).__name__} input")
         if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
             layout = "(B, T, D)" if self.batch_first else "(T, B, D)"
@@ -386,17 +403,25 @@ class RecurrentLayer:
             if c0 is not None:
                 c0[...] = c_n
             return np.ascontiguousarray(out, dtype=self.dtype), h0, c0
-        kernels = compiled_module()
+        out = self._run_compiled(x, steps, batch, h0, c0, mask, batch_major,
+                                 hold_masked_output)
+        return out, h0, c0
+
+    def _run_compiled(self, x: np.ndarray, steps: int, batch: int, h0: np.ndarray,
+                      c0: np.ndarray | None, mask: np.ndarray | None, batch_major: bool,
+                      hold_masked_output: bool) -> np.ndarray:
+        """The compiled kernel on validated arrays (see :meth:`forward`); returns ``out``."""
         x = np.ascontiguousarray(x)
-        out = np.empty(x.shape[:2] + (width,), self.dtype)
+        width = self.num_directions * self.output_size
+        out = np.empty((x.shape[0], x.shape[1], width), self.dtype)
         if steps and batch:
-            kernels.forward(
+            compiled_module().forward(
                 _CELL_CODES[self.cell], self._activation_codes, self.reset_after,
                 x.reshape(steps * batch, -1), steps, batch, batch_major, self._prepared,
                 self.num_directions, h0, c0,
                 None if mask is None else np.ascontiguousarray(mask, dtype=np.uint8),
                 hold_masked_output, out.reshape(steps * batch, width), kernel_num_threads())
-        return out, h0, c0
+        return out
 
     # ------------------------------------------------------------------ streaming
     def initial_state(self, batch_size: int = 1) -> State:
@@ -438,7 +463,11 @@ class RecurrentLayer:
 
     @property
     def _activation_codes(self) -> tuple[int, int]:
-        return activation_code(self.activation), activation_code(self.recurrent_activation)
+        codes = self.__dict__.get("_codes")
+        if codes is None:
+            codes = self._codes = (activation_code(self.activation),
+                                   activation_code(self.recurrent_activation))
+        return codes
 
 
 @serializable

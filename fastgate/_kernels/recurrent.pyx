@@ -20,6 +20,7 @@ runs without the GIL; no allocation happens inside the time loop.
 
 from cython cimport floating
 from cython.parallel cimport prange
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
 import numpy as np
 
@@ -124,12 +125,42 @@ def prepare(int cell, bint reset_after, input_kernel, recurrent_kernel, input_bi
     else:
         recurrent = pack_gates(stacked, gates)
     packed_projection = empty if projection is None else pack_gates(projection, 1)
-    return (np.ascontiguousarray(input_kernel), recurrent, np.ascontiguousarray(bias),
-            new_gate_bias, recurrent_new, packed_projection)
+    return PreparedWeights(np.ascontiguousarray(input_kernel), recurrent,
+                           np.ascontiguousarray(bias), new_gate_bias, recurrent_new,
+                           packed_projection)
 
 
-cdef inline void *_pointer(floating[::1] array) noexcept:
-    return <void *> &array[0] if array.shape[0] else NULL
+cdef class PreparedWeights:
+    """One layer direction's arrays in the kernel's layout (see :func:`prepare`).
+
+    Holds the arrays (``input_kernel, recurrent, bias, new_gate_bias, recurrent_new,
+    projection``) and their data pointers and sizes, read once here so that a call does
+    not acquire a buffer per array.
+    """
+    cdef readonly tuple arrays
+    cdef readonly object dtype
+    cdef Py_ssize_t input_rows, input_columns
+    cdef Py_ssize_t sizes[6]
+    cdef void *pointers[6]
+
+    def __init__(self, input_kernel, recurrent, bias, new_gate_bias, recurrent_new,
+                 projection):
+        cdef Py_ssize_t i
+        self.arrays = (input_kernel, recurrent, bias, new_gate_bias, recurrent_new, projection)
+        self.dtype = input_kernel.dtype
+        self.input_rows, self.input_columns = input_kernel.shape
+        for i, array in enumerate(self.arrays):
+            if (array.dtype != self.dtype or not array.flags.c_contiguous
+                    or (i > 0 and array.ndim != 1)):
+                raise ValueError("PreparedWeights: arrays must be C-contiguous, of one dtype")
+            self.sizes[i] = array.size
+            self.pointers[i] = <void *> <size_t> array.ctypes.data if array.size else NULL
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, index):
+        return self.arrays[index]
 
 
 cdef inline Py_ssize_t _packed_size(Py_ssize_t rows, Py_ssize_t gates, Py_ssize_t units,
@@ -157,26 +188,29 @@ def forward(int cell, tuple activation_codes, bint reset_after,
     cdef Py_ssize_t gates_width, hidden, width, out_width, in_width, block
     cdef Py_ssize_t step_stride = 1 if batch_major else batch
     cdef Py_ssize_t batch_stride = steps if batch_major else 1
-    cdef floating[:, ::1] input_kernel
-    cdef floating[::1] recurrent, bias, new_gate_bias, recurrent_new, projection
+    cdef PreparedWeights weights
+    dtype = np.float32 if floating is float else np.float64
     cdef floating[:, :, ::1] c_view
     cdef const unsigned char[:, ::1] mask_view
     cdef const unsigned char *mask_pointer = NULL
     cdef floating *c_pointer = NULL
-    cdef floating[:, ::1] projection_buffer, layer_buffers, workspace
+    cdef floating *projection_buffer
+    cdef floating *layer_buffers
+    cdef floating *workspace
     cdef fg_direction direction_args
     cdef floating *layer_input
     cdef floating *layer_output
     cdef Py_ssize_t threads, chunk, work
     cdef bint fused_input
     cdef Py_ssize_t bounds[65]
-    cdef list weights = []
+    cdef char *workspace_memory = NULL
+    cdef Py_ssize_t workspace_size
 
     if num_directions not in (1, 2) or entries == 0 or entries % num_directions:
         raise ValueError("forward: bad number of weight entries")
     num_layers = entries // num_directions
-    input_kernel = prepared[0][0]
-    hidden = input_kernel.shape[1] // gate_count
+    weights = prepared[0]
+    hidden = weights.input_columns // gate_count
     gates_width = gate_count * hidden
     width = h_state.shape[2]
     out_width = num_directions * width
@@ -201,23 +235,22 @@ def forward(int cell, tuple activation_codes, bint reset_after,
     for k in range(entries):
         layer = k // num_directions
         in_width = x.shape[1] if layer == 0 else out_width
-        input_kernel, recurrent, bias, new_gate_bias, recurrent_new, projection = prepared[k]
-        if (input_kernel.shape[0] != in_width or input_kernel.shape[1] != gates_width
-                or bias.shape[0] != gates_width
-                or recurrent.shape[0] != _packed_size(
+        weights = prepared[k]
+        if (weights.dtype != dtype or weights.input_rows != in_width
+                or weights.input_columns != gates_width
+                or weights.sizes[2] != gates_width
+                or weights.sizes[1] != _packed_size(
                     in_width + width,
                     2 if cell == CELL_GRU and not reset_after else gate_count, hidden, block)
-                or (cell == CELL_GRU and reset_after and new_gate_bias.shape[0] != hidden)
-                or (cell == CELL_GRU and not reset_after and recurrent_new.shape[0]
+                or (cell == CELL_GRU and reset_after and weights.sizes[3] != hidden)
+                or (cell == CELL_GRU and not reset_after and weights.sizes[4]
                     != _packed_size(in_width + hidden, 1, hidden, block))
-                or (projection.shape[0] != 0 and (
+                or (weights.sizes[5] != 0 and (
                     cell != CELL_LSTM
-                    or projection.shape[0] != _packed_size(hidden, 1, width, block)))
-                or (projection.shape[0] == 0 and width != hidden)):
+                    or weights.sizes[5] != _packed_size(hidden, 1, width, block)))
+                or (weights.sizes[5] == 0 and width != hidden)):
             raise ValueError(f"forward: prepared weights {k} do not match the layer shape "
                              f"(packed for another CPU?)")
-        weights.append((input_kernel, recurrent, bias, new_gate_bias, recurrent_new,
-                        projection))
     if rows == 0:
         return
 
@@ -229,15 +262,20 @@ def forward(int cell, tuple activation_codes, bint reset_after,
     for chunk in range(threads + 1):
         bounds[chunk] = batch * chunk // threads
 
-    dtype = np.float32 if floating is float else np.float64
     # Workspace, allocated once per call: the input projection of all steps (unless fused
     # into the step), two layer
     # buffers for stacked layers, and (B, P + 2 H) for the step (h double buffer, o*act(c)
     # or r*h, z).
     fused_input = batch >= FUSED_INPUT_MIN_BATCH
-    projection_buffer = np.empty((1 if fused_input else rows, gates_width), dtype)
-    layer_buffers = np.empty((2 * rows if num_layers > 1 else 1, out_width), dtype)
-    workspace = np.empty((batch, width + 2 * hidden), dtype)
+    workspace_size = ((0 if fused_input else rows * gates_width)
+                      + (2 * rows * out_width if num_layers > 1 else 0)
+                      + batch * (width + 2 * hidden))
+    workspace_memory = <char *> PyMem_Malloc(workspace_size * sizeof(floating))
+    if workspace_memory == NULL:
+        raise MemoryError()
+    workspace = <floating *> workspace_memory
+    projection_buffer = workspace + batch * (width + 2 * hidden)
+    layer_buffers = projection_buffer + (0 if fused_input else rows * gates_width)
 
     direction_args.cell = cell
     direction_args.act = act
@@ -250,43 +288,46 @@ def forward(int cell, tuple activation_codes, bint reset_after,
     direction_args.batch_stride = batch_stride
     direction_args.hidden = hidden
     direction_args.width = width
-    direction_args.projected_input = NULL if fused_input else &projection_buffer[0, 0]
-    direction_args.h_spare = &workspace[0, 0]
-    direction_args.cell_out = &workspace[0, 0] + batch * width
-    direction_args.gate_buffer = &workspace[0, 0] + batch * (width + hidden)
+    direction_args.projected_input = NULL if fused_input else projection_buffer
+    direction_args.h_spare = workspace
+    direction_args.cell_out = workspace + batch * width
+    direction_args.gate_buffer = workspace + batch * (width + hidden)
     direction_args.mask = mask_pointer
     direction_args.out_width = out_width
 
-    layer_input = &x[0, 0]
-    for layer in range(num_layers):
-        if layer == num_layers - 1:
-            layer_output = &out[0, 0]
-        else:
-            layer_output = &layer_buffers[(layer % 2) * rows, 0]
-        in_width = x.shape[1] if layer == 0 else out_width
-        for direction in range(num_directions):
-            k = layer * num_directions + direction
-            input_kernel, recurrent, bias, new_gate_bias, recurrent_new, projection = weights[k]
-            direction_args.reverse = direction == 1
-            direction_args.bias = &bias[0]
-            direction_args.new_gate_bias = _pointer(new_gate_bias)
-            direction_args.recurrent = _pointer(recurrent)
-            direction_args.recurrent_new = _pointer(recurrent_new)
-            direction_args.projection = _pointer(projection)
-            direction_args.h = &h_state[k, 0, 0]
-            direction_args.c = c_pointer + k * batch * hidden if c_pointer != NULL else NULL
-            direction_args.out = layer_output + direction * width
-            direction_args.input = layer_input
-            direction_args.input_width = in_width
-            with nogil:
-                if threads == 1:
-                    _run_rows(<floating *> NULL, &direction_args, 0, batch)
-                else:
-                    for chunk in prange(threads, num_threads=threads, schedule="static",
-                                        chunksize=1):
-                        _run_rows(<floating *> NULL, &direction_args, bounds[chunk],
-                                  bounds[chunk + 1])
-        layer_input = layer_output
+    try:
+        layer_input = &x[0, 0]
+        for layer in range(num_layers):
+            if layer == num_layers - 1:
+                layer_output = &out[0, 0]
+            else:
+                layer_output = layer_buffers + (layer % 2) * rows * out_width
+            in_width = x.shape[1] if layer == 0 else out_width
+            for direction in range(num_directions):
+                k = layer * num_directions + direction
+                weights = prepared[k]
+                direction_args.reverse = direction == 1
+                direction_args.bias = weights.pointers[2]
+                direction_args.new_gate_bias = weights.pointers[3]
+                direction_args.recurrent = weights.pointers[1]
+                direction_args.recurrent_new = weights.pointers[4]
+                direction_args.projection = weights.pointers[5]
+                direction_args.h = &h_state[k, 0, 0]
+                direction_args.c = c_pointer + k * batch * hidden if c_pointer != NULL else NULL
+                direction_args.out = layer_output + direction * width
+                direction_args.input = layer_input
+                direction_args.input_width = in_width
+                with nogil:
+                    if threads == 1:
+                        _run_rows(<floating *> NULL, &direction_args, 0, batch)
+                    else:
+                        for chunk in prange(threads, num_threads=threads, schedule="static",
+                                            chunksize=1):
+                            _run_rows(<floating *> NULL, &direction_args, bounds[chunk],
+                                      bounds[chunk + 1])
+            layer_input = layer_output
+    finally:
+        PyMem_Free(workspace_memory)
 
 
 cdef inline void _run_rows(floating *dtype_tag, const fg_direction *d, Py_ssize_t begin,
