@@ -11,7 +11,22 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import fastgate  # noqa: E402
 from fastgate.layout import GATE_COUNT, CellWeights  # noqa: E402
+
+#: The directory the fastgate under test was imported from: site-packages after
+#: `pip install .`, the checkout after `pip install -e .`. Subprocesses put it first on their
+#: path and run from elsewhere than the checkout, so that they test the same installation.
+FASTGATE_HOME = os.path.dirname(os.path.dirname(os.path.abspath(fastgate.__file__)))
+
+
+def subprocess_env(**overrides):
+    """``os.environ`` with ``overrides``, importing the fastgate under test first."""
+    env = dict(os.environ)
+    env.update(overrides)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [FASTGATE_HOME] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
 
 #: Tolerances of a comparison against the oracle, per dtype (absolute, on O(1) values).
 TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}

@@ -6,17 +6,18 @@ round trip must reproduce outputs exactly.
 """
 
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fastgate
+from conftest import subprocess_env
 from fastgate.cli import DATA_DIR, _torch_equivalent, demo_classifier, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,13 +31,6 @@ def run_cli(capsys, *argv):
     return code, captured.out, captured.err
 
 
-def subprocess_env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("KERAS_BACKEND", "torch")
-    return env
-
-
 def run_module(*argv, prelude=None, timeout=300):
     """Run ``python -m fastgate ARGV`` (or ``main`` after ``prelude`` code) in a subprocess."""
     if prelude is None:
@@ -46,7 +40,7 @@ def run_module(*argv, prelude=None, timeout=300):
                 f"sys.exit(main({[str(a) for a in argv]!r}))")
         command = [sys.executable, "-c", code]
     return subprocess.run(command, capture_output=True, text=True, env=subprocess_env(),
-                          timeout=timeout, cwd=ROOT)
+                          timeout=timeout, cwd=tempfile.gettempdir())
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -418,10 +412,11 @@ def test_console_script():
     installed = [ep for ep in entry_points(group="console_scripts") if ep.name == "fastgate"]
     if script and installed and installed[0].value == "fastgate.cli:main":
         result = subprocess.run([script, "--version"], capture_output=True, text=True,
-                                env=subprocess_env(), timeout=120)
+                                env=subprocess_env(), timeout=120, cwd=tempfile.gettempdir())
         assert result.returncode == 0 and "fastgate" in result.stdout
         result = subprocess.run([script, "inspect", "/nonexistent.keras"], capture_output=True,
-                                text=True, env=subprocess_env(), timeout=120)
+                                text=True, env=subprocess_env(), timeout=120,
+                                cwd=tempfile.gettempdir())
         _assert_one_line_error(result.returncode, result.stderr, "nonexistent.keras")
     else:  # not installed here: run what the script runs, `sys.exit(fastgate.cli:main())`
         result = run_module("--version", prelude="")

@@ -5,23 +5,21 @@ original's exactly (same weights, same backend, same arithmetic).
 """
 
 import json
-import os
 import pickle
 import subprocess
 import sys
 import threading
+import tempfile
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fastgate
-from conftest import assert_close, random_cell_weights
+from conftest import assert_close, random_cell_weights, subprocess_env
 from fastgate import serialization
 from fastgate.errors import BackendError, ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ["python", "compiled"]
 
 
@@ -263,12 +261,12 @@ def test_use_backend_is_thread_local():
 
 
 def run_python(code, **env):
-    environment = {k: v for k, v in os.environ.items() if k != "FASTGATE_BACKEND"}
-    environment.update(env)
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO)] + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep) if p])
+    environment = subprocess_env(**env)
+    if "FASTGATE_BACKEND" not in env:
+        environment.pop("FASTGATE_BACKEND", None)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=environment,
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+                          capture_output=True, text=True, timeout=120,
+                          cwd=tempfile.gettempdir())
 
 
 REPORT = """

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 import fastgate
+from conftest import subprocess_env
 from fastgate import threads
 
 
@@ -64,11 +65,10 @@ def test_rejects_a_non_positive_int(bad):
 
 @pytest.mark.parametrize("variable", ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"])
 def test_environment_is_respected_at_import(variable):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    env = subprocess_env()
+    env.pop("OPENBLAS_NUM_THREADS", None)
+    env.pop("OMP_NUM_THREADS", None)
     env[variable] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.dirname(os.path.dirname(fastgate.__file__)), env.get("PYTHONPATH", "")])
     result = subprocess.run(
         [sys.executable, "-W", "ignore", "-c",
          "import fastgate; print(fastgate.get_num_threads(), "

@@ -13,6 +13,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import tracemalloc
 import zipfile
@@ -24,11 +25,10 @@ import safetensors.torch
 import torch
 
 import fastgate
+from conftest import subprocess_env
 from fastgate.importers.safetensors import read_safetensors
 from fastgate.importers.torch_pickle import load_torch_file
 
-#: Where the fastgate under test lives, for the subprocess.
-FASTGATE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastgate.__file__)))
 
 
 def lstm_state(seed=0):
@@ -412,6 +412,7 @@ def test_files_load_without_torch(tmp_path):
         print("loaded without torch")
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120, env=dict(os.environ, PYTHONPATH=FASTGATE_ROOT))
+                            timeout=120, env=subprocess_env(),
+                            cwd=tempfile.gettempdir())
     assert result.returncode == 0, result.stderr
     assert "loaded without torch" in result.stdout
