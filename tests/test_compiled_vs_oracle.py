@@ -16,6 +16,8 @@ builds it, and a silently skipped comparison would hide a broken build.
 """
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -24,7 +26,7 @@ from hypothesis import strategies as st
 
 import fastgate
 from fastgate.activations import ACTIVATIONS
-from conftest import assert_close, random_cell_weights
+from conftest import assert_close, random_cell_weights, subprocess_env
 
 #: Activations whose values stay in [-1, 1] whatever their input.
 BOUNDED = {"tanh", "sigmoid", "softsign", "hard_sigmoid", "hard_sigmoid_keras2"}
@@ -224,3 +226,18 @@ def test_compiled_backend_is_the_default_after_install():
     assert fastgate.backend() == "compiled", (
         f"fastgate.backend() is {fastgate.backend()!r}: the compiled extension did not "
         f"load ({fastgate.available_backends()!r} available)")
+
+
+@pytest.mark.parametrize("isa", ["base", "avx2"])
+def test_every_instruction_set_matches_oracle(isa):
+    # The kernels are built for AVX-512, AVX2 and the baseline, and the CPU picks one at
+    # import. FASTGATE_ISA caps the choice, so the paths this CPU would not pick are checked
+    # too (the baseline also routes x W through BLAS). A capped run on a CPU without that
+    # ISA still runs the best it has.
+    env = subprocess_env(FASTGATE_ISA=isa, FASTGATE_HYPOTHESIS_EXAMPLES="60")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+         "-k", "not every_instruction_set"],
+        env=env, capture_output=True, text=True, timeout=600, cwd=os.path.dirname(__file__))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout

@@ -29,6 +29,8 @@ typedef struct {
     void *projected_input;          /* (T*B, G*H) workspace for x W of every row, computed
                                        first; or NULL: then the kernel computes x_t W next
                                        to h U, step by step */
+    int input_projected;            /* projected_input already holds x W (BLAS, by the
+                                       caller): the kernel only reads it */
     const void *bias;               /* (G*H,): b_i + b_h, except the GRU reset-after n gate */
     const void *new_gate_bias;      /* (H,): b_hn of a GRU reset-after, else NULL */
     const void *recurrent;          /* packed [W; U] (GRU reset-before: the r and z gates) */

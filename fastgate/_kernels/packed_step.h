@@ -331,7 +331,7 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
     FG_T tile[24 * FG_W];
     ptrdiff_t s, t, t_previous = -1, b, r, rows, jb, j0, wn;
 
-    if (precomputed) {
+    if (precomputed && !d->input_projected) {
         /* x W for every step at once (the caller runs this mode on one thread) */
         FG_NAME(project_inputs)(layer_input, d->steps * B, D, recurrent, panel_size, G, H,
                                 (FG_T *)d->projected_input, GH, 0);
