@@ -15,7 +15,7 @@ keeps no per-sequence state (except Keras ``stateful`` ops in full calls, see
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -173,7 +173,12 @@ class Model:
                                  f"(* = any), got {x.shape}")
         return x
 
-    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+    def _walk(self, x: np.ndarray, apply: Callable[[Node, Any, Any], tuple]
+              ) -> list[tuple[tuple[int, int], Any]]:
+        """Run the chain on ``x``; ``apply(node, value, mask)`` gives a node's (outputs, masks).
+
+        Returns ``(ref, value)`` for each model output.
+        """
         produced: list[tuple[tuple, tuple]] = []
 
         def fetch(ref: tuple[int, int]) -> tuple[Any, Any]:
@@ -185,18 +190,24 @@ class Model:
         for node in self.nodes:
             value, mask = fetch(node.source)
             try:
-                outputs, masks = node.op.apply(value, mask)
+                outputs, masks = apply(node, value, mask)
             except ShapeError as error:
                 raise type(error)(f"node {node.name!r}: {error}") from error
             if not isinstance(outputs, tuple):
                 outputs, masks = (outputs,), (masks,)
             produced.append((outputs, masks))
-        results = []
-        for ref in self.outputs:
-            value = fetch(ref)[0]
-            results.append(np.ascontiguousarray(value, dtype=np.float32)
-                           if ref[0] != MODEL_INPUT or value.dtype.kind == "f" else value)
-        return results
+        return [(ref, fetch(ref)[0]) for ref in self.outputs]
+
+    @staticmethod
+    def _as_output(ref: tuple[int, int], value: Any) -> np.ndarray:
+        # Outputs are float32 like Keras', except the raw input passed through (token ids).
+        if ref[0] != MODEL_INPUT or value.dtype.kind == "f":
+            return np.ascontiguousarray(value, dtype=np.float32)
+        return value
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        walked = self._walk(x, lambda node, value, mask: node.op.apply(value, mask))
+        return [self._as_output(ref, value) for ref, value in walked]
 
     def _result(self, results: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
         return results[0] if len(results) == 1 else results
@@ -382,37 +393,22 @@ class Model:
         states = (self.initial_state(batch) if state is None
                   else self._check_state(state, plan, batch))
         new_states = list(states)
-        produced: list[tuple[tuple, tuple]] = []
-
-        def fetch(ref: tuple[int, int]) -> tuple[Any, Any]:
-            if ref[0] == MODEL_INPUT:
-                return chunk, None
-            outputs, masks = produced[ref[0]]
-            return outputs[ref[1]], masks[ref[1]]
-
         slot = 0
-        for node in self.nodes:
-            value, mask = fetch(node.source)
-            try:
-                if node.op.streaming == "recurrent":
-                    outputs, masks, new_states[slot] = node.op.apply_step(
-                        value, mask, states[slot])
-                    slot += 1
-                else:
-                    outputs, masks = node.op.apply(value, mask)
-            except ShapeError as error:
-                raise type(error)(f"node {node.name!r}: {error}") from error
-            if not isinstance(outputs, tuple):
-                outputs, masks = (outputs,), (masks,)
-            produced.append((outputs, masks))
+
+        def apply(node: Node, value: Any, mask: Any) -> tuple:
+            nonlocal slot
+            if node.op.streaming != "recurrent":
+                return node.op.apply(value, mask)
+            outputs, masks, new_states[slot] = node.op.apply_step(value, mask, states[slot])
+            slot += 1
+            return outputs, masks
+
         results = []
-        for ref in self.outputs:
-            value = fetch(ref)[0]
+        for ref, value in self._walk(chunk, apply):
             sequence = ref[0] == MODEL_INPUT or plan.sequence_outputs[ref[0]][ref[1]]
             if single and sequence:
                 value = value[:, 0]
-            results.append(np.ascontiguousarray(value, dtype=np.float32)
-                           if ref[0] != MODEL_INPUT or value.dtype.kind == "f" else value)
+            results.append(self._as_output(ref, value))
         return self._result(results), tuple(new_states)
 
     # ------------------------------------------------------------------ saving
