@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tokenize
 import zipfile
 from typing import Any, TypeVar
 
@@ -117,7 +118,9 @@ class _Reader:
                 data = handle.read(count * dtype.itemsize)
         except WeightFormatError:
             raise
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as error:
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, TypeError,
+                SyntaxError, tokenize.TokenError, RecursionError, OverflowError) as error:
+            # NumPy parses the .npy header with ast/tokenize: a mangled one raises these
             raise self.error(f"unreadable array: {error}", tensor=name) from error
         if len(data) != count * dtype.itemsize:
             raise self.error("array data is truncated", tensor=name)
