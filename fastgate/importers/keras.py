@@ -38,8 +38,8 @@ from ..layout import GATE_COUNT, CellWeights, reorder_gates
 from ..model import MODEL_INPUT, Model, Node
 from ..ops import (AXIS_ACTIVATIONS, Activation, Bidirectional, Dense, Embedding, Flatten,
                    GlobalPooling1D, Masking, Recurrent, RepeatVector)
-from .keras_hdf5 import (Keras3Weights, LegacyWeights, is_hdf5, keras3_group_name,
-                         open_hdf5, read_attribute, read_keras_archive)
+from .keras_hdf5 import (Keras3Weights, LegacyWeights, hdf5_errors, is_hdf5,
+                         keras3_group_name, open_hdf5, read_attribute, read_keras_archive)
 
 __all__ = ["load_keras", "from_keras", "from_config", "SUPPORTED_LAYERS"]
 
@@ -596,7 +596,7 @@ def load_keras(path: str | os.PathLike, architecture: Any = None) -> Model:
     if zipfile.is_zipfile(path):
         archive_config, weights_bytes, version = read_keras_archive(path)
         handle = open_hdf5(weights_bytes, path)
-        with handle:
+        with handle, hdf5_errors(path):
             weights = (Keras3Weights(handle, path) if "layers" in handle
                        else LegacyWeights(handle, path))
             return from_config(config or archive_config, weights, keras_version=version,
@@ -604,7 +604,7 @@ def load_keras(path: str | os.PathLike, architecture: Any = None) -> Model:
     if not is_hdf5(path):
         raise WeightFormatError("not a Keras file: neither a .keras zip archive nor HDF5 "
                                 "(truncated or corrupt?)", path=path)
-    with open_hdf5(path, path) as handle:
+    with open_hdf5(path, path) as handle, hdf5_errors(path):
         version = read_attribute(handle, "keras_version", path)
         model_config = read_attribute(handle, "model_config", path)
         if model_config is not None:

@@ -19,22 +19,69 @@ Keras writes weights in two HDF5 layouts:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import mmap
 import os
 import re
 import zipfile
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from ..errors import WeightFormatError
 
 __all__ = ["HDF5_SIGNATURE", "open_hdf5", "read_attribute", "read_dataset", "LegacyWeights",
-           "Keras3Weights", "read_keras_archive", "keras3_group_name"]
+           "Keras3Weights", "read_keras_archive", "keras3_group_name", "hdf5_errors"]
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _MAX_CONFIG_BYTES = 64 << 20
+#: Largest ratio of a dataset's size to the bytes the file stores for it (compression).
+_MAX_INFLATION = 1100
+#: A dataset may always claim this much, stored or not (fill values of small arrays).
+_SMALL_DATASET_BYTES = 1 << 20
+
+
+@contextlib.contextmanager
+def hdf5_errors(path: Any, layer: str | None = None) -> Iterator[None]:
+    """Turn what h5py raises on a corrupt file (``KeyError``, ``RuntimeError``, ``OSError``...)
+    into :class:`~fastgate.errors.WeightFormatError`."""
+    try:
+        yield
+    except WeightFormatError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as error:
+        raise WeightFormatError(f"corrupt HDF5 content: {error}"[:300], path=path,
+                                layer=layer) from error
+
+
+def _check_global_heaps(data: Any, path: Any) -> None:
+    """Refuse a global heap collection that libhdf5 would walk forever.
+
+    libhdf5 (2.0 included) walks the objects of a collection ("Global Heap" in the HDF5 file
+    format specification: ``GCOL``, version, 3 reserved bytes, 8-byte collection size; then
+    objects of a 2-byte index, 2-byte reference count, 4 reserved bytes, 8-byte size and the
+    data padded to 8 bytes) with ``p = begin + need``; a free-space object (index 0) of size
+    0 makes no progress, and the first read of a variable-length string (every Keras
+    attribute) then hangs. Each collection is walked here first, the same way.
+    """
+    start = data.find(b"GCOL")
+    while start != -1:
+        header = data[start:start + 16]
+        size = int.from_bytes(header[8:16], "little") if len(header) == 16 else 0
+        end = start + size
+        if header[4:5] == b"\x01" and 16 < size and end <= len(data):
+            at = start + 16
+            while end - at >= 16:
+                index = int.from_bytes(data[at:at + 2], "little")
+                object_size = int.from_bytes(data[at + 8:at + 16], "little")
+                need = 16 + (object_size + 7) // 8 * 8 if index else object_size
+                if need == 0 or need > end - at:
+                    raise WeightFormatError(f"corrupt global heap at byte {start}: object at "
+                                            f"byte {at} has size {object_size}", path=path)
+                at += need
+        start = data.find(b"GCOL", start + 4)
 
 
 def open_hdf5(source: Any, path: Any) -> Any:
@@ -43,7 +90,12 @@ def open_hdf5(source: Any, path: Any) -> Any:
 
     try:
         if isinstance(source, (bytes, bytearray)):
+            _check_global_heaps(source, path)
             return h5py.File(io.BytesIO(source), "r")
+        with open(source, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size:
+                with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                    _check_global_heaps(data, path)
         return h5py.File(source, "r")
     except (OSError, ValueError) as error:
         raise WeightFormatError(f"not a readable HDF5 file (truncated or corrupt?): {error}",
@@ -65,19 +117,29 @@ def read_attribute(group: Any, name: str, path: Any, layer: str | None = None) -
 
     Returns ``None`` if absent.
     """
+    def read(key: str) -> Any:
+        claimed = attrs.get_id(key)  # what the header claims, checked before reading
+        size = int(np.prod(claimed.shape or (), dtype=object)) * claimed.dtype.itemsize
+        if size > _MAX_CONFIG_BYTES:
+            raise WeightFormatError(f"attribute {key!r} claims {size} bytes, over the "
+                                    f"{_MAX_CONFIG_BYTES}-byte limit", path=path, layer=layer)
+        return _decode(attrs[key])
+
     try:
         attrs = group.attrs
         if name in attrs:
-            return _decode(attrs[name])
+            return read(name)
         if f"{name}0" not in attrs:
             return None
         parts: list = []
         chunk = 0
         while f"{name}{chunk}" in attrs:
-            parts.extend(_decode(attrs[f"{name}{chunk}"]))
+            parts.extend(read(f"{name}{chunk}"))
             chunk += 1
         return parts
-    except (OSError, KeyError, ValueError, RuntimeError) as error:
+    except WeightFormatError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as error:
         raise WeightFormatError(f"unreadable attribute {name!r}: {error}", path=path,
                                 layer=layer) from error
 
@@ -97,12 +159,21 @@ def read_dataset(group: Any, key: str, path: Any, layer: str | None, tensor: str
     if not isinstance(dataset, h5py.Dataset):
         raise WeightFormatError("is a group, expected an array", path=path, layer=layer,
                                 tensor=tensor)
-    if dataset.dtype.kind not in "biuf":
-        raise WeightFormatError(f"has dtype {dataset.dtype}, expected numbers", path=path,
-                                layer=layer, tensor=tensor)
     try:
+        if dataset.dtype.kind not in "biuf":
+            raise WeightFormatError(f"has dtype {dataset.dtype}, expected numbers", path=path,
+                                    layer=layer, tensor=tensor)
+        # The shape is only a claim: check it against the bytes stored before reading.
+        claimed = int(np.prod(dataset.shape or (), dtype=object)) * dataset.dtype.itemsize
+        stored = dataset.id.get_storage_size()
+        if claimed > max(_MAX_INFLATION * stored, _SMALL_DATASET_BYTES):
+            raise WeightFormatError(f"claims shape {dataset.shape} ({claimed} bytes) but the "
+                                    f"file stores {stored} bytes for it", path=path,
+                                    layer=layer, tensor=tensor)
         return np.asarray(dataset[()])
-    except (OSError, KeyError, ValueError, RuntimeError) as error:
+    except WeightFormatError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError, MemoryError) as error:
         raise WeightFormatError(f"unreadable data (truncated file?): {error}", path=path,
                                 layer=layer, tensor=tensor) from error
 
@@ -128,7 +199,7 @@ class LegacyWeights:
     def weight_names(self, layer_name: str) -> list[str]:
         try:
             layer_group = self.group[layer_name]
-        except (KeyError, OSError, ValueError) as error:
+        except (KeyError, OSError, ValueError, RuntimeError) as error:
             raise WeightFormatError("layer group missing from the file", path=self.path,
                                     layer=layer_name) from error
         names = read_attribute(layer_group, "weight_names", self.path, layer_name)
@@ -152,7 +223,8 @@ class LegacyWeights:
         if stored not in self.layer_names:
             raise WeightFormatError("no weights for this layer in the file (layer_names: "
                                     f"{self.layer_names})", path=self.path, layer=layer_name)
-        layer_group = self.group[stored]
+        with hdf5_errors(self.path, layer_name):
+            layer_group = self.group[stored]
         return [(name, read_dataset(layer_group, name, self.path, layer_name, name))
                 for name in self.weight_names(stored)]
 
@@ -193,15 +265,17 @@ class Keras3Weights:
         arrays = []
         for part in parts:
             where = "/".join(p for p in ("layers", group, part, "vars") if p)
-            node = self.root.get(where)
+            with hdf5_errors(self.path, layer_name):
+                node = self.root.get(where)
+                keys = list(node.keys()) if isinstance(node, h5py.Group) else []
             if node is None:
                 raise WeightFormatError("missing from the file", path=self.path,
                                         layer=layer_name, tensor=where)
             if not isinstance(node, h5py.Group):
                 raise WeightFormatError("is not a group", path=self.path, layer=layer_name,
                                         tensor=where)
-            keys = sorted(node.keys(), key=lambda k: (not k.isdigit(), int(k) if k.isdigit()
-                                                       else 0, k))
+            keys = sorted(keys, key=lambda k: (not k.isdigit(), int(k) if k.isdigit()
+                                               else 0, k))
             for key in keys:
                 arrays.append((f"{where}/{key}",
                                read_dataset(node, key, self.path, layer_name,
