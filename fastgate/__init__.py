@@ -7,8 +7,10 @@ them like PyTorch's::
     lstm = fastgate.LSTM.random(input_size=5, hidden_size=32)
     out, (h_n, c_n) = lstm(x)                # x: (T, B, 5) float32
 
-The compiled kernels (Cython + BLAS through SciPy) run when the extension is built; the
-NumPy oracle (:mod:`fastgate.oracle`) is the fallback and the definition of correctness.
+Load trained models with :func:`load` (Keras files, fastgate's own format), :func:`from_keras`
+and :func:`from_torch`. The compiled kernels (Cython; packed register-blocked products for
+AVX-512 and AVX2, BLAS through SciPy on other CPUs) run when the extension is built; the NumPy
+oracle (:mod:`fastgate.oracle`) is the fallback and the definition of correctness.
 """
 
 from __future__ import annotations
@@ -31,10 +33,16 @@ from .threads import get_num_threads, set_num_threads
 __version__ = "0.1.0"
 
 __all__ = [
-    "Model", "load", "from_keras", "Activation", "Bidirectional", "Flatten", "GlobalPooling1D",
+    # layers and models
+    "LSTM", "GRU", "SimpleRNN", "RecurrentLayer", "LSTMCell", "GRUCell", "RNNCell", "Model",
+    "Dense", "Embedding", "Activation", "Bidirectional", "Flatten", "GlobalPooling1D",
     "Masking", "Recurrent", "RepeatVector",
-    "LSTM", "GRU", "SimpleRNN", "RecurrentLayer", "LSTMCell", "GRUCell", "RNNCell", "from_torch", "Dense", "Embedding", "save", "CellWeights", "GATE_ORDERS",
-    "reorder_gates", "backend", "use_backend", "available_backends",
-    "FastgateError", "ConfigError", "InputError", "ShapeError", "DTypeError", "WeightFormatError",
-    "UnsupportedLayerError", "BackendError", "set_num_threads", "get_num_threads", "__version__",
+    # weights and files
+    "CellWeights", "GATE_ORDERS", "reorder_gates", "load", "save", "from_keras", "from_torch",
+    # backends and threads
+    "backend", "use_backend", "available_backends", "set_num_threads", "get_num_threads",
+    # errors
+    "FastgateError", "ConfigError", "InputError", "ShapeError", "DTypeError",
+    "WeightFormatError", "UnsupportedLayerError", "BackendError",
+    "__version__",
 ]
