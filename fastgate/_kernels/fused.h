@@ -51,6 +51,9 @@ typedef struct {
 #else
 #define FG_X86 0
 #endif
+#if FG_X86
+#include <immintrin.h>   /* the fast reciprocal of packed_step.h's float LSTM cell */
+#endif
 
 /* ------------------------------------------------------------------- instantiations */
 #define FG_TARGET
