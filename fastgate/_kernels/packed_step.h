@@ -467,6 +467,12 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
     FG_T *z_buffer = (FG_T *)d->gate_buffer;  /* (B, H) */
     FG_T *out = (FG_T *)d->out;
     FG_T *h_previous = (FG_T *)d->h, *h_next = (FG_T *)d->h_spare, *swap;
+    /* Without a mask, every row's h' is its output: the cells write it straight into the
+     * output rows, and the next step reads it there (rows hn_stride apart). With a mask,
+     * h' goes to a (B, P) double buffer and is copied out. */
+    const int direct = d->mask == NULL;
+    const ptrdiff_t out_row_stride = d->batch_stride * d->out_width;
+    ptrdiff_t hp_stride = P, hn_stride = P;
     FG_NAME(tile_fn) tile_gates = G == 4 ? FG_NAME(tile_g4)
         : G == 3 ? (last_apart ? FG_NAME(tile_g3_apart) : FG_NAME(tile_g3))
         : G == 2 ? FG_NAME(tile_g2) : FG_NAME(tile_g1);
@@ -493,6 +499,10 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
         valid = d->mask != NULL ? d->mask + t * B : NULL;
         if (precomputed)
             step_input = projected_input + t * d->step_stride * GH;
+        if (direct) {
+            h_next = out + t * d->step_stride * d->out_width;
+            hn_stride = out_row_stride;
+        }
         step_x = layer_input + t * d->step_stride * D;
 #define FG_ROW_INPUT(b) (precomputed ? step_input + (b) * d->batch_stride * GH : NULL)
 #define FG_IS_VALID(b) (valid == NULL || valid[b])
@@ -504,13 +514,13 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
             wn = H - j0 < FG_W ? H - j0 : FG_W;
             for (b = row_begin; b < row_end; b += rows) {
                 rows = row_end - b < mr ? row_end - b : mr;
-                tile_gates(rows, step_x + b * x_stride, x_stride, K1, h_previous + b * P, P, P,
-                           panel, tile);
+                tile_gates(rows, step_x + b * x_stride, x_stride, K1, h_previous + b * hp_stride,
+                           hp_stride, P, panel, tile);
                 if (fast_lstm && wn == FG_W && valid == NULL) {
                     FG_NAME(lstm_tile_f)(rows, tile, A * FG_W, bias + j0, H, c + b * H + j0, H,
                                          (projection != NULL ? cell_out + b * H
-                                                             : h_next + b * P) + j0,
-                                         projection != NULL ? H : P);
+                                                             : h_next + b * hn_stride) + j0,
+                                         projection != NULL ? H : hn_stride);
                     continue;
                 }
                 for (r = 0; r < rows; r++) {
@@ -535,7 +545,7 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
                     if (d->cell == FG_CELL_GRU && !d->reset_after) {
                         FG_NAME(gru_reset_epilogue)(
                             row_tile, row_input, bias + j0, H, wn, d->rec_act,
-                            h_previous + (b + r) * P + j0, cell_out + (b + r) * H + j0,
+                            h_previous + (b + r) * hp_stride + j0, cell_out + (b + r) * H + j0,
                             z_buffer + (b + r) * H + j0);
                         continue;
                     }
@@ -546,19 +556,19 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
                             row_tile, row_input, bias + j0, H, wn, d->act, d->rec_act,
                             c + (b + r) * H + j0,
                             (projection != NULL ? cell_out + (b + r) * H
-                                                : h_next + (b + r) * P) + j0);
+                                                : h_next + (b + r) * hn_stride) + j0);
                     else if (d->cell == FG_CELL_GRU)
                         FG_NAME(gru_epilogue)(
                             row_tile, row_input,
                             precomputed ? row_input + 2 * H : row_tile + 2 * FG_W,
                             row_tile + (precomputed ? 2 : 3) * FG_W,
                             bias + j0, new_gate_bias + j0, H, wn, d->act,
-                            d->rec_act, h_previous + (b + r) * P + j0,
-                            h_next + (b + r) * P + j0);
+                            d->rec_act, h_previous + (b + r) * hp_stride + j0,
+                            h_next + (b + r) * hn_stride + j0);
                     else
                         FG_NAME(single_gate_epilogue)(
                             row_tile, row_input, bias + j0, wn, d->act, NULL, NULL,
-                            h_next + (b + r) * P + j0);
+                            h_next + (b + r) * hn_stride + j0);
                 }
             }
         }
@@ -579,7 +589,7 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
                             tile + r * FG_W,
                             precomputed ? FG_ROW_INPUT(b + r) + 2 * H + j0 : NULL,
                             bias + 2 * H + j0, wn, d->act, z_buffer + (b + r) * H + j0,
-                            h_previous + (b + r) * P + j0, h_next + (b + r) * P + j0);
+                            h_previous + (b + r) * hp_stride + j0, h_next + (b + r) * hn_stride + j0);
                     }
                 }
             }
@@ -595,13 +605,13 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
                     tile_single(rows, NULL, 0, 0, cell_out + b * H, H, H, panel, tile);
                     for (r = 0; r < rows; r++)
                         if (FG_IS_VALID(b + r))
-                            memcpy(h_next + (b + r) * P + j0, tile + r * FG_W,
+                            memcpy(h_next + (b + r) * hn_stride + j0, tile + r * FG_W,
                                    wn * sizeof(FG_T));
                 }
             }
         }
         /* masked rows keep their state; outputs: h', or 0 / the previous output if masked */
-        for (b = row_begin; b < row_end; b++) {
+        for (b = direct ? row_end : row_begin; b < row_end; b++) {
             FG_T *out_row = out + (t * d->step_stride + b * d->batch_stride) * d->out_width;
             if (FG_IS_VALID(b)) {
                 memcpy(out_row, h_next + b * P, P * sizeof(FG_T));
@@ -614,16 +624,21 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
             else
                 memset(out_row, 0, P * sizeof(FG_T));
         }
-        swap = h_previous;
-        h_previous = h_next;
-        h_next = swap;
+        if (direct) {
+            h_previous = h_next;
+            hp_stride = hn_stride;
+        } else {
+            swap = h_previous;
+            h_previous = h_next;
+            h_next = swap;
+        }
         t_previous = t;
 #undef FG_ROW_INPUT
 #undef FG_IS_VALID
     }
     if (h_previous != (FG_T *)d->h)
-        memcpy((FG_T *)d->h + row_begin * P, h_previous + row_begin * P,
-               (row_end - row_begin) * P * sizeof(FG_T));
+        for (b = row_begin; b < row_end; b++)
+            memcpy((FG_T *)d->h + b * P, h_previous + b * hp_stride, P * sizeof(FG_T));
 }
 
 #undef FG_W
