@@ -95,6 +95,7 @@ class RecurrentLayer:
         self.num_directions = 2 if self.bidirectional else 1
         self.weights = self._validate_weights(weights)
         self._prepared = self._prepare_kernel_weights()
+        self._plan = self._call_plan()
 
     # ------------------------------------------------------------------ construction
     def _validate_weights(self, weights: Sequence[Any]) -> list[CellWeights]:
@@ -170,6 +171,19 @@ class RecurrentLayer:
         return [kernels.prepare(cell, self.reset_after, w.input_kernel, w.recurrent_kernel,
                                 w.input_bias, w.recurrent_bias, w.projection)
                 for w in self.weights]
+
+    def _call_plan(self) -> tuple | None:
+        """What every compiled call passes to the kernel, worked out once (``None`` without it).
+
+        ``(entry, cell code, activation codes, reset_after, prepared weights, directions,
+        output width)``; ``entry`` is the kernel's function for the layer's dtype.
+        """
+        kernels = compiled_module()
+        if kernels is None or self._prepared is None:
+            return None
+        entry = kernels.forward_double if self.dtype == np.float64 else kernels.forward_float
+        return (entry, _CELL_CODES[self.cell], self._activation_codes, self.reset_after,
+                self._prepared, self.num_directions, self.num_directions * self.output_size)
 
     @classmethod
     def random(cls, input_size: int, hidden_size: int, *, num_layers: int = 1,
@@ -262,11 +276,13 @@ class RecurrentLayer:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_prepared"]  # derived from the weights; rebuilt on unpickling
+        state.pop("_plan", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._prepared = self._prepare_kernel_weights()
+        self._plan = self._call_plan()
 
     # ------------------------------------------------------------------ calling
     def __call__(self, x: ArrayLike, state: State | None = None,
@@ -295,9 +311,9 @@ class RecurrentLayer:
         state : ndarray or (ndarray, ndarray)
             Final state, arranged as ``state``: ``h_n`` (LSTM: ``(h_n, c_n)``).
         """
-        if (state is None and lengths is None and type(x) is np.ndarray and x.ndim == 3
-                and x.dtype == self.dtype and x.shape[2] == self.input_size
-                and self._prepared is not None and backend() == "compiled"):
+        if (state is None and lengths is None and type(x) is np.ndarray
+                and self._plan is not None and x.ndim == 3 and x.dtype == self.dtype
+                and x.shape[2] == self.input_size and backend() == "compiled"):
             # The common call, without the conversions of the general path (S1/S3-sized
             # calls are dominated by Python overhead).
             if self.batch_first:
@@ -411,16 +427,14 @@ class RecurrentLayer:
                       c0: np.ndarray | None, mask: np.ndarray | None, batch_major: bool,
                       hold_masked_output: bool) -> np.ndarray:
         """The compiled kernel on validated arrays (see :meth:`forward`); returns ``out``."""
-        x = np.ascontiguousarray(x)
-        width = self.num_directions * self.output_size
+        entry, cell, codes, reset_after, prepared, directions, width = self._plan
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
         out = np.empty((x.shape[0], x.shape[1], width), self.dtype)
         if steps and batch:
-            compiled_module().forward(
-                _CELL_CODES[self.cell], self._activation_codes, self.reset_after,
-                x.reshape(steps * batch, -1), steps, batch, batch_major, self._prepared,
-                self.num_directions, h0, c0,
-                None if mask is None else np.ascontiguousarray(mask, dtype=np.uint8),
-                hold_masked_output, out.reshape(steps * batch, width), kernel_num_threads())
+            entry(cell, codes, reset_after, x, steps, batch, batch_major, prepared, directions,
+                  h0, c0, None if mask is None else np.ascontiguousarray(mask, dtype=np.uint8),
+                  hold_masked_output, out, kernel_num_threads())
         return out
 
     # ------------------------------------------------------------------ streaming
@@ -447,6 +461,15 @@ class RecurrentLayer:
         Returns ``(y, state)``: ``y`` is ``(B, output_size)`` for one step, ``(B, T,
         output_size)`` for a chunk.
         """
+        if (type(x) is np.ndarray and self._plan is not None and x.ndim == 2
+                and not self.bidirectional and x.dtype == self.dtype
+                and x.shape[1] == self.input_size and backend() == "compiled"):
+            # One step of arrays already right (a streaming service's call): no conversion
+            batch = x.shape[0]
+            h0, c0 = self._copied_state(state, batch)
+            if h0 is not None:
+                out = self._run_compiled(x[:, None], 1, batch, h0, c0, None, True, False)
+                return out[:, 0], ((h0, c0) if c0 is not None else h0)
         if self.bidirectional:
             raise ConfigError(f"{type(self).__name__}: a bidirectional layer cannot stream: "
                               f"its reverse direction needs the whole sequence")
@@ -460,6 +483,30 @@ class RecurrentLayer:
         out, h_n, c_n = self.forward(chunk, h0, c0, batch_major=True)
         y = out[:, 0] if single else out
         return y, ((h_n, c_n) if self.cell == "lstm" else h_n)
+
+    def _copied_state(self, state: State | None, batch: int
+                      ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Fresh copies of ``state`` for the kernel to update, if its arrays are exactly of
+        the layer's dtype and state shapes (or zeros for ``None``); else ``(None, None)``:
+        the general path (:meth:`_initial_state`) converts, or explains what is wrong."""
+        rows = len(self._prepared)
+        lstm = self.cell == "lstm"
+        if state is None:
+            h = np.zeros((rows, batch, self.output_size), self.dtype)
+            return h, (np.zeros((rows, batch, self.hidden_size), self.dtype) if lstm else None)
+        if lstm:
+            if type(state) is not tuple or len(state) != 2:
+                return None, None
+            h, c = state
+            if (type(c) is not np.ndarray or c.dtype != self.dtype
+                    or c.shape != (rows, batch, self.hidden_size)):
+                return None, None
+        else:
+            h, c = state, None
+        if (type(h) is not np.ndarray or h.dtype != self.dtype
+                or h.shape != (rows, batch, self.output_size)):
+            return None, None
+        return h.copy(), (c.copy() if lstm else None)
 
     @property
     def _activation_codes(self) -> tuple[int, int]:

@@ -148,6 +148,7 @@ cdef class PreparedWeights:
     """
     cdef readonly tuple arrays
     cdef readonly object dtype
+    cdef bint is_double
     cdef Py_ssize_t input_rows, input_columns
     cdef Py_ssize_t sizes[6]
     cdef void *pointers[6]
@@ -157,6 +158,9 @@ cdef class PreparedWeights:
         cdef Py_ssize_t i
         self.arrays = (input_kernel, recurrent, bias, new_gate_bias, recurrent_new, projection)
         self.dtype = input_kernel.dtype
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError("PreparedWeights: arrays must be float32 or float64")
+        self.is_double = self.dtype == np.float64
         self.input_rows, self.input_columns = input_kernel.shape
         for i, array in enumerate(self.arrays):
             if (array.dtype != self.dtype or not array.flags.c_contiguous
@@ -189,7 +193,53 @@ def forward(int cell, tuple activation_codes, bint reset_after,
     ``c_state`` for LSTM) are the initial states, overwritten with the final ones; ``mask``
     is ``None`` or a ``(T, B)`` uint8 array of valid steps; ``out`` receives ``(T*B, dirs*P)``
     outputs in ``x``'s row order. ``num_threads`` threads split the batch.
+
+    :func:`forward_float` and :func:`forward_double` are the same for one dtype, without
+    the dispatch on the arrays' dtype of this fused function (a microsecond per call).
     """
+    _forward(cell, activation_codes, reset_after, &x[0, 0] if x.shape[0] else NULL,
+             x.shape[0], x.shape[1], steps, batch, batch_major, prepared, num_directions,
+             h_state, c_state, mask, hold_masked_output, &out[0, 0] if out.shape[0] else NULL,
+             out.shape[0], out.shape[1], num_threads)
+
+
+def forward_float(int cell, tuple activation_codes, bint reset_after,
+                  float[:, :, ::1] x, Py_ssize_t steps, Py_ssize_t batch, bint batch_major,
+                  list prepared, int num_directions,
+                  float[:, :, ::1] h_state, object c_state, object mask,
+                  bint hold_masked_output, float[:, :, ::1] out, int num_threads=1):
+    """:func:`forward` for float32 arrays, ``x`` and ``out`` given as ``(T, B, .)`` or
+    ``(B, T, .)`` (their rows in that order)."""
+    _forward(cell, activation_codes, reset_after,
+             &x[0, 0, 0] if x.shape[0] and x.shape[1] else NULL, x.shape[0] * x.shape[1],
+             x.shape[2], steps, batch, batch_major, prepared, num_directions, h_state,
+             c_state, mask, hold_masked_output,
+             &out[0, 0, 0] if out.shape[0] and out.shape[1] else NULL,
+             out.shape[0] * out.shape[1], out.shape[2], num_threads)
+
+
+def forward_double(int cell, tuple activation_codes, bint reset_after,
+                   double[:, :, ::1] x, Py_ssize_t steps, Py_ssize_t batch, bint batch_major,
+                   list prepared, int num_directions,
+                   double[:, :, ::1] h_state, object c_state, object mask,
+                   bint hold_masked_output, double[:, :, ::1] out, int num_threads=1):
+    """:func:`forward_float` for float64 arrays."""
+    _forward(cell, activation_codes, reset_after,
+             &x[0, 0, 0] if x.shape[0] and x.shape[1] else NULL, x.shape[0] * x.shape[1],
+             x.shape[2], steps, batch, batch_major, prepared, num_directions, h_state,
+             c_state, mask, hold_masked_output,
+             &out[0, 0, 0] if out.shape[0] and out.shape[1] else NULL,
+             out.shape[0] * out.shape[1], out.shape[2], num_threads)
+
+
+cdef object _forward(int cell, tuple activation_codes, bint reset_after,
+                     floating *x_data, Py_ssize_t x_rows, Py_ssize_t x_columns,
+                     Py_ssize_t steps, Py_ssize_t batch,
+                     bint batch_major, list prepared, int num_directions,
+                     floating[:, :, ::1] h_state, object c_state, object mask,
+                     bint hold_masked_output, floating *out_data, Py_ssize_t out_rows,
+                     Py_ssize_t out_columns, int num_threads):
+    # x and out: x_rows x x_columns and out_rows x out_columns C-contiguous arrays
     cdef int act = activation_codes[0], rec_act = activation_codes[1]
     cdef Py_ssize_t entries = len(prepared), num_layers, k, layer, direction
     cdef Py_ssize_t gate_count = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
@@ -198,7 +248,7 @@ def forward(int cell, tuple activation_codes, bint reset_after,
     cdef Py_ssize_t step_stride = 1 if batch_major else batch
     cdef Py_ssize_t batch_stride = steps if batch_major else 1
     cdef PreparedWeights weights
-    dtype = np.float32 if floating is float else np.float64
+    cdef bint is_double = floating is double
     cdef floating[:, :, ::1] c_view
     cdef const unsigned char[:, ::1] mask_view
     cdef const unsigned char *mask_pointer = NULL
@@ -225,9 +275,9 @@ def forward(int cell, tuple activation_codes, bint reset_after,
     out_width = num_directions * width
     block = fg_block_width(floating is double)
     # Shapes are checked here, before any pointer reaches the kernels.
-    if x.shape[0] != rows or out.shape[0] != rows or out.shape[1] != out_width:
-        raise ValueError(f"forward: x ({x.shape[0]}, {x.shape[1]}) / out ({out.shape[0]}, "
-                         f"{out.shape[1]}) do not match {steps} steps x {batch} batch x "
+    if x_rows != rows or out_rows != rows or out_columns != out_width:
+        raise ValueError(f"forward: x ({x_rows}, {x_columns}) / out ({out_rows}, "
+                         f"{out_columns}) do not match {steps} steps x {batch} batch x "
                          f"{out_width}")
     if h_state.shape[0] != entries or h_state.shape[1] != batch:
         raise ValueError("forward: h_state shape does not match the weights")
@@ -243,9 +293,9 @@ def forward(int cell, tuple activation_codes, bint reset_after,
         mask_pointer = &mask_view[0, 0] if rows else NULL
     for k in range(entries):
         layer = k // num_directions
-        in_width = x.shape[1] if layer == 0 else out_width
+        in_width = x_columns if layer == 0 else out_width
         weights = prepared[k]
-        if (weights.dtype != dtype or weights.input_rows != in_width
+        if (weights.is_double != is_double or weights.input_rows != in_width
                 or weights.input_columns != gates_width
                 or weights.sizes[2] != gates_width
                 or weights.sizes[1] != _packed_size(
@@ -307,13 +357,13 @@ def forward(int cell, tuple activation_codes, bint reset_after,
     direction_args.out_width = out_width
 
     try:
-        layer_input = &x[0, 0]
+        layer_input = x_data
         for layer in range(num_layers):
             if layer == num_layers - 1:
-                layer_output = &out[0, 0]
+                layer_output = out_data
             else:
                 layer_output = layer_buffers + (layer % 2) * rows * out_width
-            in_width = x.shape[1] if layer == 0 else out_width
+            in_width = x_columns if layer == 0 else out_width
             for direction in range(num_directions):
                 k = layer * num_directions + direction
                 weights = prepared[k]
