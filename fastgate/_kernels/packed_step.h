@@ -245,11 +245,14 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_block_f)(const FG_T *restrict tile,
 }
 
 /* lstm_block_f for R rows at once (R = 1 or 2, a constant): rows of the tile `tile_stride`
- * apart, of c and h `c_stride` and `h_stride` apart, without an input projection. The
+ * apart, of the input projection (or NULL) `input_stride`, of c and h `c_stride` and
+ * `h_stride` apart. The
  * rows' long dependency chains (exp, reciprocal, exp) are independent: computing them side
  * by side keeps both FMA pipes busy. */
 FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_rows_f)(const int R, const FG_T *restrict tile,
                                                      ptrdiff_t tile_stride,
+                                                     const FG_T *restrict input,
+                                                     ptrdiff_t input_stride,
                                                      const FG_T *restrict bias,
                                                      ptrdiff_t hidden, FG_T *restrict c,
                                                      ptrdiff_t c_stride, FG_T *restrict h,
@@ -262,6 +265,10 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_rows_f)(const int R, const FG_T *re
         for (gate = 0; gate < 4; gate++)
             pre[r][gate] = FG_NAME(vload)(tile + r * tile_stride + gate * FG_W)
                            + FG_NAME(vload)(bias + gate * hidden);
+    if (input != NULL)
+        for (r = 0; r < R; r++)
+            for (gate = 0; gate < 4; gate++)
+                pre[r][gate] += FG_NAME(vload)(input + r * input_stride + gate * hidden);
     for (r = 0; r < R; r++)
         cell[r] = FG_NAME(vsigmoidf)(pre[r][1]) * FG_NAME(vload)(c + r * c_stride)
                   + FG_NAME(vsigmoidf)(pre[r][0]) * FG_NAME(vtanhf)(pre[r][2]);
@@ -275,18 +282,23 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_rows_f)(const int R, const FG_T *re
 
 /* The LSTM cells of `rows` rows of a tile (see lstm_rows_f). */
 static FG_TARGET void FG_NAME(lstm_tile_f)(ptrdiff_t rows, const FG_T *restrict tile,
-                                           ptrdiff_t tile_stride, const FG_T *restrict bias,
+                                           ptrdiff_t tile_stride, const FG_T *restrict input,
+                                           ptrdiff_t input_stride, const FG_T *restrict bias,
                                            ptrdiff_t hidden, FG_T *restrict c,
                                            ptrdiff_t c_stride, FG_T *restrict h,
                                            ptrdiff_t h_stride)
 {
     ptrdiff_t r;
     for (r = 0; r + 1 < rows; r += 2)
-        FG_NAME(lstm_rows_f)(2, tile + r * tile_stride, tile_stride, bias, hidden,
-                             c + r * c_stride, c_stride, h + r * h_stride, h_stride);
+        FG_NAME(lstm_rows_f)(2, tile + r * tile_stride, tile_stride,
+                             input != NULL ? input + r * input_stride : NULL, input_stride,
+                             bias, hidden, c + r * c_stride, c_stride, h + r * h_stride,
+                             h_stride);
     if (r < rows)
-        FG_NAME(lstm_rows_f)(1, tile + r * tile_stride, tile_stride, bias, hidden,
-                             c + r * c_stride, c_stride, h + r * h_stride, h_stride);
+        FG_NAME(lstm_rows_f)(1, tile + r * tile_stride, tile_stride,
+                             input != NULL ? input + r * input_stride : NULL, input_stride,
+                             bias, hidden, c + r * c_stride, c_stride, h + r * h_stride,
+                             h_stride);
 }
 
 /* LSTM:  i, f, g, o = rec_act(.), rec_act(.), act(.), rec_act(.)  of  x W + b + h U
@@ -479,8 +491,8 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
     FG_NAME(tile_fn) tile_single = FG_NAME(tile_g1);
     FG_T tile[24 * FG_W];
     ptrdiff_t s, t, t_previous = -1, b, r, rows, jb, j0, wn;
-    /* the LSTM cells of whole tiles at once (float, default activations, x W in the tile) */
-    const int fast_lstm = sizeof(FG_T) == 4 && d->cell == FG_CELL_LSTM && !precomputed
+    /* the LSTM cells of whole tiles at once (float, default activations) */
+    const int fast_lstm = sizeof(FG_T) == 4 && d->cell == FG_CELL_LSTM
                           && d->act == FG_TANH && d->rec_act == FG_SIGMOID;
 
     if (precomputed && !d->input_projected) {
@@ -517,7 +529,9 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
                 tile_gates(rows, step_x + b * x_stride, x_stride, K1, h_previous + b * hp_stride,
                            hp_stride, P, panel, tile);
                 if (fast_lstm && wn == FG_W && valid == NULL) {
-                    FG_NAME(lstm_tile_f)(rows, tile, A * FG_W, bias + j0, H, c + b * H + j0, H,
+                    FG_NAME(lstm_tile_f)(rows, tile, A * FG_W,
+                                         precomputed ? FG_ROW_INPUT(b) + j0 : NULL,
+                                         d->batch_stride * GH, bias + j0, H, c + b * H + j0, H,
                                          (projection != NULL ? cell_out + b * H
                                                              : h_next + b * hn_stride) + j0,
                                          projection != NULL ? H : hn_stride);
