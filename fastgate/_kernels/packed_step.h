@@ -169,7 +169,18 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vload)(const FG_T *p)
 FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vclamp)(FG_NAME(vec) x, FG_T lo, FG_T hi)
 {
     typedef FG_NAME(ivec) VI;
-    VI below = x < lo, above = x > hi;
+    VI below, above;
+#if FG_X86 && FG_VBYTES == 64
+    if (sizeof(FG_T) == 4)   /* NaN stays NaN: max/min return their second operand */
+        return (FG_NAME(vec))_mm512_min_ps(_mm512_set1_ps(hi),
+                                           _mm512_max_ps(_mm512_set1_ps(lo), (__m512)x));
+#elif FG_X86 && FG_VBYTES == 32
+    if (sizeof(FG_T) == 4)
+        return (FG_NAME(vec))_mm256_min_ps(_mm256_set1_ps(hi),
+                                           _mm256_max_ps(_mm256_set1_ps(lo), (__m256)x));
+#endif
+    below = x < lo;
+    above = x > hi;
     const FG_NAME(vec) low = x - x + lo, high = x - x + hi;
     VI bits = ((VI)x & ~below) | ((VI)low & below);
     return (FG_NAME(vec))((bits & ~above) | ((VI)high & above));
@@ -199,6 +210,21 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vexpf)(FG_NAME(vec) x)
     V t, n, r, p;
     VI scale_bits;
     x = FG_NAME(vclamp)(x, -87.0f, 88.0f);
+#if FG_X86 && FG_VBYTES == 64
+    /* n = round(x / ln 2) and p 2^n in one instruction each */
+    n = (V)_mm512_roundscale_ps((__m512)(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT);
+    r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    p = r * 1.9875691500E-4f + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    p = p * r * r + r + 1.0f;
+    (void)t;
+    (void)scale_bits;
+    return (V)_mm512_scalef_ps((__m512)p, (__m512)n);
+#endif
     t = x * 1.44269504088896341f + magic;
     n = t - magic;
     r = x - n * 0.693359375f;
