@@ -311,23 +311,25 @@ class RecurrentLayer:
         state : ndarray or (ndarray, ndarray)
             Final state, arranged as ``state``: ``h_n`` (LSTM: ``(h_n, c_n)``).
         """
-        if (state is None and lengths is None and type(x) is np.ndarray
-                and self._plan is not None and x.ndim == 3 and x.dtype == self.dtype
-                and x.shape[2] == self.input_size and backend() == "compiled"):
-            # The common call, without the conversions of the general path (S1/S3-sized
-            # calls are dominated by Python overhead).
-            if self.batch_first:
-                batch, steps = x.shape[0], x.shape[1]
-            else:
-                steps, batch = x.shape[0], x.shape[1]
-            entries = len(self._prepared)
-            h = np.zeros((entries, batch, self.output_size), self.dtype)
-            if self.cell != "lstm":
-                return self._run_compiled(x, steps, batch, h, None, None, self.batch_first,
-                                          False), h
-            c = np.zeros((entries, batch, self.hidden_size), self.dtype)
-            return self._run_compiled(x, steps, batch, h, c, None, self.batch_first,
-                                      False), (h, c)
+        plan = self._plan
+        if (plan is not None and state is None and lengths is None and type(x) is np.ndarray
+                and x.ndim == 3 and x.dtype == self.dtype and x.shape[2] == self.input_size
+                and backend() == "compiled"):
+            # The common call, straight to the kernel (S1/S3-sized calls are dominated by
+            # Python overhead); what _run_compiled does, inlined.
+            entry, cell, codes, reset_after, prepared, directions, width = plan
+            first, second = x.shape[0], x.shape[1]
+            steps, batch = (second, first) if self.batch_first else (first, second)
+            dtype = self.dtype
+            h = np.zeros((len(prepared), batch, self.output_size), dtype)
+            c = np.zeros((len(prepared), batch, self.hidden_size), dtype) if cell == 0 else None
+            out = np.empty((first, second, width), dtype)
+            if steps and batch:
+                if not x.flags.c_contiguous:
+                    x = np.ascontiguousarray(x)
+                entry(cell, codes, reset_after, x, steps, batch, self.batch_first, prepared,
+                      directions, h, c, None, False, out, kernel_num_threads())
+            return out, ((h, c) if cell == 0 else h)
         x = as_array(x, self.dtype, f"{type(self).__name__} input")
         if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
             layout = "(B, T, D)" if self.batch_first else "(T, B, D)"
