@@ -328,7 +328,7 @@ class RecurrentLayer:
                 if not x.flags.c_contiguous:
                     x = np.ascontiguousarray(x)
                 entry(cell, codes, reset_after, x, steps, batch, self.batch_first, prepared,
-                      directions, h, c, None, False, out, kernel_num_threads())
+                      directions, h, c, None, False, out, kernel_num_threads(), True)
             return out, ((h, c) if cell == 0 else h)
         x = as_array(x, self.dtype, f"{type(self).__name__} input")
         if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:

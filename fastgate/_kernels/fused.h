@@ -31,6 +31,8 @@ typedef struct {
                                        to h U, step by step */
     int input_projected;            /* projected_input already holds x W (BLAS, by the
                                        caller): the kernel only reads it */
+    int zero_state;                 /* h starts at zero and U is finite: the first step
+                                       skips h U (exactly 0) */
     const void *bias;               /* (G*H,): b_i + b_h, except the GRU reset-after n gate */
     const void *new_gate_bias;      /* (H,): b_hn of a GRU reset-after, else NULL */
     const void *recurrent;          /* packed [W; U] (GRU reset-before: the r and z gates) */

@@ -553,7 +553,7 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
             for (b = row_begin; b < row_end; b += rows) {
                 rows = row_end - b < mr ? row_end - b : mr;
                 tile_gates(rows, step_x + b * x_stride, x_stride, K1, h_previous + b * hp_stride,
-                           hp_stride, P, panel, tile);
+                           hp_stride, s == 0 && d->zero_state ? 0 : P, panel, tile);
                 if (fast_lstm && wn == FG_W && valid == NULL) {
                     FG_NAME(lstm_tile_f)(rows, tile, A * FG_W,
                                          precomputed ? FG_ROW_INPUT(b) + j0 : NULL,

@@ -34,6 +34,7 @@ cdef extern from "fused.h" nogil:
         Py_ssize_t input_width
         void *projected_input
         int input_projected
+        int zero_state
         const void *bias
         const void *new_gate_bias
         const void *recurrent
@@ -134,9 +135,11 @@ def prepare(int cell, bint reset_after, input_kernel, recurrent_kernel, input_bi
     else:
         recurrent = pack_gates(stacked, gates)
     packed_projection = empty if projection is None else pack_gates(projection, 1)
-    return PreparedWeights(np.ascontiguousarray(input_kernel), recurrent,
-                           np.ascontiguousarray(bias), new_gate_bias, recurrent_new,
-                           packed_projection)
+    weights = PreparedWeights(np.ascontiguousarray(input_kernel), recurrent,
+                              np.ascontiguousarray(bias), new_gate_bias, recurrent_new,
+                              packed_projection)
+    weights.recurrent_finite = bool(np.isfinite(recurrent_kernel).all())
+    return weights
 
 
 cdef class PreparedWeights:
@@ -149,6 +152,8 @@ cdef class PreparedWeights:
     cdef readonly tuple arrays
     cdef readonly object dtype
     cdef bint is_double
+    #: every recurrent weight is finite: 0 @ U is exactly 0 (see forward's zero_state)
+    cdef public bint recurrent_finite
     cdef Py_ssize_t input_rows, input_columns
     cdef Py_ssize_t sizes[6]
     cdef void *pointers[6]
@@ -185,14 +190,17 @@ def forward(int cell, tuple activation_codes, bint reset_after,
             floating[:, ::1] x, Py_ssize_t steps, Py_ssize_t batch, bint batch_major,
             list prepared, int num_directions,
             floating[:, :, ::1] h_state, object c_state, object mask,
-            bint hold_masked_output, floating[:, ::1] out, int num_threads=1):
+            bint hold_masked_output, floating[:, ::1] out, int num_threads=1,
+            bint zero_state=False):
     """Run a stacked, optionally bidirectional recurrent layer (see fastgate.layers).
 
     ``x`` is ``(T*B, D)`` rows in time-major (``t*B + b``) or batch-major (``b*T + t``) order;
     ``prepared`` holds per layer and direction the tuple of :func:`prepare`; ``h_state`` (and
     ``c_state`` for LSTM) are the initial states, overwritten with the final ones; ``mask``
     is ``None`` or a ``(T, B)`` uint8 array of valid steps; ``out`` receives ``(T*B, dirs*P)``
-    outputs in ``x``'s row order. ``num_threads`` threads split the batch.
+    outputs in ``x``'s row order. ``num_threads`` threads split the batch. ``zero_state``
+    says that ``h_state`` is all zeros: the first step then skips ``h @ U`` (exactly zero)
+    where ``U`` is finite.
 
     :func:`forward_float` and :func:`forward_double` are the same for one dtype, without
     the dispatch on the arrays' dtype of this fused function (a microsecond per call).
@@ -200,14 +208,15 @@ def forward(int cell, tuple activation_codes, bint reset_after,
     _forward(cell, activation_codes, reset_after, &x[0, 0] if x.shape[0] else NULL,
              x.shape[0], x.shape[1], steps, batch, batch_major, prepared, num_directions,
              h_state, c_state, mask, hold_masked_output, &out[0, 0] if out.shape[0] else NULL,
-             out.shape[0], out.shape[1], num_threads)
+             out.shape[0], out.shape[1], num_threads, zero_state)
 
 
 def forward_float(int cell, tuple activation_codes, bint reset_after,
                   float[:, :, ::1] x, Py_ssize_t steps, Py_ssize_t batch, bint batch_major,
                   list prepared, int num_directions,
                   float[:, :, ::1] h_state, object c_state, object mask,
-                  bint hold_masked_output, float[:, :, ::1] out, int num_threads=1):
+                  bint hold_masked_output, float[:, :, ::1] out, int num_threads=1,
+                  bint zero_state=False):
     """:func:`forward` for float32 arrays, ``x`` and ``out`` given as ``(T, B, .)`` or
     ``(B, T, .)`` (their rows in that order)."""
     _forward(cell, activation_codes, reset_after,
@@ -215,21 +224,22 @@ def forward_float(int cell, tuple activation_codes, bint reset_after,
              x.shape[2], steps, batch, batch_major, prepared, num_directions, h_state,
              c_state, mask, hold_masked_output,
              &out[0, 0, 0] if out.shape[0] and out.shape[1] else NULL,
-             out.shape[0] * out.shape[1], out.shape[2], num_threads)
+             out.shape[0] * out.shape[1], out.shape[2], num_threads, zero_state)
 
 
 def forward_double(int cell, tuple activation_codes, bint reset_after,
                    double[:, :, ::1] x, Py_ssize_t steps, Py_ssize_t batch, bint batch_major,
                    list prepared, int num_directions,
                    double[:, :, ::1] h_state, object c_state, object mask,
-                   bint hold_masked_output, double[:, :, ::1] out, int num_threads=1):
+                   bint hold_masked_output, double[:, :, ::1] out, int num_threads=1,
+                   bint zero_state=False):
     """:func:`forward_float` for float64 arrays."""
     _forward(cell, activation_codes, reset_after,
              &x[0, 0, 0] if x.shape[0] and x.shape[1] else NULL, x.shape[0] * x.shape[1],
              x.shape[2], steps, batch, batch_major, prepared, num_directions, h_state,
              c_state, mask, hold_masked_output,
              &out[0, 0, 0] if out.shape[0] and out.shape[1] else NULL,
-             out.shape[0] * out.shape[1], out.shape[2], num_threads)
+             out.shape[0] * out.shape[1], out.shape[2], num_threads, zero_state)
 
 
 cdef object _forward(int cell, tuple activation_codes, bint reset_after,
@@ -238,7 +248,7 @@ cdef object _forward(int cell, tuple activation_codes, bint reset_after,
                      bint batch_major, list prepared, int num_directions,
                      floating[:, :, ::1] h_state, object c_state, object mask,
                      bint hold_masked_output, floating *out_data, Py_ssize_t out_rows,
-                     Py_ssize_t out_columns, int num_threads):
+                     Py_ssize_t out_columns, int num_threads, bint zero_state):
     # x and out: x_rows x x_columns and out_rows x out_columns C-contiguous arrays
     cdef int act = activation_codes[0], rec_act = activation_codes[1]
     cdef Py_ssize_t entries = len(prepared), num_layers, k, layer, direction
@@ -368,6 +378,7 @@ cdef object _forward(int cell, tuple activation_codes, bint reset_after,
                 k = layer * num_directions + direction
                 weights = prepared[k]
                 direction_args.reverse = direction == 1
+                direction_args.zero_state = zero_state and weights.recurrent_finite
                 direction_args.bias = weights.pointers[2]
                 direction_args.new_gate_bias = weights.pointers[3]
                 direction_args.recurrent = weights.pointers[1]
