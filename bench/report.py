@@ -114,9 +114,12 @@ def environment(machine: dict, benchmarks: list[dict]) -> list[str]:
              f"{machine.get('logical_cores', machine.get('cpu', {}).get('count', '?'))} logical "
              f"cores ({machine.get('affinity_cores', '?')} usable)"]
     if loads:
+        cores = machine.get("affinity_cores") or machine.get("logical_cores")
+        busy = isinstance(cores, int) and max(loads) > cores
         lines.append(f"- 1-minute load average during the run: {min(loads):.2f} - "
-                     f"{max(loads):.2f} (above the core count, other processes competed "
-                     f"for the CPU and multi-threaded timings are noisy)")
+                     f"{max(loads):.2f}" + (" (above the core count: other processes "
+                     "competed for the CPU and multi-threaded timings are noisy)" if busy
+                     else ""))
     lines.append("- " + ", ".join(f"{name} {versions[name]}" for name in
                                   ("python", "fastgate", "numpy", "scipy", "torch",
                                    "onnxruntime") if name in versions)
