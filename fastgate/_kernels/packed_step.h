@@ -181,15 +181,17 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vclamp)(FG_NAME(vec) x, FG_T lo,
 #endif
     below = x < lo;
     above = x > hi;
-    const FG_NAME(vec) low = x - x + lo, high = x - x + hi;
+    const FG_NAME(vec) zero = {0}, low = zero + lo, high = zero + hi;   /* not x - x: inf */
     VI bits = ((VI)x & ~below) | ((VI)low & below);
     return (FG_NAME(vec))((bits & ~above) | ((VI)high & above));
 }
 
-/* 1 / d for d >= 1 (float vectors) */
+/* 1 / d for d >= 1 (a division for double) */
 FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vreciprocal)(FG_NAME(vec) d)
 {
     FG_NAME(vec) y;
+    if (sizeof(FG_T) == 8)
+        return (FG_T)1 / d;
 #if FG_X86 && FG_VBYTES == 64
     y = (FG_NAME(vec))_mm512_rcp14_ps((__m512)d);
 #elif FG_X86 && FG_VBYTES == 32
@@ -239,14 +241,44 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vexpf)(FG_NAME(vec) x)
     return p * (V)scale_bits;
 }
 
+/* fg_exp of vecmath.h (double) on a vector */
+FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vexpd)(FG_NAME(vec) x)
+{
+    typedef FG_NAME(vec) V;
+    typedef FG_NAME(ivec) VI;
+    const double magic = 6755399441055744.0;   /* 1.5 * 2^52 */
+    V t, n, r, rr, px, qx;
+    x = FG_NAME(vclamp)(x, -(FG_T)708.0, (FG_T)709.0);
+    t = x * (FG_T)1.4426950408889634073599 + (FG_T)magic;
+    n = t - (FG_T)magic;
+    r = x - n * (FG_T)6.93145751953125E-1;
+    r = r - n * (FG_T)1.42860682030941723212E-6;
+    rr = r * r;
+    px = rr * (FG_T)1.26177193074810590878E-4 + (FG_T)3.02994407707441961300E-2;
+    px = px * rr + (FG_T)9.99999999999999999910E-1;
+    px = px * r;
+    qx = rr * (FG_T)3.00198505138664455042E-6 + (FG_T)2.52448340349684104192E-3;
+    qx = qx * rr + (FG_T)2.27265548208155028766E-1;
+    qx = qx * rr + (FG_T)2.00000000000000000009E0;
+    r = (FG_T)1.0 + (FG_T)2.0 * px / (qx - px);
+    return r * (V)(((VI)t - (VI)(t - t + (FG_T)magic) + 1023)
+               << (sizeof(FG_T) == 8 ? 52 : 0));   /* (only called for double) */
+}
+
+/* sigmoid and tanh of float or double vectors (the double ones exactly as vecmath.h's) */
+FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vexp)(FG_NAME(vec) x)
+{
+    return sizeof(FG_T) == 4 ? FG_NAME(vexpf)(x) : FG_NAME(vexpd)(x);
+}
+
 FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vsigmoidf)(FG_NAME(vec) x)
 {
-    return FG_NAME(vreciprocal)(1.0f + FG_NAME(vexpf)(-x));
+    return FG_NAME(vreciprocal)(1.0f + FG_NAME(vexp)(-x));
 }
 
 FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vtanhf)(FG_NAME(vec) x)
 {
-    return 1.0f - 2.0f * FG_NAME(vreciprocal)(1.0f + FG_NAME(vexpf)(2.0f * x));
+    return 1.0f - 2.0f * FG_NAME(vreciprocal)(1.0f + FG_NAME(vexp)(2.0f * x));
 }
 
 /* lstm_epilogue for wn = W float units, sigmoid gates and tanh */
@@ -517,8 +549,8 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
     FG_NAME(tile_fn) tile_single = FG_NAME(tile_g1);
     FG_T tile[24 * FG_W];
     ptrdiff_t s, t, t_previous = -1, b, r, rows, jb, j0, wn;
-    /* the LSTM cells of whole tiles at once (float, default activations) */
-    const int fast_lstm = sizeof(FG_T) == 4 && d->cell == FG_CELL_LSTM
+    /* the LSTM cells of whole tiles at once (default activations) */
+    const int fast_lstm = d->cell == FG_CELL_LSTM
                           && d->act == FG_TANH && d->rec_act == FG_SIGMOID;
 
     if (precomputed && !d->input_projected) {
