@@ -240,10 +240,12 @@ def test_unknown_backend(name):
 # ---------------------------------------------------------------------------- never a crash
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_nan_and_inf_pass_through_as_ieee(backend, cell, rng):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch", [3, 8])  # 8: the kernels' vector paths for several rows
+def test_nan_and_inf_pass_through_as_ieee(backend, cell, dtype, batch, rng):
     """A NaN poisons its own sequence from its step on, and no other sequence."""
-    layer = make(cell, bidirectional=False)
-    x = rng.normal(size=(6, 3, 3)).astype(np.float32)
+    layer = make(cell, bidirectional=False, dtype=dtype)
+    x = rng.normal(size=(6, batch, 3)).astype(dtype)
     x[2, 0, 1] = np.nan
     x[4, 1, 0] = np.inf
     x[1, 2, 2] = -np.inf
@@ -252,10 +254,10 @@ def test_nan_and_inf_pass_through_as_ieee(backend, cell, rng):
         with fastgate.use_backend("python"):
             expected, expected_state = layer(x)
     assert np.isnan(out[2:, 0]).all() and not np.isnan(out[:2, 0]).any()
-    for b in (1, 2):  # +-inf through saturating gates: IEEE arithmetic, like the oracle
+    for b in range(1, batch):  # +-inf through saturating gates: IEEE arithmetic, like the oracle
         np.testing.assert_array_equal(np.isnan(out[:, b]), np.isnan(expected[:, b]))
     clean = np.isfinite(expected)
-    assert_close(np.where(clean, out, 0), np.where(clean, expected, 0), np.float32)
+    assert_close(np.where(clean, out, 0), np.where(clean, expected, 0), dtype)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
