@@ -107,7 +107,7 @@ def block_width(dtype):
 
 def prepare(int cell, bint reset_after, input_kernel, recurrent_kernel, input_bias,
             recurrent_bias, projection):
-    """The arrays :func:`forward` reads for one layer and direction.
+    """The arrays :func:`forward_float` / :func:`forward_double` read, per layer direction.
 
     Returns ``(input_kernel, recurrent, bias, new_gate_bias, recurrent_new, projection)``:
     the input kernel as is (for the all-steps GEMM); ``recurrent`` the input and recurrent
@@ -152,7 +152,7 @@ cdef class PreparedWeights:
     cdef readonly tuple arrays
     cdef readonly object dtype
     cdef bint is_double
-    #: every recurrent weight is finite: 0 @ U is exactly 0 (see forward's zero_state)
+    #: every recurrent weight is finite: 0 @ U is exactly 0 (see forward_float's zero_state)
     cdef public bint recurrent_finite
     cdef Py_ssize_t input_rows, input_columns
     cdef Py_ssize_t sizes[6]
@@ -186,39 +186,24 @@ cdef inline Py_ssize_t _packed_size(Py_ssize_t rows, Py_ssize_t gates, Py_ssize_
     return rows * gates * ((units + width - 1) // width) * width
 
 
-def forward(int cell, tuple activation_codes, bint reset_after,
-            floating[:, ::1] x, Py_ssize_t steps, Py_ssize_t batch, bint batch_major,
-            list prepared, int num_directions,
-            floating[:, :, ::1] h_state, object c_state, object mask,
-            bint hold_masked_output, floating[:, ::1] out, int num_threads=1,
-            bint zero_state=False):
-    """Run a stacked, optionally bidirectional recurrent layer (see fastgate.layers).
-
-    ``x`` is ``(T*B, D)`` rows in time-major (``t*B + b``) or batch-major (``b*T + t``) order;
-    ``prepared`` holds per layer and direction the tuple of :func:`prepare`; ``h_state`` (and
-    ``c_state`` for LSTM) are the initial states, overwritten with the final ones; ``mask``
-    is ``None`` or a ``(T, B)`` uint8 array of valid steps; ``out`` receives ``(T*B, dirs*P)``
-    outputs in ``x``'s row order. ``num_threads`` threads split the batch. ``zero_state``
-    says that ``h_state`` is all zeros: the first step then skips ``h @ U`` (exactly zero)
-    where ``U`` is finite.
-
-    :func:`forward_float` and :func:`forward_double` are the same for one dtype, without
-    the dispatch on the arrays' dtype of this fused function (a microsecond per call).
-    """
-    _forward(cell, activation_codes, reset_after, &x[0, 0] if x.shape[0] else NULL,
-             x.shape[0], x.shape[1], steps, batch, batch_major, prepared, num_directions,
-             h_state, c_state, mask, hold_masked_output, &out[0, 0] if out.shape[0] else NULL,
-             out.shape[0], out.shape[1], num_threads, zero_state)
-
-
 def forward_float(int cell, tuple activation_codes, bint reset_after,
                   float[:, :, ::1] x, Py_ssize_t steps, Py_ssize_t batch, bint batch_major,
                   list prepared, int num_directions,
                   float[:, :, ::1] h_state, object c_state, object mask,
                   bint hold_masked_output, float[:, :, ::1] out, int num_threads=1,
                   bint zero_state=False):
-    """:func:`forward` for float32 arrays, ``x`` and ``out`` given as ``(T, B, .)`` or
-    ``(B, T, .)`` (their rows in that order)."""
+    """Run a stacked, optionally bidirectional recurrent layer (see fastgate.layers), float32.
+
+    ``x`` is ``(T, B, D)`` (time-major) or ``(B, T, D)`` (``batch_major``); ``prepared`` holds
+    per layer and direction the arrays of :func:`prepare`; ``h_state`` (and ``c_state`` for
+    LSTM) are the initial states, overwritten with the final ones; ``mask`` is ``None`` or a
+    ``(T, B)`` uint8 array of valid steps; ``out`` receives the outputs, in ``x``'s layout.
+    ``num_threads`` threads split the batch. ``zero_state`` says that ``h_state`` is all
+    zeros: the first step then skips ``h @ U`` (exactly zero) where ``U`` is finite.
+
+    One entry per dtype rather than a fused function: the fused dispatch on the arrays'
+    dtype costs about a microsecond per call.
+    """
     _forward(cell, activation_codes, reset_after,
              &x[0, 0, 0] if x.shape[0] and x.shape[1] else NULL, x.shape[0] * x.shape[1],
              x.shape[2], steps, batch, batch_major, prepared, num_directions, h_state,
