@@ -11,6 +11,3 @@ include "_config.pxi"   # written by setup.py: ctypedef of blas_int (int or SciP
 cdef void gemm(blas_int m, blas_int n, blas_int k, floating alpha,
                const floating *a, blas_int lda, const floating *b, blas_int ldb,
                floating beta, floating *c, blas_int ldc) noexcept nogil
-
-cdef void gemv(blas_int k, blas_int n, floating alpha, const floating *x,
-               const floating *b, blas_int ldb, floating beta, floating *y) noexcept nogil
