@@ -267,6 +267,21 @@ def _storage_id(pid: Any, path: Any) -> tuple[_StorageType, str, int, Any]:
 
 
 # ---------------------------------------------------------------------- containers
+
+def _declared_storage(storages: dict[str, _Storage], pid: Any, path: Any
+                      ) -> tuple[_Storage, Any]:
+    """The storage a persistent id names (registered on first use), and the id's view part.
+
+    A key declared again with another type or size is a malformed file.
+    """
+    storage_type, key, numel, view = _storage_id(pid, path)
+    storage = storages.get(key)
+    if storage is None:
+        storage = storages[key] = _Storage(key, storage_type, numel)
+    elif storage.type is not storage_type or storage.numel != numel:
+        raise WeightFormatError(f"storage {key!r} is declared twice, differently", path=path)
+    return storage, view
+
 def is_torch_zip(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a zip archive holding a ``*/data.pkl`` (PyTorch zip format)."""
     try:
@@ -343,14 +358,7 @@ def _read_zip(file: Any, path: Any) -> Any:
         storages: dict[str, _Storage] = {}
 
         def persistent_load(pid: Any) -> _Storage:
-            storage_type, key, numel, _ = _storage_id(pid, path)
-            storage = storages.get(key)
-            if storage is None:
-                storage = storages[key] = _Storage(key, storage_type, numel)
-            elif storage.type is not storage_type or storage.numel != numel:
-                raise WeightFormatError(f"storage {key!r} is declared twice, differently",
-                                        path=path)
-            return storage
+            return _declared_storage(storages, pid, path)[0]
 
         data = _read_member(archive, info, info.file_size, path, "data.pkl", archive_size)
         obj = _unpickle(io.BytesIO(data), path, persistent_load)
@@ -379,19 +387,13 @@ def _load_legacy(data: bytes, path: Any) -> Any:
     storages: dict[str, _Storage] = {}
 
     def persistent_load(pid: Any) -> _Storage:
-        storage_type, key, numel, view = _storage_id(pid, path)
-        root = storages.get(key)
-        if root is None:
-            root = storages[key] = _Storage(key, storage_type, numel)
-        elif root.type is not storage_type or root.numel != numel:
-            raise WeightFormatError(f"storage {key!r} is declared twice, differently",
-                                    path=path)
+        root, view = _declared_storage(storages, pid, path)
         if view is None:
             return root
         if (not isinstance(view, tuple) or len(view) != 3 or not _is_count(view[1])
-                or not _is_count(view[2]) or view[1] + view[2] > numel):
-            raise WeightFormatError(f"malformed view of storage {key!r}", path=path)
-        return _Storage(f"{key}[view]", storage_type, view[2], root=root, offset=view[1])
+                or not _is_count(view[2]) or view[1] + view[2] > root.numel):
+            raise WeightFormatError(f"malformed view of storage {root.key!r}", path=path)
+        return _Storage(f"{root.key}[view]", root.type, view[2], root=root, offset=view[1])
 
     obj = _unpickle(stream, path, persistent_load)
     keys = _unpickle(stream, path)
