@@ -131,25 +131,28 @@ class _Cell:
                              f"{self.input_size}), got shape {x.shape}")
         single = x.ndim == 2
         chunk = x[:, None, :] if single else x
-        batch = x.shape[0]
+        h0, c0 = self._initial_states(state, x.shape[0], False)
+        out, h_n, c_n = self.layer.forward(chunk, h0, c0, batch_major=True)
+        y = out[:, 0] if single else out
+        return y, (h_n[0] if c_n is None else (h_n[0], c_n[0]))
+
+    # ------------------------------------------------------------------ calling
+    def _initial_states(self, state: State | None, batch: int, unbatched: bool
+                        ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``state`` (``h``, LSTMCell ``(h, c)``; zeros if ``None``) as fresh ``(1, B, H)``
+        arrays for the layer, which updates them in place."""
         is_lstm = self.layer.cell == "lstm"
         if state is None:
             h0 = np.zeros((1, batch, self.hidden_size), self.dtype)
-            c0 = h0.copy() if is_lstm else None
-        elif is_lstm:
-            if not isinstance(state, (tuple, list)) or len(state) != 2:
-                raise ShapeError(f"{name} state: expected a pair (h, c), got "
-                                 f"{type(state).__name__}")
-            h0 = self._state_array(state[0], "h", self.hidden_size, batch, False)
-            c0 = self._state_array(state[1], "c", self.hidden_size, batch, False)
-        else:
-            h0 = self._state_array(state, "h", self.hidden_size, batch, False)
-            c0 = None
-        out, h_n, c_n = self.layer.forward(chunk, h0, c0, batch_major=True)
-        y = out[:, 0] if single else out
-        return y, ((h_n[0], c_n[0]) if is_lstm else h_n[0])
+            return h0, (h0.copy() if is_lstm else None)
+        if not is_lstm:
+            return self._state_array(state, "h", self.hidden_size, batch, unbatched), None
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise ShapeError(f"{type(self).__name__} state: expected a pair (h, c), got "
+                             f"{type(state).__name__}")
+        return (self._state_array(state[0], "h", self.hidden_size, batch, unbatched),
+                self._state_array(state[1], "c", self.hidden_size, batch, unbatched))
 
-    # ------------------------------------------------------------------ calling
     def _state_array(self, value: Any, label: str, width: int, batch: int,
                      unbatched: bool) -> np.ndarray:
         name = type(self).__name__
@@ -168,19 +171,7 @@ class _Cell:
                              f"({self.input_size},), got shape {x.shape}")
         unbatched = x.ndim == 1
         batch = 1 if unbatched else x.shape[0]
-        is_lstm = self.layer.cell == "lstm"
-        if state is None:
-            h0 = np.zeros((1, batch, self.layer.output_size), self.dtype)
-            c0 = np.zeros((1, batch, self.hidden_size), self.dtype) if is_lstm else None
-        elif is_lstm:
-            if not isinstance(state, (tuple, list)) or len(state) != 2:
-                raise ShapeError(f"{name} state: expected a pair (h, c), got "
-                                 f"{type(state).__name__}")
-            h0 = self._state_array(state[0], "h", self.layer.output_size, batch, unbatched)
-            c0 = self._state_array(state[1], "c", self.hidden_size, batch, unbatched)
-        else:
-            h0 = self._state_array(state, "h", self.hidden_size, batch, unbatched)
-            c0 = None
+        h0, c0 = self._initial_states(state, batch, unbatched)
         steps = np.ascontiguousarray(x.reshape(1, batch, self.input_size))
         _, h_n, c_n = self.layer.forward(steps, h0, c0)
         h = h_n[0, 0] if unbatched else h_n[0]
