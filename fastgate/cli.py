@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from . import __version__
-from .errors import ConfigError, FastgateError, InputError, ShapeError
+from .errors import ConfigError, FastgateError, InputError
 
 __all__ = ["main", "build_parser", "demo_classifier", "DATA_DIR"]
 
@@ -732,8 +732,6 @@ def _oracle_difference(obj: Any, x: np.ndarray) -> float:
 
 def command_bench(args: argparse.Namespace) -> int:
     """``fastgate bench FILE``: latency and throughput on random input, vs oracle and torch."""
-    import fastgate
-
     for option in ("batch", "steps", "repeat"):
         if getattr(args, option) < 1:
             raise ConfigError(f"--{option} must be positive, got {getattr(args, option)}")
@@ -875,8 +873,6 @@ def _oracle_line(model: Any, x: np.ndarray) -> str:
 
 def command_demo(args: argparse.Namespace) -> int:
     """``fastgate demo``: the shipped models, their predictions, checks and speed-up."""
-    import fastgate
-
     with _threads(args.threads):
         return _demo(args)
 
