@@ -41,6 +41,7 @@ def write_config() -> None:
 
 
 def extensions() -> list:
+    import numpy
     from Cython.Build import cythonize
 
     write_config()
@@ -59,6 +60,7 @@ def extensions() -> list:
         Extension(f"fastgate._kernels.{name}", [f"fastgate/_kernels/{name}.pyx"],
                   extra_compile_args=compile_args, extra_link_args=link_args,
                   depends=headers if name == "recurrent" else [],
+                  include_dirs=[numpy.get_include()],
                   define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
         for name in ("blas", "recurrent")
     ]

@@ -172,18 +172,15 @@ class RecurrentLayer:
                                 w.input_bias, w.recurrent_bias, w.projection)
                 for w in self.weights]
 
-    def _call_plan(self) -> tuple | None:
-        """What every compiled call passes to the kernel, worked out once (``None`` without it).
-
-        ``(entry, cell code, activation codes, reset_after, prepared weights, directions,
-        output width)``; ``entry`` is the kernel's function for the layer's dtype.
-        """
+    def _call_plan(self) -> Any:
+        """The compiled kernel's :class:`~fastgate._kernels.recurrent.LayerPlan` of this layer
+        (``None`` without the extension): its constants and weights, checked once."""
         kernels = compiled_module()
         if kernels is None or self._prepared is None:
             return None
-        entry = kernels.forward_double if self.dtype == np.float64 else kernels.forward_float
-        return (entry, _CELL_CODES[self.cell], self._activation_codes, self.reset_after,
-                self._prepared, self.num_directions, self.num_directions * self.output_size)
+        return kernels.LayerPlan(_CELL_CODES[self.cell], self._activation_codes,
+                                 self.reset_after, self._prepared, self.num_directions,
+                                 self.output_size, self.batch_first)
 
     @classmethod
     def random(cls, input_size: int, hidden_size: int, *, num_layers: int = 1,
@@ -312,24 +309,12 @@ class RecurrentLayer:
             Final state, arranged as ``state``: ``h_n`` (LSTM: ``(h_n, c_n)``).
         """
         plan = self._plan
-        if (plan is not None and state is None and lengths is None and type(x) is np.ndarray
-                and x.ndim == 3 and x.dtype == self.dtype and x.shape[2] == self.input_size
-                and backend() == "compiled"):
-            # The common call, straight to the kernel (S1/S3-sized calls are dominated by
-            # Python overhead); what _run_compiled does, inlined.
-            entry, cell, codes, reset_after, prepared, directions, width = plan
-            first, second = x.shape[0], x.shape[1]
-            steps, batch = (second, first) if self.batch_first else (first, second)
-            dtype = self.dtype
-            h = np.zeros((len(prepared), batch, self.output_size), dtype)
-            c = np.zeros((len(prepared), batch, self.hidden_size), dtype) if cell == 0 else None
-            out = np.empty((first, second, width), dtype)
-            if steps and batch:
-                if not x.flags.c_contiguous:
-                    x = np.ascontiguousarray(x)
-                entry(cell, codes, reset_after, x, steps, batch, self.batch_first, prepared,
-                      directions, h, c, None, False, out, kernel_num_threads(), True)
-            return out, ((h, c) if cell == 0 else h)
+        if plan is not None and state is None and lengths is None and backend() == "compiled":
+            # The common call, checked and allocated by the plan (S1/S3-sized calls are
+            # dominated by call overhead); None: x needs converting, the general path does.
+            result = plan.run(x, kernel_num_threads())
+            if result is not None:
+                return result
         x = as_array(x, self.dtype, f"{type(self).__name__} input")
         if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
             layout = "(B, T, D)" if self.batch_first else "(T, B, D)"
@@ -429,15 +414,10 @@ class RecurrentLayer:
                       c0: np.ndarray | None, mask: np.ndarray | None, batch_major: bool,
                       hold_masked_output: bool) -> np.ndarray:
         """The compiled kernel on validated arrays (see :meth:`forward`); returns ``out``."""
-        entry, cell, codes, reset_after, prepared, directions, width = self._plan
-        if not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x)
-        out = np.empty((x.shape[0], x.shape[1], width), self.dtype)
-        if steps and batch:
-            entry(cell, codes, reset_after, x, steps, batch, batch_major, prepared, directions,
-                  h0, c0, None if mask is None else np.ascontiguousarray(mask, dtype=np.uint8),
-                  hold_masked_output, out, kernel_num_threads())
-        return out
+        return self._plan.forward(
+            np.ascontiguousarray(x), h0, c0,
+            None if mask is None else np.ascontiguousarray(mask, dtype=np.uint8),
+            batch_major, hold_masked_output, kernel_num_threads())
 
     # ------------------------------------------------------------------ streaming
     def initial_state(self, batch_size: int = 1) -> State:
@@ -463,15 +443,11 @@ class RecurrentLayer:
         Returns ``(y, state)``: ``y`` is ``(B, output_size)`` for one step, ``(B, T,
         output_size)`` for a chunk.
         """
-        if (type(x) is np.ndarray and self._plan is not None and x.ndim == 2
-                and not self.bidirectional and x.dtype == self.dtype
-                and x.shape[1] == self.input_size and backend() == "compiled"):
+        if self._plan is not None and backend() == "compiled":
             # One step of arrays already right (a streaming service's call): no conversion
-            batch = x.shape[0]
-            h0, c0 = self._copied_state(state, batch)
-            if h0 is not None:
-                out = self._run_compiled(x[:, None], 1, batch, h0, c0, None, True, False)
-                return out[:, 0], ((h0, c0) if c0 is not None else h0)
+            result = self._plan.step(x, state, kernel_num_threads())
+            if result is not None:
+                return result
         if self.bidirectional:
             raise ConfigError(f"{type(self).__name__}: a bidirectional layer cannot stream: "
                               f"its reverse direction needs the whole sequence")
@@ -485,30 +461,6 @@ class RecurrentLayer:
         out, h_n, c_n = self.forward(chunk, h0, c0, batch_major=True)
         y = out[:, 0] if single else out
         return y, ((h_n, c_n) if self.cell == "lstm" else h_n)
-
-    def _copied_state(self, state: State | None, batch: int
-                      ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Fresh copies of ``state`` for the kernel to update, if its arrays are exactly of
-        the layer's dtype and state shapes (or zeros for ``None``); else ``(None, None)``:
-        the general path (:meth:`_initial_state`) converts, or explains what is wrong."""
-        rows = len(self._prepared)
-        lstm = self.cell == "lstm"
-        if state is None:
-            h = np.zeros((rows, batch, self.output_size), self.dtype)
-            return h, (np.zeros((rows, batch, self.hidden_size), self.dtype) if lstm else None)
-        if lstm:
-            if type(state) is not tuple or len(state) != 2:
-                return None, None
-            h, c = state
-            if (type(c) is not np.ndarray or c.dtype != self.dtype
-                    or c.shape != (rows, batch, self.hidden_size)):
-                return None, None
-        else:
-            h, c = state, None
-        if (type(h) is not np.ndarray or h.dtype != self.dtype
-                or h.shape != (rows, batch, self.output_size)):
-            return None, None
-        return h.copy(), (c.copy() if lstm else None)
 
     @property
     def _activation_codes(self) -> tuple[int, int]:

@@ -21,10 +21,14 @@ runs without the GIL; no allocation happens inside the time loop.
 from cython cimport floating
 from cython.parallel cimport prange
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.stdlib cimport free, malloc
 
+cimport numpy as cnp
 import numpy as np
 
 from .blas cimport blas_int, gemm
+
+cnp.import_array()
 
 cdef extern from "fused.h" nogil:
     ctypedef struct fg_direction:
@@ -107,7 +111,7 @@ def block_width(dtype):
 
 def prepare(int cell, bint reset_after, input_kernel, recurrent_kernel, input_bias,
             recurrent_bias, projection):
-    """The arrays :func:`forward_float` / :func:`forward_double` read, per layer direction.
+    """The arrays a :class:`LayerPlan` reads, per layer direction.
 
     Returns ``(input_kernel, recurrent, bias, new_gate_bias, recurrent_new, projection)``:
     the input kernel as is (for the all-steps GEMM); ``recurrent`` the input and recurrent
@@ -152,7 +156,7 @@ cdef class PreparedWeights:
     cdef readonly tuple arrays
     cdef readonly object dtype
     cdef bint is_double
-    #: every recurrent weight is finite: 0 @ U is exactly 0 (see forward_float's zero_state)
+    #: every recurrent weight is finite: 0 @ U is exactly 0 (see LayerPlan.forward's zero_state)
     cdef public bint recurrent_finite
     cdef Py_ssize_t input_rows, input_columns
     cdef Py_ssize_t sizes[6]
@@ -186,161 +190,290 @@ cdef inline Py_ssize_t _packed_size(Py_ssize_t rows, Py_ssize_t gates, Py_ssize_
     return rows * gates * ((units + width - 1) // width) * width
 
 
-def forward_float(int cell, tuple activation_codes, bint reset_after,
-                  float[:, :, ::1] x, Py_ssize_t steps, Py_ssize_t batch, bint batch_major,
-                  list prepared, int num_directions,
-                  float[:, :, ::1] h_state, object c_state, object mask,
-                  bint hold_masked_output, float[:, :, ::1] out, int num_threads=1,
-                  bint zero_state=False):
-    """Run a stacked, optionally bidirectional recurrent layer (see fastgate.layers), float32.
+cdef class LayerPlan:
+    """A stacked, optionally bidirectional recurrent layer as the kernels run it.
 
-    ``x`` is ``(T, B, D)`` (time-major) or ``(B, T, D)`` (``batch_major``); ``prepared`` holds
-    per layer and direction the arrays of :func:`prepare`; ``h_state`` (and ``c_state`` for
-    LSTM) are the initial states, overwritten with the final ones; ``mask`` is ``None`` or a
-    ``(T, B)`` uint8 array of valid steps; ``out`` receives the outputs, in ``x``'s layout.
-    ``num_threads`` threads split the batch. ``zero_state`` says that ``h_state`` is all
-    zeros: the first step then skips ``h @ U`` (exactly zero) where ``U`` is finite.
+    Built once per layer (see fastgate.layers) from the layer's constants and, per layer and
+    direction, the arrays of :func:`prepare`, which are checked here against the layer's
+    shape once, so that a call only checks its own arrays. Three entries:
 
-    One entry per dtype rather than a fused function: the fused dispatch on the arrays'
-    dtype costs about a microsecond per call.
+    - :meth:`run`, the common call (zero initial state, no mask) and :meth:`step`, one
+      streaming step: each returns ``None`` when its arguments are not exactly the arrays
+      it wants, and the caller then converts them and calls :meth:`forward`;
+    - :meth:`forward`, the general call.
+
+    Calls share nothing mutable: one plan serves any number of threads at once.
     """
-    _forward(cell, activation_codes, reset_after,
-             &x[0, 0, 0] if x.shape[0] and x.shape[1] else NULL, x.shape[0] * x.shape[1],
-             x.shape[2], steps, batch, batch_major, prepared, num_directions, h_state,
-             c_state, mask, hold_masked_output,
-             &out[0, 0, 0] if out.shape[0] and out.shape[1] else NULL,
-             out.shape[0] * out.shape[1], out.shape[2], num_threads, zero_state)
+    cdef readonly tuple prepared
+    cdef readonly object dtype
+    cdef int cell, act, rec_act, typenum
+    cdef bint reset_after, batch_first, is_double
+    cdef Py_ssize_t num_directions, num_layers, entries, input_size, hidden, width, out_width
+    cdef Py_ssize_t gate_count
+    # per entry (layer * num_directions + direction): the PreparedWeights' 6 pointers, and
+    # whether its recurrent kernel is finite (then 0 @ U is exactly 0)
+    cdef void **pointers
+    cdef bint *recurrent_finite
+
+    def __cinit__(self):
+        self.pointers = NULL
+        self.recurrent_finite = NULL
+
+    def __init__(self, int cell, tuple activation_codes, bint reset_after, prepared,
+                 int num_directions, Py_ssize_t width, bint batch_first):
+        cdef PreparedWeights weights
+        cdef Py_ssize_t k, layer, in_width, gates_width, block
+        self.prepared = tuple(prepared)
+        self.entries = len(self.prepared)
+        if num_directions not in (1, 2) or self.entries == 0 or self.entries % num_directions:
+            raise ValueError("LayerPlan: bad number of weight entries")
+        self.cell = cell
+        self.act, self.rec_act = activation_codes
+        self.reset_after = reset_after
+        self.batch_first = batch_first
+        self.num_directions = num_directions
+        self.num_layers = self.entries // num_directions
+        self.gate_count = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
+        weights = self.prepared[0]
+        self.dtype = weights.dtype
+        self.is_double = weights.is_double
+        self.typenum = cnp.NPY_DOUBLE if self.is_double else cnp.NPY_FLOAT
+        self.input_size = weights.input_rows
+        self.hidden = weights.input_columns // self.gate_count
+        self.width = width
+        self.out_width = num_directions * width
+        gates_width = self.gate_count * self.hidden
+        block = fg_block_width(self.is_double)
+        self.pointers = <void **> PyMem_Malloc(6 * self.entries * sizeof(void *))
+        self.recurrent_finite = <bint *> PyMem_Malloc(self.entries * sizeof(bint))
+        if self.pointers == NULL or self.recurrent_finite == NULL:
+            raise MemoryError()
+        for k in range(self.entries):
+            layer = k // num_directions
+            in_width = self.input_size if layer == 0 else self.out_width
+            weights = self.prepared[k]
+            if (weights.is_double != self.is_double or weights.input_rows != in_width
+                    or weights.input_columns != gates_width
+                    or weights.sizes[2] != gates_width
+                    or weights.sizes[1] != _packed_size(
+                        in_width + width,
+                        2 if cell == CELL_GRU and not reset_after else self.gate_count,
+                        self.hidden, block)
+                    or (cell == CELL_GRU and reset_after and weights.sizes[3] != self.hidden)
+                    or (cell == CELL_GRU and not reset_after and weights.sizes[4]
+                        != _packed_size(in_width + self.hidden, 1, self.hidden, block))
+                    or (weights.sizes[5] != 0 and (
+                        cell != CELL_LSTM
+                        or weights.sizes[5] != _packed_size(self.hidden, 1, width, block)))
+                    or (weights.sizes[5] == 0 and width != self.hidden)):
+                raise ValueError(f"LayerPlan: prepared weights {k} do not match the layer "
+                                 f"shape (packed for another CPU?)")
+            for i in range(6):
+                self.pointers[6 * k + i] = weights.pointers[i]
+            self.recurrent_finite[k] = weights.recurrent_finite
+
+    def __dealloc__(self):
+        PyMem_Free(self.pointers)
+        PyMem_Free(self.recurrent_finite)
+
+    def __reduce__(self):
+        raise TypeError("LayerPlan is rebuilt from the layer's weights, not pickled")
+
+    cdef inline bint _is_input(self, object array, int ndim):
+        # an ndarray of the plan's dtype, C-contiguous, ndim dimensions, input_size columns
+        return (type(array) is cnp.ndarray
+                and cnp.PyArray_NDIM(<cnp.ndarray> array) == ndim
+                and cnp.PyArray_TYPE(<cnp.ndarray> array) == self.typenum
+                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> array)
+                and cnp.PyArray_DIMS(<cnp.ndarray> array)[ndim - 1] == self.input_size)
+
+    cdef inline bint _is_state(self, object array, Py_ssize_t batch, Py_ssize_t columns):
+        # an ndarray of the plan's dtype, shape (entries, batch, columns), C-contiguous
+        cdef cnp.npy_intp *dims
+        if (type(array) is not cnp.ndarray or cnp.PyArray_NDIM(<cnp.ndarray> array) != 3
+                or cnp.PyArray_TYPE(<cnp.ndarray> array) != self.typenum
+                or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> array)):
+            return False
+        dims = cnp.PyArray_DIMS(<cnp.ndarray> array)
+        return dims[0] == self.entries and dims[1] == batch and dims[2] == columns
+
+    def run(self, x, int num_threads=1):
+        """``(out, state)`` of a call on ``x`` from a zero state, without a mask; ``None``
+        unless ``x`` is a C-contiguous array of the plan's dtype, ``(B, T, D)`` if
+        ``batch_first`` else ``(T, B, D)``. ``state`` is ``h_n`` (LSTM: ``(h_n, c_n)``)."""
+        cdef cnp.npy_intp dims[3]
+        cdef Py_ssize_t steps, batch
+        if not self._is_input(x, 3):
+            return None
+        dims[0] = cnp.PyArray_DIMS(<cnp.ndarray> x)[0]
+        dims[1] = cnp.PyArray_DIMS(<cnp.ndarray> x)[1]
+        steps, batch = (dims[1], dims[0]) if self.batch_first else (dims[0], dims[1])
+        dims[2] = self.out_width
+        out = cnp.PyArray_EMPTY(3, dims, self.typenum, 0)
+        h, c = self._zero_state(batch)
+        self._call(cnp.PyArray_DATA(<cnp.ndarray> x), steps, batch, self.batch_first,
+                   h, c, NULL, False, cnp.PyArray_DATA(<cnp.ndarray> out), num_threads, True)
+        return out, ((h, c) if self.cell == CELL_LSTM else h)
+
+    def step(self, x, state, int num_threads=1):
+        """``(y, state)`` after one step ``x`` ``(B, D)`` from ``state`` (``None``: zeros;
+        not modified); ``None`` unless ``x`` is a C-contiguous array of the plan's dtype and
+        ``state`` ``None`` or exactly the plan's state arrays, or if the layer is
+        bidirectional. ``y`` is ``(B, output_size)``."""
+        cdef cnp.npy_intp dims[2]
+        cdef Py_ssize_t batch
+        if self.num_directions != 1 or not self._is_input(x, 2):
+            return None
+        batch = cnp.PyArray_DIMS(<cnp.ndarray> x)[0]
+        if state is None:
+            h, c = self._zero_state(batch)
+        else:
+            if self.cell == CELL_LSTM:
+                if type(state) is not tuple or len(<tuple> state) != 2:
+                    return None
+                h, c = state
+                if not self._is_state(c, batch, self.hidden):
+                    return None
+                c = cnp.PyArray_NewCopy(<cnp.ndarray> c, cnp.NPY_CORDER)
+            else:
+                h, c = state, None
+            if not self._is_state(h, batch, self.width):
+                return None
+            h = cnp.PyArray_NewCopy(<cnp.ndarray> h, cnp.NPY_CORDER)
+        dims[0] = batch
+        dims[1] = self.width
+        y = cnp.PyArray_EMPTY(2, dims, self.typenum, 0)
+        self._call(cnp.PyArray_DATA(<cnp.ndarray> x), 1, batch, True, h, c, NULL, False,
+                   cnp.PyArray_DATA(<cnp.ndarray> y), num_threads, state is None)
+        return y, ((h, c) if self.cell == CELL_LSTM else h)
+
+    def forward(self, x, h_state, c_state, mask, bint batch_major, bint hold_masked_output,
+                int num_threads=1, bint zero_state=False):
+        """Run the layer on ``x`` ``(T, B, D)`` (``(B, T, D)`` if ``batch_major``); returns
+        the outputs, in ``x``'s layout.
+
+        ``h_state`` (and ``c_state`` for LSTM, else ``None``) are the initial states, C-
+        contiguous arrays of the plan's dtype, overwritten with the final ones; ``mask`` is
+        ``None`` or a ``(T, B)`` uint8 array of valid steps. ``zero_state`` says that the
+        states are all zeros: the first step then skips ``h @ U`` (exactly zero) where ``U``
+        is finite. ``num_threads`` threads split the batch.
+        """
+        cdef cnp.npy_intp dims[3]
+        cdef Py_ssize_t steps, batch
+        cdef const unsigned char *mask_pointer = NULL
+        if not self._is_input(x, 3):
+            raise ValueError(f"forward: x must be a C-contiguous {self.dtype} array (., ., "
+                             f"{self.input_size})")
+        dims[0] = cnp.PyArray_DIMS(<cnp.ndarray> x)[0]
+        dims[1] = cnp.PyArray_DIMS(<cnp.ndarray> x)[1]
+        dims[2] = self.out_width
+        steps, batch = (dims[1], dims[0]) if batch_major else (dims[0], dims[1])
+        if not self._is_state(h_state, batch, self.width):
+            raise ValueError("forward: h_state does not match the layer and batch")
+        if self.cell == CELL_LSTM and not self._is_state(c_state, batch, self.hidden):
+            raise ValueError("forward: c_state does not match the layer and batch")
+        if mask is not None:
+            if (type(mask) is not cnp.ndarray or cnp.PyArray_NDIM(<cnp.ndarray> mask) != 2
+                    or cnp.PyArray_TYPE(<cnp.ndarray> mask) != cnp.NPY_UINT8
+                    or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> mask)
+                    or cnp.PyArray_DIMS(<cnp.ndarray> mask)[0] != steps
+                    or cnp.PyArray_DIMS(<cnp.ndarray> mask)[1] != batch):
+                raise ValueError("forward: mask must be a C-contiguous (steps, batch) uint8 "
+                                 "array")
+            mask_pointer = <const unsigned char *> cnp.PyArray_DATA(<cnp.ndarray> mask)
+        out = cnp.PyArray_EMPTY(3, dims, self.typenum, 0)
+        self._call(cnp.PyArray_DATA(<cnp.ndarray> x), steps, batch, batch_major, h_state,
+                   c_state, mask_pointer, hold_masked_output,
+                   cnp.PyArray_DATA(<cnp.ndarray> out), num_threads, zero_state)
+        return out
+
+    cdef inline tuple _zero_state(self, Py_ssize_t batch):
+        cdef cnp.npy_intp dims[3]
+        dims[0] = self.entries
+        dims[1] = batch
+        dims[2] = self.width
+        h = cnp.PyArray_ZEROS(3, dims, self.typenum, 0)
+        if self.cell != CELL_LSTM:
+            return h, None
+        dims[2] = self.hidden
+        return h, cnp.PyArray_ZEROS(3, dims, self.typenum, 0)
+
+    cdef int _call(self, void *x, Py_ssize_t steps, Py_ssize_t batch, bint batch_major,
+                   object h_state, object c_state, const unsigned char *mask,
+                   bint hold_masked_output, void *out, int num_threads,
+                   bint zero_state) except -1:
+        # the checked arrays' pointers to the kernel, without the GIL
+        cdef void *h = cnp.PyArray_DATA(<cnp.ndarray> h_state)
+        cdef void *c = (cnp.PyArray_DATA(<cnp.ndarray> c_state) if self.cell == CELL_LSTM
+                        else NULL)
+        cdef int status
+        if steps == 0 or batch == 0:
+            return 0
+        with nogil:
+            if self.is_double:
+                status = _run(self, <double *> x, steps, batch, batch_major, <double *> h,
+                              <double *> c, mask, hold_masked_output, <double *> out,
+                              num_threads, zero_state)
+            else:
+                status = _run(self, <float *> x, steps, batch, batch_major, <float *> h,
+                              <float *> c, mask, hold_masked_output, <float *> out,
+                              num_threads, zero_state)
+        if status:
+            raise MemoryError()
+        return 0
 
 
-def forward_double(int cell, tuple activation_codes, bint reset_after,
-                   double[:, :, ::1] x, Py_ssize_t steps, Py_ssize_t batch, bint batch_major,
-                   list prepared, int num_directions,
-                   double[:, :, ::1] h_state, object c_state, object mask,
-                   bint hold_masked_output, double[:, :, ::1] out, int num_threads=1,
-                   bint zero_state=False):
-    """:func:`forward_float` for float64 arrays."""
-    _forward(cell, activation_codes, reset_after,
-             &x[0, 0, 0] if x.shape[0] and x.shape[1] else NULL, x.shape[0] * x.shape[1],
-             x.shape[2], steps, batch, batch_major, prepared, num_directions, h_state,
-             c_state, mask, hold_masked_output,
-             &out[0, 0, 0] if out.shape[0] and out.shape[1] else NULL,
-             out.shape[0] * out.shape[1], out.shape[2], num_threads, zero_state)
-
-
-cdef object _forward(int cell, tuple activation_codes, bint reset_after,
-                     floating *x_data, Py_ssize_t x_rows, Py_ssize_t x_columns,
-                     Py_ssize_t steps, Py_ssize_t batch,
-                     bint batch_major, list prepared, int num_directions,
-                     floating[:, :, ::1] h_state, object c_state, object mask,
-                     bint hold_masked_output, floating *out_data, Py_ssize_t out_rows,
-                     Py_ssize_t out_columns, int num_threads, bint zero_state):
-    # x and out: x_rows x x_columns and out_rows x out_columns C-contiguous arrays
-    cdef int act = activation_codes[0], rec_act = activation_codes[1]
-    cdef Py_ssize_t entries = len(prepared), num_layers, k, layer, direction
-    cdef Py_ssize_t gate_count = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
+cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
+              bint batch_major, floating *h, floating *c, const unsigned char *mask,
+              bint hold_masked_output, floating *out, int num_threads,
+              bint zero_state) noexcept nogil:
+    # The layer over checked arrays: x (steps * batch, input_size) rows, h and c
+    # (entries, batch, width / hidden), out (steps * batch, out_width) rows, rows addressed
+    # as fg_direction says. Returns 1 if the workspace cannot be allocated.
+    cdef Py_ssize_t hidden = plan.hidden, width = plan.width, out_width = plan.out_width
+    cdef Py_ssize_t gates_width = plan.gate_count * hidden
     cdef Py_ssize_t rows = steps * batch
-    cdef Py_ssize_t gates_width, hidden, width, out_width, in_width, block
-    cdef Py_ssize_t step_stride = 1 if batch_major else batch
-    cdef Py_ssize_t batch_stride = steps if batch_major else 1
-    cdef PreparedWeights weights
-    cdef bint is_double = floating is double
-    cdef floating[:, :, ::1] c_view
-    cdef const unsigned char[:, ::1] mask_view
-    cdef const unsigned char *mask_pointer = NULL
-    cdef floating *c_pointer = NULL
+    cdef Py_ssize_t layer, direction, k, in_width, threads, chunk, workspace_size
+    cdef Py_ssize_t bounds[65]
+    cdef void **pointers
+    cdef floating *workspace
     cdef floating *projection_buffer
     cdef floating *layer_buffers
-    cdef floating *workspace
-    cdef fg_direction direction_args
     cdef floating *layer_input
     cdef floating *layer_output
-    cdef Py_ssize_t threads, chunk, work
     cdef bint fused_input, blas_input
-    cdef Py_ssize_t bounds[65]
-    cdef char *workspace_memory = NULL
-    cdef Py_ssize_t workspace_size
-
-    if num_directions not in (1, 2) or entries == 0 or entries % num_directions:
-        raise ValueError("forward: bad number of weight entries")
-    num_layers = entries // num_directions
-    weights = prepared[0]
-    hidden = weights.input_columns // gate_count
-    gates_width = gate_count * hidden
-    width = h_state.shape[2]
-    out_width = num_directions * width
-    block = fg_block_width(floating is double)
-    # Shapes are checked here, before any pointer reaches the kernels.
-    if x_rows != rows or out_rows != rows or out_columns != out_width:
-        raise ValueError(f"forward: x ({x_rows}, {x_columns}) / out ({out_rows}, "
-                         f"{out_columns}) do not match {steps} steps x {batch} batch x "
-                         f"{out_width}")
-    if h_state.shape[0] != entries or h_state.shape[1] != batch:
-        raise ValueError("forward: h_state shape does not match the weights")
-    if cell == CELL_LSTM:
-        c_view = c_state
-        if c_view.shape[0] != entries or c_view.shape[1] != batch or c_view.shape[2] != hidden:
-            raise ValueError("forward: c_state shape does not match the weights")
-        c_pointer = &c_view[0, 0, 0] if rows else NULL
-    if mask is not None:
-        mask_view = mask
-        if mask_view.shape[0] != steps or mask_view.shape[1] != batch:
-            raise ValueError("forward: mask must be (steps, batch)")
-        mask_pointer = &mask_view[0, 0] if rows else NULL
-    for k in range(entries):
-        layer = k // num_directions
-        in_width = x_columns if layer == 0 else out_width
-        weights = prepared[k]
-        if (weights.is_double != is_double or weights.input_rows != in_width
-                or weights.input_columns != gates_width
-                or weights.sizes[2] != gates_width
-                or weights.sizes[1] != _packed_size(
-                    in_width + width,
-                    2 if cell == CELL_GRU and not reset_after else gate_count, hidden, block)
-                or (cell == CELL_GRU and reset_after and weights.sizes[3] != hidden)
-                or (cell == CELL_GRU and not reset_after and weights.sizes[4]
-                    != _packed_size(in_width + hidden, 1, hidden, block))
-                or (weights.sizes[5] != 0 and (
-                    cell != CELL_LSTM
-                    or weights.sizes[5] != _packed_size(hidden, 1, width, block)))
-                or (weights.sizes[5] == 0 and width != hidden)):
-            raise ValueError(f"forward: prepared weights {k} do not match the layer shape "
-                             f"(packed for another CPU?)")
-    if rows == 0:
-        return
+    cdef fg_direction direction_args
 
     # Threads split the batch; each needs whole tiles of rows to be worth it.
-    threads = max(1, min(num_threads, MAX_THREADS, batch // fg_tile_rows(gate_count)))
-    work = steps * batch * width * gates_width
-    if work < THREADING_MIN_WORK:
+    threads = max(1, min(num_threads, MAX_THREADS, batch // fg_tile_rows(plan.gate_count)))
+    if steps * batch * width * gates_width < THREADING_MIN_WORK:
         threads = 1
     for chunk in range(threads + 1):
         bounds[chunk] = batch * chunk // threads
 
-    # Workspace, allocated once per call: the input projection of all steps (unless fused
-    # into the step), two layer
-    # buffers for stacked layers, and (B, P + 2 H) for the step (h double buffer, o*act(c)
-    # or r*h, z).
+    # Workspace, allocated once per call: (B, P + 2 H) for the step (h double buffer,
+    # o * act(c) or r * h, z), the input projection of all steps (unless fused into the
+    # step) and two layer buffers for stacked layers.
     blas_input = fg_isa() < PACKED_INPUT_MIN_ISA
     fused_input = batch >= FUSED_INPUT_MIN_BATCH and not blas_input
-    workspace_size = ((0 if fused_input else rows * gates_width)
-                      + (2 * rows * out_width if num_layers > 1 else 0)
-                      + batch * (width + 2 * hidden))
-    workspace_memory = <char *> PyMem_Malloc(workspace_size * sizeof(floating))
-    if workspace_memory == NULL:
-        raise MemoryError()
-    workspace = <floating *> workspace_memory
+    workspace_size = (batch * (width + 2 * hidden)
+                      + (0 if fused_input else rows * gates_width)
+                      + (2 * rows * out_width if plan.num_layers > 1 else 0))
+    workspace = <floating *> malloc(workspace_size * sizeof(floating))
+    if workspace == NULL:
+        return 1
     projection_buffer = workspace + batch * (width + 2 * hidden)
     layer_buffers = projection_buffer + (0 if fused_input else rows * gates_width)
 
-    direction_args.cell = cell
-    direction_args.act = act
-    direction_args.rec_act = rec_act
-    direction_args.reset_after = reset_after
+    direction_args.cell = plan.cell
+    direction_args.act = plan.act
+    direction_args.rec_act = plan.rec_act
+    direction_args.reset_after = plan.reset_after
     direction_args.hold_masked_output = hold_masked_output
     direction_args.steps = steps
     direction_args.batch = batch
-    direction_args.step_stride = step_stride
-    direction_args.batch_stride = batch_stride
+    direction_args.step_stride = 1 if batch_major else batch
+    direction_args.batch_stride = steps if batch_major else 1
     direction_args.hidden = hidden
     direction_args.width = width
     direction_args.projected_input = NULL if fused_input else projection_buffer
@@ -348,50 +481,46 @@ cdef object _forward(int cell, tuple activation_codes, bint reset_after,
     direction_args.h_spare = workspace
     direction_args.cell_out = workspace + batch * width
     direction_args.gate_buffer = workspace + batch * (width + hidden)
-    direction_args.mask = mask_pointer
+    direction_args.mask = mask
     direction_args.out_width = out_width
 
-    try:
-        layer_input = x_data
-        for layer in range(num_layers):
-            if layer == num_layers - 1:
-                layer_output = out_data
+    layer_input = x
+    for layer in range(plan.num_layers):
+        if layer == plan.num_layers - 1:
+            layer_output = out
+        else:
+            layer_output = layer_buffers + (layer % 2) * rows * out_width
+        in_width = plan.input_size if layer == 0 else out_width
+        for direction in range(plan.num_directions):
+            k = layer * plan.num_directions + direction
+            pointers = plan.pointers + 6 * k
+            direction_args.reverse = direction == 1
+            direction_args.zero_state = zero_state and plan.recurrent_finite[k]
+            direction_args.bias = pointers[2]
+            direction_args.new_gate_bias = pointers[3]
+            direction_args.recurrent = pointers[1]
+            direction_args.recurrent_new = pointers[4]
+            direction_args.projection = pointers[5]
+            direction_args.h = h + k * batch * width
+            direction_args.c = c + k * batch * hidden if c != NULL else NULL
+            direction_args.out = layer_output + direction * width
+            direction_args.input = layer_input
+            direction_args.input_width = in_width
+            if blas_input:
+                # x W for every step by one BLAS GEMM: (T*B, D) @ (D, G*H)
+                gemm(<blas_int> rows, <blas_int> gates_width, <blas_int> in_width,
+                     <floating> 1, layer_input, <blas_int> in_width,
+                     <floating *> pointers[0], <blas_int> gates_width,
+                     <floating> 0, projection_buffer, <blas_int> gates_width)
+            if threads == 1:
+                _run_rows(x, &direction_args, 0, batch)
             else:
-                layer_output = layer_buffers + (layer % 2) * rows * out_width
-            in_width = x_columns if layer == 0 else out_width
-            for direction in range(num_directions):
-                k = layer * num_directions + direction
-                weights = prepared[k]
-                direction_args.reverse = direction == 1
-                direction_args.zero_state = zero_state and weights.recurrent_finite
-                direction_args.bias = weights.pointers[2]
-                direction_args.new_gate_bias = weights.pointers[3]
-                direction_args.recurrent = weights.pointers[1]
-                direction_args.recurrent_new = weights.pointers[4]
-                direction_args.projection = weights.pointers[5]
-                direction_args.h = &h_state[k, 0, 0]
-                direction_args.c = c_pointer + k * batch * hidden if c_pointer != NULL else NULL
-                direction_args.out = layer_output + direction * width
-                direction_args.input = layer_input
-                direction_args.input_width = in_width
-                if blas_input:
-                    # x W for every step by one BLAS GEMM: (T*B, D) @ (D, G*H)
-                    with nogil:
-                        gemm(<blas_int> rows, <blas_int> gates_width, <blas_int> in_width,
-                             <floating> 1, layer_input, <blas_int> in_width,
-                             <floating *> weights.pointers[0], <blas_int> gates_width,
-                             <floating> 0, projection_buffer, <blas_int> gates_width)
-                with nogil:
-                    if threads == 1:
-                        _run_rows(<floating *> NULL, &direction_args, 0, batch)
-                    else:
-                        for chunk in prange(threads, num_threads=threads, schedule="static",
-                                            chunksize=1):
-                            _run_rows(<floating *> NULL, &direction_args, bounds[chunk],
-                                      bounds[chunk + 1])
-            layer_input = layer_output
-    finally:
-        PyMem_Free(workspace_memory)
+                for chunk in prange(threads, num_threads=threads, schedule="static",
+                                    chunksize=1):
+                    _run_rows(x, &direction_args, bounds[chunk], bounds[chunk + 1])
+        layer_input = layer_output
+    free(workspace)
+    return 0
 
 
 cdef inline void _run_rows(floating *dtype_tag, const fg_direction *d, Py_ssize_t begin,
