@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 
 from .activations import activation_function, canonical_name
+from .backend import backend
 from .errors import ConfigError, DTypeError, InputError, ShapeError
 from .layers import _as_float_dtype, as_array
 from .serialization import save, serializable
+from .threads import kernel_num_threads
 
 __all__ = ["Dense", "Embedding", "Activation", "Masking", "Flatten", "GlobalPooling1D",
            "RepeatVector", "Recurrent", "Bidirectional", "AXIS_ACTIVATIONS"]
@@ -505,6 +507,19 @@ class Recurrent:
             raise ShapeError(f"{name} input: expected (B, T, {layer.input_size}) with T >= 1, "
                              f"got shape {x.shape}")
         is_lstm = layer.cell == "lstm"
+        if mask is None and steps == 1 and layer._plan is not None \
+                and backend() == "compiled":
+            # One unmasked step (a streaming service's call): the plan's lean step
+            result = layer._plan.step(x[:, 0], state[:-1] if is_lstm else state[0],
+                                      kernel_num_threads(), True)
+            if result is not None:
+                y, new = result
+                new_state = ((new if is_lstm else (new,)) + (y,))
+                output = y[:, None] if self.return_sequences else y
+                if self.return_state:
+                    finals = tuple(part.copy() for part in new_state[:-1])
+                    return (output.copy(),) + finals, (None,) * (1 + len(finals)), new_state
+                return output.copy(), None, new_state
         # Fresh C-ordered copies: the kernels write the final state into them.
         h0 = np.array(state[0][None], dtype=layer.dtype, order="C")
         c0 = np.array(state[1][None], dtype=layer.dtype, order="C") if is_lstm else None

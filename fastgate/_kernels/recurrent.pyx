@@ -287,14 +287,19 @@ cdef class LayerPlan:
                 and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> array)
                 and cnp.PyArray_DIMS(<cnp.ndarray> array)[ndim - 1] == self.input_size)
 
-    cdef inline bint _is_state(self, object array, Py_ssize_t batch, Py_ssize_t columns):
-        # an ndarray of the plan's dtype, shape (entries, batch, columns), C-contiguous
+    cdef inline bint _is_state(self, object array, Py_ssize_t batch, Py_ssize_t columns,
+                               bint flat=False):
+        # an ndarray of the plan's dtype, shape (entries, batch, columns) (flat: (batch,
+        # columns)), C-contiguous
         cdef cnp.npy_intp *dims
-        if (type(array) is not cnp.ndarray or cnp.PyArray_NDIM(<cnp.ndarray> array) != 3
+        cdef int ndim = 2 if flat else 3
+        if (type(array) is not cnp.ndarray or cnp.PyArray_NDIM(<cnp.ndarray> array) != ndim
                 or cnp.PyArray_TYPE(<cnp.ndarray> array) != self.typenum
                 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> array)):
             return False
         dims = cnp.PyArray_DIMS(<cnp.ndarray> array)
+        if flat:
+            return dims[0] == batch and dims[1] == columns
         return dims[0] == self.entries and dims[1] == batch and dims[2] == columns
 
     def run(self, x, int num_threads=1):
@@ -315,29 +320,31 @@ cdef class LayerPlan:
                    h, c, NULL, False, cnp.PyArray_DATA(<cnp.ndarray> out), num_threads, True)
         return out, ((h, c) if self.cell == CELL_LSTM else h)
 
-    def step(self, x, state, int num_threads=1):
+    def step(self, x, state, int num_threads=1, bint flat_state=False):
         """``(y, state)`` after one step ``x`` ``(B, D)`` from ``state`` (``None``: zeros;
         not modified); ``None`` unless ``x`` is a C-contiguous array of the plan's dtype and
         ``state`` ``None`` or exactly the plan's state arrays, or if the layer is
-        bidirectional. ``y`` is ``(B, output_size)``."""
+        bidirectional. ``y`` is ``(B, output_size)``. With ``flat_state`` (one-layer plans:
+        the cells), states are ``(B, width)`` instead of ``(1, B, width)``."""
         cdef cnp.npy_intp dims[2]
         cdef Py_ssize_t batch
-        if self.num_directions != 1 or not self._is_input(x, 2):
+        if (self.num_directions != 1 or (flat_state and self.entries != 1)
+                or not self._is_input(x, 2)):
             return None
         batch = cnp.PyArray_DIMS(<cnp.ndarray> x)[0]
         if state is None:
-            h, c = self._zero_state(batch)
+            h, c = self._zero_state(batch, flat_state)
         else:
             if self.cell == CELL_LSTM:
                 if type(state) is not tuple or len(<tuple> state) != 2:
                     return None
                 h, c = state
-                if not self._is_state(c, batch, self.hidden):
+                if not self._is_state(c, batch, self.hidden, flat_state):
                     return None
                 c = cnp.PyArray_NewCopy(<cnp.ndarray> c, cnp.NPY_CORDER)
             else:
                 h, c = state, None
-            if not self._is_state(h, batch, self.width):
+            if not self._is_state(h, batch, self.width, flat_state):
                 return None
             h = cnp.PyArray_NewCopy(<cnp.ndarray> h, cnp.NPY_CORDER)
         dims[0] = batch
@@ -387,16 +394,18 @@ cdef class LayerPlan:
                    cnp.PyArray_DATA(<cnp.ndarray> out), num_threads, zero_state)
         return out
 
-    cdef inline tuple _zero_state(self, Py_ssize_t batch):
+    cdef inline tuple _zero_state(self, Py_ssize_t batch, bint flat=False):
+        # zero (h, c) (c None but for LSTM): (entries, batch, .), or (batch, .) if flat
         cdef cnp.npy_intp dims[3]
+        cdef int ndim = 2 if flat else 3
         dims[0] = self.entries
-        dims[1] = batch
-        dims[2] = self.width
-        h = cnp.PyArray_ZEROS(3, dims, self.typenum, 0)
+        dims[ndim - 2] = batch
+        dims[ndim - 1] = self.width
+        h = cnp.PyArray_ZEROS(ndim, dims, self.typenum, 0)
         if self.cell != CELL_LSTM:
             return h, None
-        dims[2] = self.hidden
-        return h, cnp.PyArray_ZEROS(3, dims, self.typenum, 0)
+        dims[ndim - 1] = self.hidden
+        return h, cnp.PyArray_ZEROS(ndim, dims, self.typenum, 0)
 
     cdef int _call(self, void *x, Py_ssize_t steps, Py_ssize_t batch, bint batch_major,
                    object h_state, object c_state, const unsigned char *mask,
