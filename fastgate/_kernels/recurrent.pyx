@@ -114,9 +114,9 @@ def prepare(int cell, bint reset_after, input_kernel, recurrent_kernel, input_bi
     """The arrays a :class:`LayerPlan` reads, per layer direction.
 
     Returns ``(input_kernel, recurrent, bias, new_gate_bias, recurrent_new, projection)``:
-    the input kernel as is (for the all-steps GEMM); ``recurrent`` the input and recurrent
-    kernels stacked, ``[W; U]``, and packed (for a GRU with the reset gate before ``U_n``,
-    their ``r, z`` columns only, and ``recurrent_new`` their ``n`` columns);
+    the input kernel as is (for the all-steps GEMM); ``recurrent`` the packed input kernel
+    followed by the packed recurrent kernel, ``[W; U]`` (for a GRU with the reset gate before
+    ``U_n``, their ``r, z`` columns only, and ``recurrent_new`` their ``n`` columns);
     ``bias = b_i + b_h``, except a reset-after GRU's ``n`` gate, where ``b_hn`` sits inside
     ``r * (...)`` and is kept apart in ``new_gate_bias``; ``projection`` packed. Absent parts
     are empty arrays.
@@ -125,25 +125,46 @@ def prepare(int cell, bint reset_after, input_kernel, recurrent_kernel, input_bi
     gates = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
     hidden = input_kernel.shape[1] // gates
     empty = np.zeros(0, dtype)
-    stacked = np.concatenate([input_kernel, recurrent_kernel])
     bias = input_bias + recurrent_bias
     new_gate_bias = empty
     recurrent_new = empty
+
+    def packed(begin, end, gate_count):
+        # the gate columns [begin, end) of W, packed, then those of U
+        return _aligned(pack_gates(input_kernel[:, begin:end], gate_count),
+                        pack_gates(recurrent_kernel[:, begin:end], gate_count))
+
     if cell == CELL_GRU and reset_after:
         bias[2 * hidden:] = input_bias[2 * hidden:]
         new_gate_bias = recurrent_bias[2 * hidden:].copy()
-        recurrent = pack_gates(stacked, 3)
+        recurrent = packed(0, 3 * hidden, 3)
     elif cell == CELL_GRU:
-        recurrent = pack_gates(stacked[:, :2 * hidden], 2)
-        recurrent_new = pack_gates(stacked[:, 2 * hidden:], 1)
+        recurrent = packed(0, 2 * hidden, 2)
+        recurrent_new = packed(2 * hidden, 3 * hidden, 1)
     else:
-        recurrent = pack_gates(stacked, gates)
-    packed_projection = empty if projection is None else pack_gates(projection, 1)
+        recurrent = packed(0, gates * hidden, gates)
+    packed_projection = empty if projection is None else _aligned(pack_gates(projection, 1))
     weights = PreparedWeights(np.ascontiguousarray(input_kernel), recurrent,
                               np.ascontiguousarray(bias), new_gate_bias, recurrent_new,
                               packed_projection)
     weights.recurrent_finite = bool(np.isfinite(recurrent_kernel).all())
     return weights
+
+
+def _aligned(*parts):
+    """The 1-D ``parts`` one after the other in a 64-byte aligned array.
+
+    NumPy aligns to 16 bytes; with the packed weights at 16 or 48 mod 64, most vector loads
+    of a block row straddle two cache lines (measured: S2 LSTM / GRU 129 / 103 us with the
+    packed W blocks between the U blocks and unaligned, 112 / 82 us like this).
+    """
+    size = sum(part.size for part in parts)
+    itemsize = parts[0].itemsize
+    storage = np.empty(size + 64 // itemsize, parts[0].dtype)
+    offset = (-storage.ctypes.data % 64) // itemsize
+    aligned = storage[offset:offset + size]
+    np.concatenate(parts, out=aligned)
+    return aligned
 
 
 cdef class PreparedWeights:
