@@ -18,6 +18,18 @@ loaded, and uses all cores if neither is set. fastgate never overrides that at i
 runs fastgate single-threaded until :func:`set_num_threads` says otherwise: until then
 fastgate's kernels follow SciPy's OpenBLAS, read once at their first call. The setting is
 process-wide: it also applies to any other SciPy / NumPy linear algebra in the process.
+
+How the kernels use threads
+---------------------------
+A batch is split across threads by sequences, once it has enough of them: the threads never
+wait for each other. A batch too small to split (batch 1, say) may instead have its hidden
+units split across threads, which meet after every step (each step reads all of ``h``):
+twice as fast on two idle cores (a batch-1 step streams all of the recurrent weights; two
+cores stream half each), but on a busy machine each step waits for a thread the OS is not
+running. So the hidden units are split only when threads were asked for:
+:func:`set_num_threads` with ``n > 1``, or ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``
+set above 1. A service that runs many calls at once should keep one thread per call
+(``set_num_threads(1)``) and let its own threads use the cores.
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ _GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads
 _libraries: list[tuple[str, Callable, Callable]] | None = None
 #: The thread count of fastgate's kernels; None until set or first read from the BLAS.
 _num_threads: int | None = None
+_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 
 
 def _loaded_openblas_paths() -> list[str]:
@@ -124,6 +137,7 @@ def set_num_threads(n: int) -> None:
         for _, setter, _ in _ctypes_libraries():
             setter(n)
     _num_threads = n
+    _allow_hidden_split(n > 1)
 
 
 def get_num_threads() -> int:
@@ -140,7 +154,18 @@ def kernel_num_threads() -> int:
     global _num_threads
     if _num_threads is None:
         _num_threads = blas_num_threads()
+        _allow_hidden_split(_num_threads > 1 and any(
+            os.environ.get(name, "").strip() for name in _THREAD_VARIABLES))
     return _num_threads
+
+
+def _allow_hidden_split(allowed: bool) -> None:
+    """Tell the compiled kernels whether threads may split a small batch's hidden units
+    (see the module docstring)."""
+    from .backend import compiled_module
+    kernels = compiled_module()
+    if kernels is not None:
+        kernels.allow_hidden_split(allowed)
 
 
 def blas_num_threads() -> int:

@@ -221,6 +221,48 @@ def test_compiled_matches_oracle_corners(corner, dtype, entry):
     check_example(config, discard=must_be_moderate)
 
 
+# At a batch too small to split (batch 1-3 here), threads split the hidden units and meet
+# at a barrier after every step; only where a step reads nothing but h (no mask, no
+# projection, no GRU reset-before: those run on one thread). Hidden sizes large enough for
+# the split (a step of at least 2e4 multiply-adds per row, 2e6 in all), ragged blocks included.
+SPLIT_CASES = [
+    dict(cell="lstm", hidden_size=96), dict(cell="lstm", hidden_size=131, batch=3),
+    dict(cell="gru", hidden_size=100), dict(cell="gru", hidden_size=100, reset_after=False),
+    dict(cell="rnn", hidden_size=200, batch=2), dict(cell="lstm", hidden_size=96, proj_size=40),
+    dict(cell="lstm", hidden_size=80, num_layers=2, bidirectional=True),
+    dict(cell="gru", hidden_size=90, masking=True, entry="forward"),
+    dict(cell="lstm", hidden_size=90, initial_state=True, steps=1),
+]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_threads_splitting_the_hidden_units_match_oracle(case, dtype, threads):
+    require_compiled()
+    config = dict(cell="lstm", activation="tanh", recurrent_activation="sigmoid",
+                  reset_after=True, dtype=dtype, num_layers=1, bidirectional=False,
+                  input_size=33, proj_size=0, batch=1, steps=80, batch_first=False,
+                  memory="C", entry="call", masking=False, initial_state=False,
+                  hold_masked_output=False, seed=99)
+    config.update(case)
+    layer, x, states, lengths, mask = build(config)
+    original = fastgate.get_num_threads()
+    try:
+        fastgate.set_num_threads(1)
+        single_out, single_finals = run(layer, config, x, states, lengths, mask)
+        fastgate.set_num_threads(threads)
+        out, finals = run(layer, config, x, states, lengths, mask)
+    finally:
+        fastgate.set_num_threads(original)
+    # The kernels' arithmetic does not depend on the thread count (on the baseline ISA,
+    # x W comes from BLAS, whose threads may sum in another order: hence a tolerance).
+    assert_close(out, single_out, dtype, what="outputs, threads vs one thread")
+    for actual, expected in zip(finals, single_finals):
+        assert_close(actual, expected, dtype, what="final state, threads vs one thread")
+    check_example(config, discard=lambda condition: None)
+
+
 def test_compiled_backend_is_the_default_after_install():
     """CI installs the built package: fastgate must pick the compiled kernels by itself."""
     assert fastgate.backend() == "compiled", (

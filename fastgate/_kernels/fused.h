@@ -46,7 +46,11 @@ typedef struct {
     const unsigned char *mask;      /* (T, B) valid steps, or NULL */
     void *out;                      /* output rows, already offset to this direction */
     ptrdiff_t out_width;
+    ptrdiff_t block_begin;          /* with block_end > 0: compute only the hidden blocks */
+    ptrdiff_t block_end;            /*   [block_begin, block_end) (threads split them) */
+    int synchronize;                /* threads split the blocks: a barrier ends each step */
 } fg_direction;
+
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define FG_X86 1
@@ -55,6 +59,15 @@ typedef struct {
 #endif
 #if FG_X86
 #include <immintrin.h>   /* the fast reciprocal of packed_step.h's float LSTM cell */
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#define FG_BARRIER() _Pragma("omp barrier")
+#define FG_THREAD_ID(thread, count) ((thread) = omp_get_thread_num(), \
+                                     (count) = omp_get_num_threads())
+#else
+#define FG_BARRIER() ((void)0)
+#define FG_THREAD_ID(thread, count) ((void)0)
 #endif
 
 /* ------------------------------------------------------------------- instantiations */
@@ -179,6 +192,33 @@ static void fg_run_direction_d(const fg_direction *d, ptrdiff_t row_begin, ptrdi
 #endif
     run_direction_d_base(d, row_begin, row_end);
 }
+
+/* One direction on `threads` threads that split its hidden blocks, for a batch too small to
+ * split: a batch-1 step streams all of U from L2, two cores stream half each. Each step reads
+ * all of h, so the threads meet at a barrier after every step (see run_direction). The
+ * caller does this only when threads were asked for explicitly: on a busy machine, every
+ * barrier waits for a thread the OS is not running. */
+#define FG_DEFINE_SPLIT(SUFFIX, IS_DOUBLE)                                                  \
+static void fg_run_direction_split_##SUFFIX(const fg_direction *d, int threads)            \
+{                                                                                          \
+    const ptrdiff_t blocks = (d->hidden + fg_block_width(IS_DOUBLE) - 1)                   \
+                             / fg_block_width(IS_DOUBLE);                                  \
+    if (threads > blocks)                                                                  \
+        threads = (int)blocks;                                                             \
+    _Pragma("omp parallel num_threads(threads)")                                           \
+    {                                                                                      \
+        fg_direction part = *d;                                                            \
+        int thread = 0, count = 1;                                                         \
+        FG_THREAD_ID(thread, count);                                                       \
+        part.block_begin = blocks * thread / count;                                        \
+        part.block_end = blocks * (thread + 1) / count;                                    \
+        part.synchronize = count > 1;                                                      \
+        fg_run_direction_##SUFFIX(&part, 0, d->batch);                                     \
+    }                                                                                      \
+}
+FG_DEFINE_SPLIT(f, 0)
+FG_DEFINE_SPLIT(d, 1)
+#undef FG_DEFINE_SPLIT
 
 /* Rows per tile of the chosen ISA for G gates: threads split the batch in multiples of it. */
 static ptrdiff_t fg_tile_rows(int gates)

@@ -480,20 +480,21 @@ static FG_TARGET void FG_NAME(single_gate_epilogue)(const FG_T *restrict tile,
 
 /* ------------------------------------------------------------------------------ the loop */
 /* projected[row, gate H + j] = (x W)[row, gate H + j] for every row of the layer input (all
- * steps at once), from the packed W blocks (`gates` gates, block stride `panel_size`), into
- * columns starting at `column`. */
+ * steps at once), from the packed W blocks [block_begin, block_end) (`gates` gates, block
+ * stride `panel_size`), into columns starting at `column`. */
 static FG_TARGET void FG_NAME(project_inputs)(const FG_T *restrict x, ptrdiff_t rows,
                                               ptrdiff_t D, const FG_T *restrict packed,
                                               ptrdiff_t panel_size, int gates, ptrdiff_t H,
+                                              ptrdiff_t block_begin, ptrdiff_t block_end,
                                               FG_T *restrict projected, ptrdiff_t GH,
                                               ptrdiff_t column)
 {
     FG_NAME(tile_fn) tile_gates = gates == 4 ? FG_NAME(tile_g4) : gates == 3 ? FG_NAME(tile_g3)
         : gates == 2 ? FG_NAME(tile_g2) : FG_NAME(tile_g1);
-    const ptrdiff_t mr = FG_MR(gates), blocks = (H + FG_W - 1) / FG_W;
+    const ptrdiff_t mr = FG_MR(gates);
     FG_T tile[24 * FG_W];
     ptrdiff_t jb, row, r, n, gate;
-    for (jb = 0; jb < blocks; jb++) {
+    for (jb = block_begin; jb < block_end; jb++) {
         const ptrdiff_t j0 = jb * FG_W, wn = H - j0 < FG_W ? H - j0 : FG_W;
         for (row = 0; row < rows; row += n) {
             n = rows - row < mr ? rows - row : mr;
@@ -508,6 +509,11 @@ static FG_TARGET void FG_NAME(project_inputs)(const FG_T *restrict x, ptrdiff_t 
 
 /* Runs batch rows [row_begin, row_end) of one direction over every step. Rows are
  * independent: threads given disjoint row ranges share nothing and never synchronize.
+ * Threads may instead split the hidden blocks (d->block_end > 0: this call computes blocks
+ * [d->block_begin, d->block_end) of every row); each step then reads the h that the others
+ * wrote, so with d->synchronize they meet at a barrier after every step. The caller splits
+ * blocks only without a mask, a projection or a GRU reset-before, whose steps read whole
+ * rows of what the cells just wrote.
  *
  * Two ways to get x_t W: with d->projected_input, it was computed for every step by one
  * GEMM beforehand (best at batch 1, where a step is a matrix-vector product); without, the
@@ -524,6 +530,8 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
     /* a GRU reset-after with x W in the tile keeps x W_n and h U_n apart */
     const int last_apart = d->cell == FG_CELL_GRU && d->reset_after && !precomputed;
     const ptrdiff_t blocks = (H + FG_W - 1) / FG_W, out_blocks = (P + FG_W - 1) / FG_W;
+    const ptrdiff_t block_begin = d->block_end > 0 ? d->block_begin : 0;
+    const ptrdiff_t block_end = d->block_end > 0 ? d->block_end : blocks;
     /* packed W blocks, then packed U blocks (see the top of this file) */
     const ptrdiff_t panel_size = D * G * FG_W, panel_u_size = P * G * FG_W;
     const ptrdiff_t panel_new_size = D * FG_W, panel_u_new_size = H * FG_W;   /* W_n, U_n */
@@ -560,13 +568,14 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
                           && d->act == FG_TANH && d->rec_act == FG_SIGMOID;
 
     if (precomputed && !d->input_projected) {
-        /* x W for every step at once (the caller runs this mode on one thread) */
+        /* x W for every step at once (the caller runs this mode on one thread, or on
+         * threads that split the blocks: each projects the columns it reads) */
         FG_NAME(project_inputs)(layer_input, d->steps * B, D, recurrent, panel_size, G, H,
-                                (FG_T *)d->projected_input, GH, 0);
+                                block_begin, block_end, (FG_T *)d->projected_input, GH, 0);
         if (recurrent_new != NULL)
             FG_NAME(project_inputs)(layer_input, d->steps * B, D, recurrent_new,
-                                    panel_new_size, 1, H, (FG_T *)d->projected_input, GH,
-                                    2 * H);
+                                    panel_new_size, 1, H, block_begin, block_end,
+                                    (FG_T *)d->projected_input, GH, 2 * H);
     }
     for (s = 0; s < d->steps; s++) {
         const unsigned char *valid;
@@ -584,7 +593,7 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
 #define FG_IS_VALID(b) (valid == NULL || valid[b])
 
         /* the recurrent product and the cell equations, block by block of hidden units */
-        for (jb = 0; jb < blocks; jb++) {
+        for (jb = block_begin; jb < block_end; jb++) {
             const FG_T *panel = recurrent + jb * panel_size;
             const FG_T *panel_u = recurrent + blocks * panel_size + jb * panel_u_size;
             j0 = jb * FG_W;
@@ -715,12 +724,20 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
             h_next = swap;
         }
         t_previous = t;
+        if (d->synchronize) {
+            FG_BARRIER();   /* every block of h' is written: the next step may read h */
+        }
 #undef FG_ROW_INPUT
 #undef FG_IS_VALID
     }
-    if (h_previous != (FG_T *)d->h)
+    if (h_previous != (FG_T *)d->h) {
+        /* this call's columns of the final h (all of them unless threads split the blocks) */
+        const ptrdiff_t first = d->synchronize ? block_begin * FG_W : 0;
+        const ptrdiff_t last = d->synchronize && block_end * FG_W < P ? block_end * FG_W : P;
         for (b = row_begin; b < row_end; b++)
-            memcpy((FG_T *)d->h + b * P, h_previous + b * hp_stride, P * sizeof(FG_T));
+            memcpy((FG_T *)d->h + b * P + first, h_previous + b * hp_stride + first,
+                   (last - first) * sizeof(FG_T));
+    }
 }
 
 #undef FG_W

@@ -52,11 +52,15 @@ cdef extern from "fused.h" nogil:
         const unsigned char *mask
         void *out
         Py_ssize_t out_width
+        Py_ssize_t block_begin, block_end
+        int synchronize
     int fg_isa()
     Py_ssize_t fg_block_width(int is_double)
     Py_ssize_t fg_tile_rows(int gates)
     void fg_run_direction_f(const fg_direction *d, Py_ssize_t row_begin, Py_ssize_t row_end)
     void fg_run_direction_d(const fg_direction *d, Py_ssize_t row_begin, Py_ssize_t row_end)
+    void fg_run_direction_split_f(const fg_direction *d, int threads)
+    void fg_run_direction_split_d(const fg_direction *d, int threads)
 
 # Cell codes (fastgate.layers._CELL_CODES).
 cdef enum:
@@ -68,6 +72,20 @@ cdef int MAX_THREADS = 64
 #: Below this many multiply-adds per call (steps x batch x recurrent product), threads cost
 #: more than they save.
 cdef double THREADING_MIN_WORK = 2e6
+#: When the batch is too small to split, threads share the hidden units instead if a step's
+#: recurrent product has at least this many multiply-adds per batch row (each step then waits
+#: for the whole previous one, which costs about as much as a step of H = 32).
+cdef double SPLIT_MIN_STEP_WORK = 2e4
+#: Whether threads may split the hidden units at all (fastgate.threads: only when threads
+#: were asked for explicitly).
+cdef bint hidden_split_allowed = False
+
+
+def allow_hidden_split(bint allowed):
+    """Let threads split the hidden units of a batch too small to split (see
+    :mod:`fastgate.threads`)."""
+    global hidden_split_allowed
+    hidden_split_allowed = allowed
 #: From this batch size on, the kernel computes x_t W next to h U at every step (one pass,
 #: no projection buffer); below, one GEMM computes x W for all steps first (at batch 1 a
 #: step is a matrix-vector product, and re-reading W at every step would dominate).
@@ -464,6 +482,7 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
     cdef Py_ssize_t gates_width = plan.gate_count * hidden
     cdef Py_ssize_t rows = steps * batch
     cdef Py_ssize_t layer, direction, k, in_width, threads, chunk, workspace_size
+    cdef int split_threads
     cdef Py_ssize_t bounds[65]
     cdef void **pointers
     cdef floating *workspace
@@ -480,6 +499,15 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
         threads = 1
     for chunk in range(threads + 1):
         bounds[chunk] = batch * chunk // threads
+    # Or share the hidden units (see fg_block_queue in fused.h), where every step reads only
+    # h of the step before.
+    split_threads = 1
+    if (hidden_split_allowed and threads == 1 and num_threads > 1 and mask == NULL
+            and width == hidden
+            and not (plan.cell == CELL_GRU and not plan.reset_after)
+            and width * gates_width >= SPLIT_MIN_STEP_WORK
+            and steps * batch * width * gates_width >= THREADING_MIN_WORK):
+        split_threads = min(num_threads, MAX_THREADS)
 
     # Workspace, allocated once per call: (B, P + 2 H) for the step (h double buffer,
     # o * act(c) or r * h, z), the input projection of all steps (unless fused into the
@@ -513,6 +541,9 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
     direction_args.gate_buffer = workspace + batch * (width + hidden)
     direction_args.mask = mask
     direction_args.out_width = out_width
+    direction_args.block_begin = 0
+    direction_args.block_end = 0
+    direction_args.synchronize = 0
 
     layer_input = x
     for layer in range(plan.num_layers):
@@ -542,7 +573,9 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
                      <floating> 1, layer_input, <blas_int> in_width,
                      <floating *> pointers[0], <blas_int> gates_width,
                      <floating> 0, projection_buffer, <blas_int> gates_width)
-            if threads == 1:
+            if split_threads > 1:
+                _run_split(x, &direction_args, split_threads)
+            elif threads == 1:
                 _run_rows(x, &direction_args, 0, batch)
             else:
                 for chunk in prange(threads, num_threads=threads, schedule="static",
@@ -551,6 +584,15 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
         layer_input = layer_output
     free(workspace)
     return 0
+
+
+cdef inline void _run_split(floating *dtype_tag, const fg_direction *d,
+                            int threads) noexcept nogil:
+    # The float or double kernel on threads that split the hidden units.
+    if floating is float:
+        fg_run_direction_split_f(d, threads)
+    else:
+        fg_run_direction_split_d(d, threads)
 
 
 cdef inline void _run_rows(floating *dtype_tag, const fg_direction *d, Py_ssize_t begin,
