@@ -498,10 +498,15 @@ static FG_TARGET void FG_NAME(project_inputs)(const FG_T *restrict x, ptrdiff_t 
         for (row = 0; row < rows; row += n) {
             n = rows - row < mr ? rows - row : mr;
             tile_gates(n, x + row * D, D, D, packed + jb * panel_size, NULL, 0, 0, NULL, tile);
+            /* (whole blocks by a copy of constant size: a vector store, not a libc call) */
             for (r = 0; r < n; r++)
                 for (gate = 0; gate < gates; gate++)
-                    memcpy(projected + (row + r) * GH + column + gate * H + j0,
-                           tile + (r * gates + gate) * FG_W, wn * sizeof(FG_T));
+                    if (wn == FG_W)
+                        memcpy(projected + (row + r) * GH + column + gate * H + j0,
+                               tile + (r * gates + gate) * FG_W, FG_W * sizeof(FG_T));
+                    else
+                        memcpy(projected + (row + r) * GH + column + gate * H + j0,
+                               tile + (r * gates + gate) * FG_W, wn * sizeof(FG_T));
         }
     }
 }
