@@ -384,6 +384,34 @@ static FG_TARGET void FG_NAME(lstm_epilogue)(const FG_T *restrict tile,
         h[w] = gates[3 * FG_W + w] * cell[w];
 }
 
+/* gru_epilogue for wn = W units, sigmoid gates and tanh */
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_block)(const FG_T *restrict tile,
+                                                   const FG_T *restrict input,
+                                                   const FG_T *restrict input_n,
+                                                   const FG_T *restrict recurrent_n,
+                                                   const FG_T *restrict bias,
+                                                   const FG_T *restrict new_gate_bias,
+                                                   ptrdiff_t hidden,
+                                                   const FG_T *restrict h_previous,
+                                                   FG_T *restrict h)
+{
+    typedef FG_NAME(vec) V;
+    V pre[2], reset, update, candidate;
+    int gate;
+    for (gate = 0; gate < 2; gate++) {
+        pre[gate] = FG_NAME(vload)(tile + gate * FG_W) + FG_NAME(vload)(bias + gate * hidden);
+        if (input != NULL)
+            pre[gate] += FG_NAME(vload)(input + gate * hidden);
+    }
+    reset = FG_NAME(vsigmoidf)(pre[0]);
+    update = FG_NAME(vsigmoidf)(pre[1]);
+    candidate = FG_NAME(vtanhf)(FG_NAME(vload)(input_n) + FG_NAME(vload)(bias + 2 * hidden)
+                                + reset * (FG_NAME(vload)(recurrent_n)
+                                           + FG_NAME(vload)(new_gate_bias)));
+    candidate = update * FG_NAME(vload)(h_previous) + (1 - update) * candidate;
+    memcpy(h, &candidate, sizeof(V));
+}
+
 /* GRU, reset after:  r = rec_act(x W_r + b_r + h U_r),  z = rec_act(x W_z + b_z + h U_z)
  *                    n = act(x W_n + b_in + r * (h U_n + b_hn));   h' = z * h + (1 - z) * n
  * x W_n is at `input_n`, h U_n at `recurrent_n`. */
@@ -399,6 +427,11 @@ static FG_TARGET void FG_NAME(gru_epilogue)(const FG_T *restrict tile,
 {
     FG_T gates[3 * FG_W];
     ptrdiff_t gate, w;
+    if (wn == FG_W && act == FG_TANH && rec_act == FG_SIGMOID) {
+        FG_NAME(gru_block)(tile, input, input_n, recurrent_n, bias, new_gate_bias, hidden,
+                           h_previous, h);
+        return;
+    }
     for (gate = 0; gate < 2; gate++)
         FG_NAME(pre_activation)(gates + gate * FG_W, tile + gate * FG_W,
                                 input != NULL ? input + gate * hidden : NULL,
