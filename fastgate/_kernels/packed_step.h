@@ -169,6 +169,16 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vload)(const FG_T *p)
     return v;
 }
 
+/* pre_activation of a whole block on a vector: tile (+ input) + bias */
+FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vpre_activation)(const FG_T *tile,
+                                                                 const FG_T *input,
+                                                                 const FG_T *bias)
+{
+    if (input != NULL)
+        return FG_NAME(vload)(tile) + FG_NAME(vload)(input) + FG_NAME(vload)(bias);
+    return FG_NAME(vload)(tile) + FG_NAME(vload)(bias);
+}
+
 FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vclamp)(FG_NAME(vec) x, FG_T lo, FG_T hi)
 {
     typedef FG_NAME(ivec) VI;
@@ -462,6 +472,16 @@ static FG_TARGET void FG_NAME(gru_reset_epilogue)(const FG_T *restrict tile,
 {
     FG_T gates[2 * FG_W];
     ptrdiff_t gate, w;
+    if (wn == FG_W && rec_act == FG_SIGMOID) {   /* on vectors, as gru_block */
+        FG_NAME(vec) reset, update;
+        reset = FG_NAME(vsigmoidf)(FG_NAME(vpre_activation)(tile, input, bias));
+        update = FG_NAME(vsigmoidf)(FG_NAME(vpre_activation)(
+            tile + FG_W, input != NULL ? input + hidden : NULL, bias + hidden));
+        reset *= FG_NAME(vload)(h_previous);
+        memcpy(reset_h, &reset, sizeof reset);
+        memcpy(z, &update, sizeof update);
+        return;
+    }
     for (gate = 0; gate < 2; gate++)
         FG_NAME(pre_activation)(gates + gate * FG_W, tile + gate * FG_W,
                                 input != NULL ? input + gate * hidden : NULL,
@@ -485,6 +505,14 @@ static FG_TARGET void FG_NAME(single_gate_epilogue)(const FG_T *restrict tile,
 {
     FG_T gate[FG_W];
     ptrdiff_t w;
+    if (wn == FG_W && act == FG_TANH) {   /* on vectors, as gru_block */
+        FG_NAME(vec) state = FG_NAME(vtanhf)(FG_NAME(vpre_activation)(tile, input, bias));
+        if (z != NULL)
+            state = FG_NAME(vload)(z) * FG_NAME(vload)(h_previous)
+                    + (1 - FG_NAME(vload)(z)) * state;
+        memcpy(h, &state, sizeof state);
+        return;
+    }
     FG_NAME(pre_activation)(gate, tile, input, bias, wn);
     FG_ACTIVATE(act, gate, wn);
     if (z == NULL) {
