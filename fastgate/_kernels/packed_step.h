@@ -156,12 +156,10 @@ FG_ALWAYS_INLINE void FG_NAME(pre_activation)(FG_T *restrict pre, const FG_T *re
 }
 
 /* ------------------------------------------------- whole-vector float sigmoid and tanh */
-/* The LSTM cell of a whole block of float units with the default activations, on vectors
- * held in registers: fg_expf of vecmath.h on a vector, and on x86 the reciprocal 1 / d by
- * the hardware estimate (relative error < 2^-14 with AVX-512, 1.5 * 2^-12 with SSE/AVX)
- * refined by one Newton step, y (2 - d y): about 2^-22 relative, i.e. an absolute error
- * < 1e-6 on sigmoid and tanh (fastgate's float contract is 1e-5), at a fraction of the cost
- * of a division. Elsewhere (NEON) a plain division. */
+/* The cells of a whole block of units with the default activations, on vectors held in
+ * registers: float by a rational function (below; an absolute error < 4e-7 on sigmoid and
+ * tanh, fastgate's float contract is 1e-5), double exactly as vecmath.h's fg_sigmoid and
+ * fg_tanh. */
 typedef __typeof__((FG_NAME(vec)){0} < (FG_NAME(vec)){0}) FG_NAME(ivec);
 
 FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vload)(const FG_T *p)
@@ -169,6 +167,16 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vload)(const FG_T *p)
     FG_NAME(vec) v;
     memcpy(&v, p, sizeof v);
     return v;
+}
+
+/* pre_activation of a whole block on a vector: tile (+ input) + bias */
+FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vpre_activation)(const FG_T *tile,
+                                                                 const FG_T *input,
+                                                                 const FG_T *bias)
+{
+    if (input != NULL)
+        return FG_NAME(vload)(tile) + FG_NAME(vload)(input) + FG_NAME(vload)(bias);
+    return FG_NAME(vload)(tile) + FG_NAME(vload)(bias);
 }
 
 FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vclamp)(FG_NAME(vec) x, FG_T lo, FG_T hi)
@@ -189,61 +197,6 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vclamp)(FG_NAME(vec) x, FG_T lo,
     const FG_NAME(vec) zero = {0}, low = zero + lo, high = zero + hi;   /* not x - x: inf */
     VI bits = ((VI)x & ~below) | ((VI)low & below);
     return (FG_NAME(vec))((bits & ~above) | ((VI)high & above));
-}
-
-/* 1 / d for d >= 1 (a division for double) */
-FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vreciprocal)(FG_NAME(vec) d)
-{
-    FG_NAME(vec) y;
-    if (sizeof(FG_T) == 8)
-        return (FG_T)1 / d;
-#if FG_X86 && FG_VBYTES == 64
-    y = (FG_NAME(vec))_mm512_rcp14_ps((__m512)d);
-#elif FG_X86 && FG_VBYTES == 32
-    y = (FG_NAME(vec))_mm256_rcp_ps((__m256)d);
-#elif FG_X86 && FG_VBYTES == 16
-    y = (FG_NAME(vec))_mm_rcp_ps((__m128)d);
-#else
-    return 1.0f / d;
-#endif
-    return y * (2.0f - d * y);
-}
-
-FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vexpf)(FG_NAME(vec) x)
-{
-    typedef FG_NAME(vec) V;
-    typedef FG_NAME(ivec) VI;
-    const float magic = 12582912.0f;           /* as fg_expf */
-    V t, n, r, p;
-    VI scale_bits;
-    x = FG_NAME(vclamp)(x, -87.0f, 88.0f);
-#if FG_X86 && FG_VBYTES == 64
-    /* n = round(x / ln 2) and p 2^n in one instruction each */
-    n = (V)_mm512_roundscale_ps((__m512)(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT);
-    r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    p = r * 1.9875691500E-4f + 1.3981999507E-3f;
-    p = p * r + 8.3334519073E-3f;
-    p = p * r + 4.1665795894E-2f;
-    p = p * r + 1.6666665459E-1f;
-    p = p * r + 5.0000001201E-1f;
-    p = p * r * r + r + 1.0f;
-    (void)t;
-    (void)scale_bits;
-    return (V)_mm512_scalef_ps((__m512)p, (__m512)n);
-#endif
-    t = x * 1.44269504088896341f + magic;
-    n = t - magic;
-    r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    p = r * 1.9875691500E-4f + 1.3981999507E-3f;
-    p = p * r + 8.3334519073E-3f;
-    p = p * r + 4.1665795894E-2f;
-    p = p * r + 1.6666665459E-1f;
-    p = p * r + 5.0000001201E-1f;
-    p = p * r * r + r + 1.0f;
-    scale_bits = ((VI)t - (VI)(t - t + magic) + 127) << 23;
-    return p * (V)scale_bits;
 }
 
 /* fg_exp of vecmath.h (double) on a vector */
@@ -270,20 +223,62 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vexpd)(FG_NAME(vec) x)
                << (sizeof(FG_T) == 8 ? 52 : 0));   /* (only called for double) */
 }
 
-/* sigmoid and tanh of float or double vectors (the double ones exactly as vecmath.h's) */
-FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vexp)(FG_NAME(vec) x)
-{
-    return sizeof(FG_T) == 4 ? FG_NAME(vexpf)(x) : FG_NAME(vexpd)(x);
-}
+/* tanh(x) ~ x P(x^2) / Q(x^2) for float, P and Q of degree 4, on x clamped to [-9, 9]
+ * (beyond, float's tanh is +-1 within 3e-8). The coefficients are a minimax fit of ours
+ * (iteratively reweighted least squares on [0, 9]): error < 2e-8 in exact arithmetic,
+ * < 4e-7 evaluated in float. Its dependency chain (clamp, x^2, 4 FMAs, a multiply and a
+ * division) is about half as long as that of 1 - 2 / (1 + exp(2x)), and a batch-1 step
+ * waits for two activations in a row (LSTM: c' = f c + i g, then tanh(c')). */
+#define FG_TANH_P0 9.999998808e-01f
+#define FG_TANH_P1 1.337321401e-01f
+#define FG_TANH_P2 3.486600239e-03f
+#define FG_TANH_P3 2.047212911e-05f
+#define FG_TANH_P4 1.318462939e-08f
+#define FG_TANH_Q1 4.670650959e-01f
+#define FG_TANH_Q2 2.584205009e-02f
+#define FG_TANH_Q3 3.271415480e-04f
+#define FG_TANH_Q4 7.702831226e-07f
 
-FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vsigmoidf)(FG_NAME(vec) x)
-{
-    return FG_NAME(vreciprocal)(1.0f + FG_NAME(vexp)(-x));
-}
-
+/* sigmoid and tanh of float vectors by the rational function above, of double vectors as
+ * vecmath.h's (exp and a division) */
 FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vtanhf)(FG_NAME(vec) x)
 {
-    return 1.0f - 2.0f * FG_NAME(vreciprocal)(1.0f + FG_NAME(vexp)(2.0f * x));
+    typedef FG_NAME(vec) V;
+    V u, p, q;
+    if (sizeof(FG_T) == 8)
+        return 1 - 2 / (1 + FG_NAME(vexpd)(2 * x));
+    x = FG_NAME(vclamp)(x, -9.0f, 9.0f);
+    u = x * x;
+    p = u * FG_TANH_P4 + FG_TANH_P3;
+    q = u * FG_TANH_Q4 + FG_TANH_Q3;
+    p = p * u + FG_TANH_P2;
+    q = q * u + FG_TANH_Q2;
+    p = p * u + FG_TANH_P1;
+    q = q * u + FG_TANH_Q1;
+    p = p * u + FG_TANH_P0;
+    q = q * u + 1.0f;
+    return x * p / q;
+}
+
+/* sigmoid(x) = 1/2 + tanh(x / 2) / 2 = 1/2 + x P'(x^2) / Q'(x^2), with P'_k = P_k / 4^(k+1)
+ * and Q'_k = Q_k / 4^k (scalings by powers of two: exact), x clamped to [-18, 18] */
+FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vsigmoidf)(FG_NAME(vec) x)
+{
+    typedef FG_NAME(vec) V;
+    V u, p, q;
+    if (sizeof(FG_T) == 8)
+        return 1 / (1 + FG_NAME(vexpd)(-x));
+    x = FG_NAME(vclamp)(x, -18.0f, 18.0f);
+    u = x * x;
+    p = u * (FG_TANH_P4 / 1024) + FG_TANH_P3 / 256;
+    q = u * (FG_TANH_Q4 / 256) + FG_TANH_Q3 / 64;
+    p = p * u + FG_TANH_P2 / 64;
+    q = q * u + FG_TANH_Q2 / 16;
+    p = p * u + FG_TANH_P1 / 16;
+    q = q * u + FG_TANH_Q1 / 4;
+    p = p * u + FG_TANH_P0 / 4;
+    q = q * u + 1.0f;
+    return 0.5f + x * p / q;
 }
 
 /* lstm_epilogue for wn = W float units, sigmoid gates and tanh */
@@ -399,6 +394,34 @@ static FG_TARGET void FG_NAME(lstm_epilogue)(const FG_T *restrict tile,
         h[w] = gates[3 * FG_W + w] * cell[w];
 }
 
+/* gru_epilogue for wn = W units, sigmoid gates and tanh */
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_block)(const FG_T *restrict tile,
+                                                   const FG_T *restrict input,
+                                                   const FG_T *restrict input_n,
+                                                   const FG_T *restrict recurrent_n,
+                                                   const FG_T *restrict bias,
+                                                   const FG_T *restrict new_gate_bias,
+                                                   ptrdiff_t hidden,
+                                                   const FG_T *restrict h_previous,
+                                                   FG_T *restrict h)
+{
+    typedef FG_NAME(vec) V;
+    V pre[2], reset, update, candidate;
+    int gate;
+    for (gate = 0; gate < 2; gate++) {
+        pre[gate] = FG_NAME(vload)(tile + gate * FG_W) + FG_NAME(vload)(bias + gate * hidden);
+        if (input != NULL)
+            pre[gate] += FG_NAME(vload)(input + gate * hidden);
+    }
+    reset = FG_NAME(vsigmoidf)(pre[0]);
+    update = FG_NAME(vsigmoidf)(pre[1]);
+    candidate = FG_NAME(vtanhf)(FG_NAME(vload)(input_n) + FG_NAME(vload)(bias + 2 * hidden)
+                                + reset * (FG_NAME(vload)(recurrent_n)
+                                           + FG_NAME(vload)(new_gate_bias)));
+    candidate = update * FG_NAME(vload)(h_previous) + (1 - update) * candidate;
+    memcpy(h, &candidate, sizeof(V));
+}
+
 /* GRU, reset after:  r = rec_act(x W_r + b_r + h U_r),  z = rec_act(x W_z + b_z + h U_z)
  *                    n = act(x W_n + b_in + r * (h U_n + b_hn));   h' = z * h + (1 - z) * n
  * x W_n is at `input_n`, h U_n at `recurrent_n`. */
@@ -414,6 +437,11 @@ static FG_TARGET void FG_NAME(gru_epilogue)(const FG_T *restrict tile,
 {
     FG_T gates[3 * FG_W];
     ptrdiff_t gate, w;
+    if (wn == FG_W && act == FG_TANH && rec_act == FG_SIGMOID) {
+        FG_NAME(gru_block)(tile, input, input_n, recurrent_n, bias, new_gate_bias, hidden,
+                           h_previous, h);
+        return;
+    }
     for (gate = 0; gate < 2; gate++)
         FG_NAME(pre_activation)(gates + gate * FG_W, tile + gate * FG_W,
                                 input != NULL ? input + gate * hidden : NULL,
@@ -444,6 +472,16 @@ static FG_TARGET void FG_NAME(gru_reset_epilogue)(const FG_T *restrict tile,
 {
     FG_T gates[2 * FG_W];
     ptrdiff_t gate, w;
+    if (wn == FG_W && rec_act == FG_SIGMOID) {   /* on vectors, as gru_block */
+        FG_NAME(vec) reset, update;
+        reset = FG_NAME(vsigmoidf)(FG_NAME(vpre_activation)(tile, input, bias));
+        update = FG_NAME(vsigmoidf)(FG_NAME(vpre_activation)(
+            tile + FG_W, input != NULL ? input + hidden : NULL, bias + hidden));
+        reset *= FG_NAME(vload)(h_previous);
+        memcpy(reset_h, &reset, sizeof reset);
+        memcpy(z, &update, sizeof update);
+        return;
+    }
     for (gate = 0; gate < 2; gate++)
         FG_NAME(pre_activation)(gates + gate * FG_W, tile + gate * FG_W,
                                 input != NULL ? input + gate * hidden : NULL,
@@ -467,6 +505,14 @@ static FG_TARGET void FG_NAME(single_gate_epilogue)(const FG_T *restrict tile,
 {
     FG_T gate[FG_W];
     ptrdiff_t w;
+    if (wn == FG_W && act == FG_TANH) {   /* on vectors, as gru_block */
+        FG_NAME(vec) state = FG_NAME(vtanhf)(FG_NAME(vpre_activation)(tile, input, bias));
+        if (z != NULL)
+            state = FG_NAME(vload)(z) * FG_NAME(vload)(h_previous)
+                    + (1 - FG_NAME(vload)(z)) * state;
+        memcpy(h, &state, sizeof state);
+        return;
+    }
     FG_NAME(pre_activation)(gate, tile, input, bias, wn);
     FG_ACTIVATE(act, gate, wn);
     if (z == NULL) {
@@ -499,10 +545,15 @@ static FG_TARGET void FG_NAME(project_inputs)(const FG_T *restrict x, ptrdiff_t 
         for (row = 0; row < rows; row += n) {
             n = rows - row < mr ? rows - row : mr;
             tile_gates(n, x + row * D, D, D, packed + jb * panel_size, NULL, 0, 0, NULL, tile);
+            /* (whole blocks by a copy of constant size: a vector store, not a libc call) */
             for (r = 0; r < n; r++)
                 for (gate = 0; gate < gates; gate++)
-                    memcpy(projected + (row + r) * GH + column + gate * H + j0,
-                           tile + (r * gates + gate) * FG_W, wn * sizeof(FG_T));
+                    if (wn == FG_W)
+                        memcpy(projected + (row + r) * GH + column + gate * H + j0,
+                               tile + (r * gates + gate) * FG_W, FG_W * sizeof(FG_T));
+                    else
+                        memcpy(projected + (row + r) * GH + column + gate * H + j0,
+                               tile + (r * gates + gate) * FG_W, wn * sizeof(FG_T));
         }
     }
 }
