@@ -76,6 +76,20 @@ cdef double THREADING_MIN_WORK = 2e6
 #: recurrent product has at least this many multiply-adds per batch row (each step then waits
 #: for the whole previous one, which costs about as much as a step of H = 32).
 cdef double SPLIT_MIN_STEP_WORK = 2e4
+#: From this batch size on, the kernel computes x_t W next to h U at every step (one pass,
+#: no projection buffer); below, one GEMM computes x W for all steps first (at batch 1 a
+#: step is a matrix-vector product, and re-reading W at every step would dominate).
+cdef Py_ssize_t FUSED_INPUT_MIN_BATCH = 4
+#: ... and at any batch for a layer input at most this wide: then reading x_t next to h costs
+#: less than a pass over a projection buffer (measured at batch 1, H=32: D=5 LSTM 97 -> 88-98
+#: ns per step, GRU 81 -> 73; D=16 about even; D=64 16-18% slower).
+cdef Py_ssize_t FUSED_INPUT_MAX_WIDTH = 16
+#: The ISA level (fg_isa) from which the packed kernel also computes x W. Below it (the
+#: baseline build, without AVX2), BLAS's GEMM is 2.5-5x faster for x W of all steps at once
+#: (measured on the development machine with FASTGATE_ISA=base: B=1, T=2000, D=256, H=256
+#: LSTM, x W 25 ms in the packed kernel vs 9.6 ms sgemm; B=256, T=50, D=256, H=512, 317 vs
+#: 129 ms), while with AVX2/AVX-512 the packed kernel is 1.5-2x faster than OpenBLAS.
+cdef int PACKED_INPUT_MIN_ISA = 1
 #: Whether threads may split the hidden units at all (fastgate.threads: only when threads
 #: were asked for explicitly).
 cdef bint hidden_split_allowed = False
@@ -86,16 +100,6 @@ def allow_hidden_split(bint allowed):
     :mod:`fastgate.threads`)."""
     global hidden_split_allowed
     hidden_split_allowed = allowed
-#: From this batch size on, the kernel computes x_t W next to h U at every step (one pass,
-#: no projection buffer); below, one GEMM computes x W for all steps first (at batch 1 a
-#: step is a matrix-vector product, and re-reading W at every step would dominate).
-cdef Py_ssize_t FUSED_INPUT_MIN_BATCH = 4
-#: The ISA level (fg_isa) from which the packed kernel also computes x W. Below it (the
-#: baseline build, without AVX2), BLAS's GEMM is 2.5-5x faster for x W of all steps at once
-#: (measured on the development machine with FASTGATE_ISA=base: B=1, T=2000, D=256, H=256
-#: LSTM, x W 25 ms in the packed kernel vs 9.6 ms sgemm; B=256, T=50, D=256, H=512, 317 vs
-#: 129 ms), while with AVX2/AVX-512 the packed kernel is 1.5-2x faster than OpenBLAS.
-cdef int PACKED_INPUT_MIN_ISA = 1
 
 
 def isa():
@@ -490,7 +494,7 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
     cdef floating *layer_buffers
     cdef floating *layer_input
     cdef floating *layer_output
-    cdef bint fused_input, blas_input
+    cdef bint fused_input, blas_input, first_fused
     cdef fg_direction direction_args
 
     # Threads split the batch; each needs whole tiles of rows to be worth it.
@@ -514,6 +518,9 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
     # step) and two layer buffers for stacked layers.
     blas_input = fg_isa() < PACKED_INPUT_MIN_ISA
     fused_input = batch >= FUSED_INPUT_MIN_BATCH and not blas_input
+    first_fused = fused_input or (plan.input_size <= FUSED_INPUT_MAX_WIDTH and not blas_input)
+    if first_fused and plan.num_layers == 1:
+        fused_input = True   # no layer needs the projection buffer
     workspace_size = (batch * (width + 2 * hidden)
                       + (0 if fused_input else rows * gates_width)
                       + (2 * rows * out_width if plan.num_layers > 1 else 0))
@@ -534,7 +541,6 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
     direction_args.batch_stride = steps if batch_major else 1
     direction_args.hidden = hidden
     direction_args.width = width
-    direction_args.projected_input = NULL if fused_input else projection_buffer
     direction_args.input_projected = blas_input
     direction_args.h_spare = workspace
     direction_args.cell_out = workspace + batch * width
@@ -567,6 +573,8 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
             direction_args.out = layer_output + direction * width
             direction_args.input = layer_input
             direction_args.input_width = in_width
+            direction_args.projected_input = (NULL if fused_input or (layer == 0 and first_fused)
+                                              else projection_buffer)
             if blas_input:
                 # x W for every step by one BLAS GEMM: (T*B, D) @ (D, G*H)
                 gemm(<blas_int> rows, <blas_int> gates_width, <blas_int> in_width,
