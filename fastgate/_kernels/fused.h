@@ -58,7 +58,7 @@ typedef struct {
 #define FG_X86 0
 #endif
 #if FG_X86
-#include <immintrin.h>   /* the fast reciprocal of packed_step.h's float LSTM cell */
+#include <immintrin.h>   /* the float vector clamps of packed_step.h */
 #endif
 #ifdef _OPENMP
 #include <omp.h>
