@@ -80,9 +80,11 @@ cdef double SPLIT_MIN_STEP_WORK = 2e4
 #: no projection buffer); below, one GEMM computes x W for all steps first (at batch 1 a
 #: step is a matrix-vector product, and re-reading W at every step would dominate).
 cdef Py_ssize_t FUSED_INPUT_MIN_BATCH = 4
-#: ... and at any batch for a layer input at most this wide: then reading x_t next to h costs
-#: less than a pass over a projection buffer (measured at batch 1, H=32: D=5 LSTM 97 -> 88-98
-#: ns per step, GRU 81 -> 73; D=16 about even; D=64 16-18% slower).
+#: ... and at any batch for a first layer input at most this wide, or a single step from a
+#: zero state (no h U): then reading x_t in the step costs less than a pass over a
+#: projection buffer (measured at batch 1, H=32: D=5 LSTM 97 -> 88-98 ns per step, GRU
+#: 81 -> 73; D=16 about even; D=64 16-18% slower over many steps, and a step from a state
+#: 3.8 -> 4.0 us at H=128, but one step of D=64, H=128 from zeros: LSTM 1.85 -> 1.73 us).
 cdef Py_ssize_t FUSED_INPUT_MAX_WIDTH = 16
 #: The ISA level (fg_isa) from which the packed kernel also computes x W. Below it (the
 #: baseline build, without AVX2), BLAS's GEMM is 2.5-5x faster for x W of all steps at once
@@ -518,7 +520,8 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
     # step) and two layer buffers for stacked layers.
     blas_input = fg_isa() < PACKED_INPUT_MIN_ISA
     fused_input = batch >= FUSED_INPUT_MIN_BATCH and not blas_input
-    first_fused = fused_input or (plan.input_size <= FUSED_INPUT_MAX_WIDTH and not blas_input)
+    first_fused = fused_input or ((plan.input_size <= FUSED_INPUT_MAX_WIDTH
+                                   or (steps == 1 and zero_state)) and not blas_input)
     if first_fused and plan.num_layers == 1:
         fused_input = True   # no layer needs the projection buffer
     workspace_size = (batch * (width + 2 * hidden)
