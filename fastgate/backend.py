@@ -64,6 +64,11 @@ def backend() -> str:
     return _current.get()
 
 
+#: :func:`backend` as the context variable's bound method, without a Python frame: the
+#: per-call fast paths of the layers read it.
+current_backend = _current.get
+
+
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[str]:
     """Run the enclosed block with backend ``name`` (``"compiled"`` or ``"python"``).

@@ -21,12 +21,11 @@ from typing import Any, Union
 
 import numpy as np
 
-from .backend import backend
+from .backend import current_backend
 from .errors import ConfigError, ShapeError
 from .layers import GRU, LSTM, RecurrentLayer, SimpleRNN, _cell_weights, as_array
 from .layout import CellWeights
 from .serialization import save, serializable
-from .threads import kernel_num_threads
 
 __all__ = ["LSTMCell", "GRUCell", "RNNCell"]
 
@@ -171,9 +170,9 @@ class _Cell:
         """:meth:`step` by the compiled layer's plan when ``x`` ``(B, input_size)`` and the
         state arrays are exactly of the cell's dtype and shapes; else ``None``."""
         plan = self.layer._plan
-        if plan is None or backend() != "compiled":
+        if plan is None or current_backend() != "compiled":
             return None
-        return plan.step(x, state, kernel_num_threads(), True)
+        return plan.step(x, state, 0, True)
 
     def _step(self, x: Any, state: State | None
               ) -> tuple[np.ndarray, np.ndarray | None, bool]:

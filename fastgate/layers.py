@@ -19,11 +19,10 @@ import numpy as np
 
 from . import oracle
 from .activations import activation_code, canonical_name
-from .backend import backend, compiled_module
+from .backend import backend, compiled_module, current_backend
 from .errors import ConfigError, DTypeError, ShapeError
 from .layout import GATE_COUNT, CellWeights
 from .serialization import save, serializable
-from .threads import kernel_num_threads
 
 __all__ = ["LSTM", "GRU", "SimpleRNN", "RecurrentLayer"]
 
@@ -311,10 +310,11 @@ class RecurrentLayer:
             Final state, arranged as ``state``: ``h_n`` (LSTM: ``(h_n, c_n)``).
         """
         plan = self._plan
-        if plan is not None and state is None and lengths is None and backend() == "compiled":
+        if (plan is not None and state is None and lengths is None
+                and current_backend() == "compiled"):
             # The common call, checked and allocated by the plan (S1/S3-sized calls are
             # dominated by call overhead); None: x needs converting, the general path does.
-            result = plan.run(x, kernel_num_threads())
+            result = plan.run(x)
             if result is not None:
                 return result
         x = as_array(x, self.dtype, f"{type(self).__name__} input")
@@ -419,7 +419,7 @@ class RecurrentLayer:
         return self._plan.forward(
             np.ascontiguousarray(x), h0, c0,
             None if mask is None else np.ascontiguousarray(mask, dtype=np.uint8),
-            batch_major, hold_masked_output, kernel_num_threads())
+            batch_major, hold_masked_output)
 
     # ------------------------------------------------------------------ streaming
     def initial_state(self, batch_size: int = 1) -> State:
@@ -445,9 +445,9 @@ class RecurrentLayer:
         Returns ``(y, state)``: ``y`` is ``(B, output_size)`` for one step, ``(B, T,
         output_size)`` for a chunk.
         """
-        if self._plan is not None and backend() == "compiled":
+        if self._plan is not None and current_backend() == "compiled":
             # One step of arrays already right (a streaming service's call): no conversion
-            result = self._plan.step(x, state, kernel_num_threads())
+            result = self._plan.step(x, state)
             if result is not None:
                 return result
         if self.bidirectional:

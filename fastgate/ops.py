@@ -23,11 +23,10 @@ from typing import Any
 import numpy as np
 
 from .activations import activation_function, canonical_name
-from .backend import backend
+from .backend import current_backend
 from .errors import ConfigError, DTypeError, InputError, ShapeError
 from .layers import _as_float_dtype, as_array
 from .serialization import save, serializable
-from .threads import kernel_num_threads
 
 __all__ = ["Dense", "Embedding", "Activation", "Masking", "Flatten", "GlobalPooling1D",
            "RepeatVector", "Recurrent", "Bidirectional", "AXIS_ACTIVATIONS"]
@@ -508,10 +507,9 @@ class Recurrent:
                              f"got shape {x.shape}")
         is_lstm = layer.cell == "lstm"
         if mask is None and steps == 1 and layer._plan is not None \
-                and backend() == "compiled":
+                and current_backend() == "compiled":
             # One unmasked step (a streaming service's call): the plan's lean step
-            result = layer._plan.step(x[:, 0], state[:-1] if is_lstm else state[0],
-                                      kernel_num_threads(), True)
+            result = layer._plan.step(x[:, 0], state[:-1] if is_lstm else state[0], 0, True)
             if result is not None:
                 y, new = result
                 new_state = ((new if is_lstm else (new,)) + (y,))

@@ -137,7 +137,7 @@ def set_num_threads(n: int) -> None:
         for _, setter, _ in _ctypes_libraries():
             setter(n)
     _num_threads = n
-    _allow_hidden_split(n > 1)
+    _configure_kernels(n, n > 1)
 
 
 def get_num_threads() -> int:
@@ -154,18 +154,18 @@ def kernel_num_threads() -> int:
     global _num_threads
     if _num_threads is None:
         _num_threads = blas_num_threads()
-        _allow_hidden_split(_num_threads > 1 and any(
+        _configure_kernels(_num_threads, _num_threads > 1 and any(
             os.environ.get(name, "").strip() for name in _THREAD_VARIABLES))
     return _num_threads
 
 
-def _allow_hidden_split(allowed: bool) -> None:
-    """Tell the compiled kernels whether threads may split a small batch's hidden units
-    (see the module docstring)."""
+def _configure_kernels(threads: int, hidden_split: bool) -> None:
+    """Tell the compiled kernels the thread count calls use, and whether threads may split
+    a small batch's hidden units (see the module docstring)."""
     from .backend import compiled_module
     kernels = compiled_module()
     if kernels is not None:
-        kernels.allow_hidden_split(allowed)
+        kernels.configure_threads(threads, hidden_split)
 
 
 def blas_num_threads() -> int:

@@ -92,16 +92,26 @@ cdef Py_ssize_t FUSED_INPUT_MAX_WIDTH = 16
 #: LSTM, x W 25 ms in the packed kernel vs 9.6 ms sgemm; B=256, T=50, D=256, H=512, 317 vs
 #: 129 ms), while with AVX2/AVX-512 the packed kernel is 1.5-2x faster than OpenBLAS.
 cdef int PACKED_INPUT_MIN_ISA = 1
-#: Whether threads may split the hidden units at all (fastgate.threads: only when threads
-#: were asked for explicitly).
+#: The process's kernel thread count (fastgate.threads; 0: not read yet), and whether
+#: threads may split the hidden units at all (only when threads were asked for explicitly).
+cdef int process_threads = 0
 cdef bint hidden_split_allowed = False
 
 
-def allow_hidden_split(bint allowed):
-    """Let threads split the hidden units of a batch too small to split (see
-    :mod:`fastgate.threads`)."""
-    global hidden_split_allowed
-    hidden_split_allowed = allowed
+def configure_threads(int threads, bint hidden_split):
+    """Set the thread count calls use by default, and whether threads may split the hidden
+    units of a batch too small to split (called by :mod:`fastgate.threads`)."""
+    global process_threads, hidden_split_allowed
+    process_threads = max(1, threads)
+    hidden_split_allowed = hidden_split
+
+
+cdef int _default_threads() except -1:
+    # fastgate.threads reads the BLAS thread count once, and tells us (configure_threads)
+    if process_threads == 0:
+        from fastgate.threads import kernel_num_threads
+        kernel_num_threads()
+    return process_threads
 
 
 def isa():
@@ -347,7 +357,7 @@ cdef class LayerPlan:
             return dims[0] == batch and dims[1] == columns
         return dims[0] == self.entries and dims[1] == batch and dims[2] == columns
 
-    def run(self, x, int num_threads=1):
+    def run(self, x, int num_threads=0):
         """``(out, state)`` of a call on ``x`` from a zero state, without a mask; ``None``
         unless ``x`` is a C-contiguous array of the plan's dtype, ``(B, T, D)`` if
         ``batch_first`` else ``(T, B, D)``. ``state`` is ``h_n`` (LSTM: ``(h_n, c_n)``)."""
@@ -365,7 +375,7 @@ cdef class LayerPlan:
                    h, c, NULL, False, cnp.PyArray_DATA(<cnp.ndarray> out), num_threads, True)
         return out, ((h, c) if self.cell == CELL_LSTM else h)
 
-    def step(self, x, state, int num_threads=1, bint flat_state=False):
+    def step(self, x, state, int num_threads=0, bint flat_state=False):
         """``(y, state)`` after one step ``x`` ``(B, D)`` from ``state`` (``None``: zeros;
         not modified); ``None`` unless ``x`` is a C-contiguous array of the plan's dtype and
         ``state`` ``None`` or exactly the plan's state arrays, or if the layer is
@@ -400,7 +410,7 @@ cdef class LayerPlan:
         return y, ((h, c) if self.cell == CELL_LSTM else h)
 
     def forward(self, x, h_state, c_state, mask, bint batch_major, bint hold_masked_output,
-                int num_threads=1, bint zero_state=False):
+                int num_threads=0, bint zero_state=False):
         """Run the layer on ``x`` ``(T, B, D)`` (``(B, T, D)`` if ``batch_major``); returns
         the outputs, in ``x``'s layout.
 
@@ -408,7 +418,8 @@ cdef class LayerPlan:
         contiguous arrays of the plan's dtype, overwritten with the final ones; ``mask`` is
         ``None`` or a ``(T, B)`` uint8 array of valid steps. ``zero_state`` says that the
         states are all zeros: the first step then skips ``h @ U`` (exactly zero) where ``U``
-        is finite. ``num_threads`` threads split the batch.
+        is finite. ``num_threads`` threads split the batch (0, in every entry: the process's
+        setting, :func:`fastgate.set_num_threads`).
         """
         cdef cnp.npy_intp dims[3]
         cdef Py_ssize_t steps, batch
@@ -463,6 +474,8 @@ cdef class LayerPlan:
         cdef int status
         if steps == 0 or batch == 0:
             return 0
+        if num_threads <= 0:
+            num_threads = process_threads if process_threads else _default_threads()
         with nogil:
             if self.is_double:
                 status = _run(self, <double *> x, steps, batch, batch_major, <double *> h,
