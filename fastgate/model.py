@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import ConfigError, ShapeError
 from .layers import as_array
-from .ops import Embedding
+from .ops import Activation, Dense, Embedding, Recurrent
 from .serialization import save, serializable
 
 __all__ = ["Model", "Node", "MODEL_INPUT"]
@@ -43,6 +43,10 @@ class _StreamPlan(NamedTuple):
     error: str | None                      # why the model cannot stream, if it cannot
     feeds_embedding: bool                  # the input is token ids
     state_shapes: tuple[tuple[int, int, Any], ...]  # per recurrent op: parts, units, dtype
+    # (op, state parts: 0 but for recurrent ops) per node when the model is a plain chain of
+    # recurrent, Dense and Activation ops with one output (a Keras Sequential model, say),
+    # else None: one step then runs op after op without the graph walk (Model._chain_step)
+    chain: tuple[tuple[Any, int], ...] | None
 
 
 class Node(NamedTuple):
@@ -280,7 +284,21 @@ class Model:
                         self.nodes[k].op.units, self.nodes[k].op.layer.dtype)
                        for k in recurrent)
         return _StreamPlan(tuple(recurrent), tuple(sequences), error,
-                           self._feeds_embedding(), shapes)
+                           self._feeds_embedding(), shapes, self._chain())
+
+    def _chain(self) -> tuple[tuple[Any, int], ...] | None:
+        """``_StreamPlan.chain``: ``(op, state parts)`` per node, or ``None``."""
+        chain = []
+        for position, node in enumerate(self.nodes):
+            if node.source != (position - 1 if position else MODEL_INPUT, 0):
+                return None
+            if isinstance(node.op, Recurrent) and not node.op.return_state:
+                chain.append((node.op, 3 if node.op.layer.cell == "lstm" else 2))
+            elif isinstance(node.op, (Dense, Activation)):
+                chain.append((node.op, 0))
+            else:
+                return None
+        return tuple(chain) if self.outputs == [(len(self.nodes) - 1, 0)] else None
 
     def _feeds_embedding(self) -> bool:
         return any(isinstance(node.op, Embedding) and node.source[0] == MODEL_INPUT
@@ -368,6 +386,10 @@ class Model:
         ``stateful`` ops is neither used nor changed: streaming states are explicit.
         """
         plan = self._streaming()
+        if plan.chain is not None and type(x) is np.ndarray and x.ndim == 2:
+            result = self._chain_step(x, state, plan)
+            if result is not None:
+                return result
         if plan.feeds_embedding:
             x = np.asarray(x)
             rank = 2
@@ -410,6 +432,41 @@ class Model:
                 value = value[:, 0]
             results.append(self._as_output(ref, value))
         return self._result(results), tuple(new_states)
+
+    def _chain_step(self, x: np.ndarray, state: StreamState | None, plan: _StreamPlan
+                    ) -> tuple[np.ndarray, StreamState] | None:
+        """:meth:`step` for one step ``x`` ``(B, D)`` of float32 through a plain chain
+        (``plan.chain``), op after op without the graph walk: what a streaming service calls
+        most. ``None`` where it does not apply (the general path then runs, or explains)."""
+        if (x.dtype != np.float32 or (self.input_shape is not None and (
+                len(self.input_shape) != 3 or self.input_shape[2] not in (None, x.shape[1])))):
+            return None
+        if state is None:
+            state = self.initial_state(x.shape[0])
+        elif type(state) is not tuple or len(state) != len(plan.recurrent_nodes):
+            return None
+        new_states = []
+        value = np.ascontiguousarray(x)   # (x[:, t] of a batch-first sequence is strided)
+        for op, parts in plan.chain:
+            if parts:
+                # h and c are checked by the kernel's plan; the last output is not read by
+                # an unmasked step, but must still be of the state's shape
+                entry = state[len(new_states)]
+                if (type(entry) is not tuple or len(entry) != parts
+                        or type(entry[-1]) is not np.ndarray
+                        or entry[-1].shape != np.shape(entry[0])):
+                    return None
+                result = op.step_one(value, entry)
+                if result is None:
+                    return None
+                value, new_state = result
+                new_states.append(new_state)
+            else:
+                try:
+                    value = op.apply(value, None)[0]
+                except ShapeError:
+                    return None   # the general path says which node, in its words
+        return self._as_output((len(self.nodes) - 1, 0), value), tuple(new_states)
 
     # ------------------------------------------------------------------ saving
     def save(self, path: str) -> None:

@@ -74,7 +74,9 @@ class Dense:
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ShapeError(f"Dense input: expected last axis of width {self.in_features}, "
                              f"got shape {x.shape}")
-        y = x @ self.kernel
+        # ndarray.dot costs a third of @ on a 2-D input (0.3 vs 0.8 us for one step, H=32);
+        # on more axes it would leave BLAS, so those take @
+        y = x.dot(self.kernel) if x.ndim == 2 else x @ self.kernel
         if self.bias is not None:
             y += self.bias
         return self._act(y) if self.activation != "linear" else y
@@ -506,18 +508,11 @@ class Recurrent:
             raise ShapeError(f"{name} input: expected (B, T, {layer.input_size}) with T >= 1, "
                              f"got shape {x.shape}")
         is_lstm = layer.cell == "lstm"
-        if mask is None and steps == 1 and layer._plan is not None \
-                and current_backend() == "compiled":
-            # One unmasked step (a streaming service's call): the plan's lean step
-            result = layer._plan.step(x[:, 0], state[:-1] if is_lstm else state[0], 0, True)
+        if mask is None and steps == 1:
+            result = self.step_one(x[:, 0], state)
             if result is not None:
-                y, new = result
-                new_state = ((new if is_lstm else (new,)) + (y,))
-                output = y[:, None] if self.return_sequences else y
-                if self.return_state:
-                    finals = tuple(part.copy() for part in new_state[:-1])
-                    return (output.copy(),) + finals, (None,) * (1 + len(finals)), new_state
-                return output.copy(), None, new_state
+                y, new_state = result
+                return (y[:, None] if self.return_sequences else y), None, new_state
         # Fresh C-ordered copies: the kernels write the final state into them.
         h0 = np.array(state[0][None], dtype=layer.dtype, order="C")
         c0 = np.array(state[1][None], dtype=layer.dtype, order="C") if is_lstm else None
@@ -540,6 +535,23 @@ class Recurrent:
             finals = tuple(part.copy() for part in new_state[:-1])  # outputs may be edited
             return (output,) + finals, (output_mask,) + (None,) * len(finals), new_state
         return output, output_mask, new_state
+
+    def step_one(self, x: np.ndarray, state: tuple[np.ndarray, ...]
+                 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]] | None:
+        """:meth:`apply_step` for one unmasked step ``x`` ``(B, D)``, by the compiled layer's
+        lean step: ``(y, new_state)``, ``y`` ``(B, units)``; ``None`` unless the arrays are
+        exactly the layer's dtype and shapes (and no ``return_state``)."""
+        layer = self.layer
+        if (layer._plan is None or self.return_state or self.go_backwards
+                or current_backend() != "compiled"):
+            return None
+        is_lstm = layer.cell == "lstm"
+        result = layer._plan.step(x, state[:-1] if is_lstm else state[0], 0, True)
+        if result is None:
+            return None
+        y, new = result
+        # the state's last output (what a masked step repeats) must not be the y returned
+        return y, (new if is_lstm else (new,)) + (y.copy(),)
 
     def _get_spec(self) -> dict[str, Any]:
         return {"layer": self.layer, "return_sequences": self.return_sequences,

@@ -338,6 +338,53 @@ def test_flatten_after_the_last_step_streams(rng):
     close(y[-1], model(x[:, :5]), np.float32)
 
 
+@pytest.mark.parametrize("last_sequences", [True, False])
+@pytest.mark.parametrize("cells", CELL_STACKS, ids="-".join)
+def test_chain_models_take_the_lean_step_and_stream_like_a_full_call(cells, last_sequences,
+                                                                     rng, monkeypatch):
+    # A plain chain (recurrent, Dense, Activation ops; one output) fed one float32 step runs
+    # op after op (Model._chain_step), not through the graph walk: same outputs and states.
+    model = stacked_model(cells, np.float32, rng, last_sequences=last_sequences)
+    x = rng.normal(size=(3, STEPS, 3)).astype(np.float32)
+    expected_outputs, expected_state = stream(model, x, SPLITS["whole"])
+    full = model(x)
+
+    def no_walk(*args, **kwargs):
+        raise AssertionError("one float32 step of a chain must not walk the graph")
+
+    monkeypatch.setattr(fastgate.Model, "_walk", no_walk)
+    state = model.initial_state(3)
+    outputs = []
+    for t in range(STEPS):
+        y, state = model.step(x[:, t], state)
+        outputs.append(y)
+    if last_sequences:
+        close(np.stack(outputs, axis=1), full, np.float32, "outputs")
+    else:
+        close(outputs[-1], full, np.float32, "output after the last step")
+    for got, want in zip(state, expected_state):
+        for part_got, part_want in zip(got, want):
+            close(part_got, part_want, np.float32, "state")
+        assert got[-1] is not outputs[-1]  # the state does not share the returned output
+
+
+def test_chain_step_refuses_what_the_general_step_refuses(rng):
+    model = stacked_model(("lstm", "gru"), np.float32, rng)
+    state = model.initial_state(2)
+    step = np.zeros((2, 3), np.float32)
+    with pytest.raises(ShapeError, match="expected features"):
+        model.step(np.zeros((2, 4), np.float32), state)
+    bad_last = (state[0][:2] + (np.zeros((2, 9), np.float32),), state[1])
+    with pytest.raises(ShapeError, match=r"expected arrays of shape \(2, 5\), got \(2, 9\)"):
+        model.step(step, bad_last)
+    with pytest.raises(ShapeError, match="2 entries"):
+        model.step(step, state[:1])
+    # states of another dtype or as lists are converted, as by the general step
+    converted = tuple([part.astype(np.float64) for part in entry] for entry in state)
+    y, _ = model.step(step, converted)
+    close(y, model.step(step, state)[0], np.float32, "converted state")
+
+
 def test_step_input_and_state_errors(rng):
     model = stacked_model(("lstm", "gru"), np.float32, rng)
     state = model.initial_state(2)
