@@ -158,7 +158,8 @@ def prepare(int cell, bint reset_after, input_kernel, recurrent_kernel, input_bi
     gates = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
     hidden = input_kernel.shape[1] // gates
     empty = np.zeros(0, dtype)
-    bias = input_bias + recurrent_bias
+    with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN weights pass through
+        bias = input_bias + recurrent_bias                # as IEEE arithmetic does
     new_gate_bias = empty
     recurrent_new = empty
 
