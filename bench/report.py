@@ -52,8 +52,8 @@ def medians(benchmarks: list[dict]) -> tuple[dict, dict]:
     dtype: dict = {}
     for bench in benchmarks:
         info = bench.get("extra_info", {})
-        if "engine" not in info:
-            continue
+        if "engine" not in info or "shape" not in info:
+            continue  # not a forward-pass benchmark (e.g. bench/test_streaming.py's)
         key = (info["shape"], info["cell"], int(info["threads"]))
         table = dtype if info["engine"].startswith("fastgate-float") else forward
         table.setdefault(key, {})[info["engine"]] = bench["stats"]["median"]
