@@ -9,13 +9,16 @@ per step, a register-blocked kernel computes ``x_t @ W + h @ U`` over ``[W; U]``
 it is still in registers (fused.h / packed_step.h, compiled for AVX-512, AVX2 and the
 baseline; the CPU picks one at run time). At batch < 4, where a step is a matrix-vector
 product, ``x @ W`` is computed for all steps first by the same kernel, and steps only read
-``U``.
+``U`` (except for a first-layer input at most 16 wide, or one step from zeros).
 
 Rows of every ``(T*B, width)`` buffer are addressed ``t * step_stride + b * batch_stride``,
 which serves time-major (``B, 1``) and batch-major (``1, T``) layouts without transposing.
 Sequences of a batch are independent, so with ``num_threads > 1`` each thread runs a slice
-of the batch through every step, without synchronizing. Everything after argument checking
-runs without the GIL; no allocation happens inside the time loop.
+of the batch through every step, without synchronizing; a batch too small for that may have
+its hidden units split instead, the threads meeting after every step (see
+``SPLIT_MIN_STEP_WORK`` and fastgate.threads). A :class:`LayerPlan` holds what a layer's
+calls need, checked once. Everything after argument checking runs without the GIL; no
+allocation happens inside the time loop.
 """
 
 from cython cimport floating
