@@ -75,3 +75,25 @@ def test_environment_is_respected_at_import(variable):
          "fastgate.threads.kernel_num_threads(), fastgate.threads.blas_num_threads())"],
         env=env, capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.split() == ["1", "1", "1"]
+
+
+@pytest.mark.parametrize("variable,count,asked", [
+    (None, "2", False), ("OMP_NUM_THREADS", "2", True), ("OPENBLAS_NUM_THREADS", "2", True),
+    ("OMP_NUM_THREADS", "1", False)])
+def test_hidden_units_are_split_only_when_threads_were_asked_for(variable, count, asked):
+    # Threads splitting a small batch's hidden units meet after every step, which on a busy
+    # machine waits for a time slice at every step: only with threads asked for explicitly.
+    env = subprocess_env()
+    env.pop("OPENBLAS_NUM_THREADS", None)
+    env.pop("OMP_NUM_THREADS", None)
+    if variable is not None:
+        env[variable] = count
+    code = ("import fastgate; from fastgate._kernels import recurrent as r; "
+            "fastgate.threads.kernel_num_threads(); print(*r.thread_configuration()); "
+            "fastgate.set_num_threads(2); print(*r.thread_configuration()); "
+            "fastgate.set_num_threads(1); print(*r.thread_configuration())")
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env,
+                            capture_output=True, text=True, timeout=60, check=True)
+    first, explicit, single = [line.split() for line in result.stdout.splitlines()]
+    assert first[1] == str(asked) and int(first[0]) >= 1
+    assert explicit == ["2", "True"] and single == ["1", "False"]

@@ -108,6 +108,12 @@ def configure_threads(int threads, bint hidden_split):
     hidden_split_allowed = hidden_split
 
 
+def thread_configuration():
+    """``(thread count, hidden split allowed)`` as :func:`configure_threads` last set them
+    (``(0, False)`` before the first call reads the BLAS's count)."""
+    return process_threads, bool(hidden_split_allowed)
+
+
 cdef int _default_threads() except -1:
     # fastgate.threads reads the BLAS thread count once, and tells us (configure_threads)
     if process_threads == 0:
