@@ -80,7 +80,8 @@ def test_environment_is_respected_at_import(variable):
 @pytest.mark.parametrize("variable,count,asked", [
     (None, "2", False), ("OMP_NUM_THREADS", "2", True), ("OPENBLAS_NUM_THREADS", "2", True),
     ("OMP_NUM_THREADS", "1", False)])
-def test_hidden_units_are_split_only_when_threads_were_asked_for(variable, count, asked):
+def test_hidden_units_are_split_only_when_threads_were_asked_for(variable, count, asked,
+                                                                 tmp_path):
     # Threads splitting a small batch's hidden units meet after every step, which on a busy
     # machine waits for a time slice at every step: only with threads asked for explicitly.
     env = subprocess_env()
@@ -92,7 +93,8 @@ def test_hidden_units_are_split_only_when_threads_were_asked_for(variable, count
             "fastgate.threads.kernel_num_threads(); print(*r.thread_configuration()); "
             "fastgate.set_num_threads(2); print(*r.thread_configuration()); "
             "fastgate.set_num_threads(1); print(*r.thread_configuration())")
-    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env,
+    # (from a temporary directory: the installed fastgate, not a source tree in the cwd)
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=60, check=True)
     first, explicit, single = [line.split() for line in result.stdout.splitlines()]
     assert first[1] == str(asked) and int(first[0]) >= 1
