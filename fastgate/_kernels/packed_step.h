@@ -169,13 +169,13 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vload)(const FG_T *p)
     return v;
 }
 
-/* pre_activation of a whole block on a vector: tile (+ input) + bias */
+/* pre_activation of a whole block on a vector: tile + bias (+ input) */
 FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vpre_activation)(const FG_T *tile,
                                                                  const FG_T *input,
                                                                  const FG_T *bias)
 {
     if (input != NULL)
-        return FG_NAME(vload)(tile) + FG_NAME(vload)(input) + FG_NAME(vload)(bias);
+        return FG_NAME(vload)(tile) + FG_NAME(vload)(bias) + FG_NAME(vload)(input);
     return FG_NAME(vload)(tile) + FG_NAME(vload)(bias);
 }
 
@@ -290,11 +290,10 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_block_f)(const FG_T *restrict tile,
     typedef FG_NAME(vec) V;
     V pre[4], cell;
     int gate;
-    for (gate = 0; gate < 4; gate++) {
-        pre[gate] = FG_NAME(vload)(tile + gate * FG_W) + FG_NAME(vload)(bias + gate * hidden);
-        if (input != NULL)
-            pre[gate] += FG_NAME(vload)(input + gate * hidden);
-    }
+    for (gate = 0; gate < 4; gate++)
+        pre[gate] = FG_NAME(vpre_activation)(tile + gate * FG_W,
+                                             input != NULL ? input + gate * hidden : NULL,
+                                             bias + gate * hidden);
     cell = FG_NAME(vsigmoidf)(pre[1]) * FG_NAME(vload)(c)
            + FG_NAME(vsigmoidf)(pre[0]) * FG_NAME(vtanhf)(pre[2]);
     memcpy(c, &cell, sizeof cell);
@@ -321,12 +320,10 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_rows_f)(const int R, const FG_T *re
     int gate, r;
     for (r = 0; r < R; r++)
         for (gate = 0; gate < 4; gate++)
-            pre[r][gate] = FG_NAME(vload)(tile + r * tile_stride + gate * FG_W)
-                           + FG_NAME(vload)(bias + gate * hidden);
-    if (input != NULL)
-        for (r = 0; r < R; r++)
-            for (gate = 0; gate < 4; gate++)
-                pre[r][gate] += FG_NAME(vload)(input + r * input_stride + gate * hidden);
+            pre[r][gate] = FG_NAME(vpre_activation)(
+                tile + r * tile_stride + gate * FG_W,
+                input != NULL ? input + r * input_stride + gate * hidden : NULL,
+                bias + gate * hidden);
     for (r = 0; r < R; r++)
         cell[r] = FG_NAME(vsigmoidf)(pre[r][1]) * FG_NAME(vload)(c + r * c_stride)
                   + FG_NAME(vsigmoidf)(pre[r][0]) * FG_NAME(vtanhf)(pre[r][2]);
@@ -406,15 +403,10 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_block)(const FG_T *restrict tile,
                                                    FG_T *restrict h)
 {
     typedef FG_NAME(vec) V;
-    V pre[2], reset, update, candidate;
-    int gate;
-    for (gate = 0; gate < 2; gate++) {
-        pre[gate] = FG_NAME(vload)(tile + gate * FG_W) + FG_NAME(vload)(bias + gate * hidden);
-        if (input != NULL)
-            pre[gate] += FG_NAME(vload)(input + gate * hidden);
-    }
-    reset = FG_NAME(vsigmoidf)(pre[0]);
-    update = FG_NAME(vsigmoidf)(pre[1]);
+    V reset, update, candidate;
+    reset = FG_NAME(vsigmoidf)(FG_NAME(vpre_activation)(tile, input, bias));
+    update = FG_NAME(vsigmoidf)(FG_NAME(vpre_activation)(
+        tile + FG_W, input != NULL ? input + hidden : NULL, bias + hidden));
     candidate = FG_NAME(vtanhf)(FG_NAME(vload)(input_n) + FG_NAME(vload)(bias + 2 * hidden)
                                 + reset * (FG_NAME(vload)(recurrent_n)
                                            + FG_NAME(vload)(new_gate_bias)));
