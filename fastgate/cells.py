@@ -21,7 +21,6 @@ from typing import Any, Union
 
 import numpy as np
 
-from .backend import current_backend
 from .errors import ConfigError, ShapeError
 from .layers import GRU, LSTM, RecurrentLayer, SimpleRNN, _cell_weights, as_array
 from .layout import CellWeights
@@ -125,7 +124,7 @@ class _Cell:
         (LSTMCell ``(h, c)``). Feeding a chunk gives what calling the cell step after step
         gives. ``state`` (zeros if ``None``) is not modified.
         """
-        result = self._lean_step(x, state)
+        result = self.layer._compiled_step(x, state, flat_state=True)
         if result is not None:
             return result
         name = type(self).__name__
@@ -166,21 +165,13 @@ class _Cell:
             raise ShapeError(f"{name} {label}: expected shape {expected}, got {array.shape}")
         return np.array(array.reshape(1, batch, width), dtype=self.dtype, order="C")
 
-    def _lean_step(self, x: Any, state: State | None) -> tuple[np.ndarray, State] | None:
-        """:meth:`step` by the compiled layer's plan when ``x`` ``(B, input_size)`` and the
-        state arrays are exactly of the cell's dtype and shapes; else ``None``."""
-        plan = self.layer._plan
-        if plan is None or current_backend() != "compiled":
-            return None
-        return plan.step(x, state, 0, True)
-
     def _step(self, x: Any, state: State | None
               ) -> tuple[np.ndarray, np.ndarray | None, bool]:
-        result = self._lean_step(x, state)
+        result = self.layer._compiled_step(x, state, flat_state=True)
         if result is not None:
             _, state = result
-            return (state if self.layer.cell != "lstm" else state[0],
-                    None if self.layer.cell != "lstm" else state[1], False)
+            h, c = state if self.layer.cell == "lstm" else (state, None)
+            return h, c, False
         name = type(self).__name__
         x = as_array(x, self.dtype, f"{name} input")
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:

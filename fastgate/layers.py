@@ -445,11 +445,9 @@ class RecurrentLayer:
         Returns ``(y, state)``: ``y`` is ``(B, output_size)`` for one step, ``(B, T,
         output_size)`` for a chunk.
         """
-        if self._plan is not None and current_backend() == "compiled":
-            # One step of arrays already right (a streaming service's call): no conversion
-            result = self._plan.step(x, state)
-            if result is not None:
-                return result
+        result = self._compiled_step(x, state)
+        if result is not None:
+            return result
         if self.bidirectional:
             raise ConfigError(f"{type(self).__name__}: a bidirectional layer cannot stream: "
                               f"its reverse direction needs the whole sequence")
@@ -463,6 +461,17 @@ class RecurrentLayer:
         out, h_n, c_n = self.forward(chunk, h0, c0, batch_major=True)
         y = out[:, 0] if single else out
         return y, ((h_n, c_n) if self.cell == "lstm" else h_n)
+
+    def _compiled_step(self, x: Any, state: Any, flat_state: bool = False
+                       ) -> tuple[np.ndarray, State] | None:
+        """One step of arrays already right (a streaming service's call), by the kernel's
+        :meth:`~fastgate._kernels.recurrent.LayerPlan.step` without conversion: ``(y,
+        state)``; ``None`` under the python backend or when the arguments need converting
+        (the caller's general path then converts them or explains). ``flat_state``: states
+        of shape ``(B, width)`` (the cells') instead of ``(1, B, width)``."""
+        if self._plan is None or current_backend() != "compiled":
+            return None
+        return self._plan.step(x, state, 0, flat_state)
 
     @property
     def _activation_codes(self) -> tuple[int, int]:

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from .activations import activation_function, canonical_name
-from .backend import current_backend
 from .errors import ConfigError, DTypeError, InputError, ShapeError
 from .layers import _as_float_dtype, as_array
 from .serialization import save, serializable
@@ -541,12 +540,11 @@ class Recurrent:
         """:meth:`apply_step` for one unmasked step ``x`` ``(B, D)``, by the compiled layer's
         lean step: ``(y, new_state)``, ``y`` ``(B, units)``; ``None`` unless the arrays are
         exactly the layer's dtype and shapes (and no ``return_state``)."""
-        layer = self.layer
-        if (layer._plan is None or self.return_state or self.go_backwards
-                or current_backend() != "compiled"):
+        if self.return_state or self.go_backwards:
             return None
-        is_lstm = layer.cell == "lstm"
-        result = layer._plan.step(x, state[:-1] if is_lstm else state[0], 0, True)
+        is_lstm = self.layer.cell == "lstm"
+        result = self.layer._compiled_step(x, state[:-1] if is_lstm else state[0],
+                                           flat_state=True)
         if result is None:
             return None
         y, new = result
