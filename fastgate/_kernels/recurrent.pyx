@@ -254,6 +254,14 @@ cdef inline Py_ssize_t _packed_size(Py_ssize_t rows, Py_ssize_t gates, Py_ssize_
     return rows * gates * ((units + width - 1) // width) * width
 
 
+cdef inline bint _is_c_array(object array, int ndim, int typenum):
+    # an ndarray (not a subclass) of ndim dimensions and dtype typenum, C-contiguous
+    return (type(array) is cnp.ndarray
+            and cnp.PyArray_NDIM(<cnp.ndarray> array) == ndim
+            and cnp.PyArray_TYPE(<cnp.ndarray> array) == typenum
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> array))
+
+
 cdef class LayerPlan:
     """A stacked, optionally bidirectional recurrent layer as the kernels run it.
 
@@ -345,10 +353,7 @@ cdef class LayerPlan:
 
     cdef inline bint _is_input(self, object array, int ndim):
         # an ndarray of the plan's dtype, C-contiguous, ndim dimensions, input_size columns
-        return (type(array) is cnp.ndarray
-                and cnp.PyArray_NDIM(<cnp.ndarray> array) == ndim
-                and cnp.PyArray_TYPE(<cnp.ndarray> array) == self.typenum
-                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> array)
+        return (_is_c_array(array, ndim, self.typenum)
                 and cnp.PyArray_DIMS(<cnp.ndarray> array)[ndim - 1] == self.input_size)
 
     cdef inline bint _is_state(self, object array, Py_ssize_t batch, Py_ssize_t columns,
@@ -356,10 +361,7 @@ cdef class LayerPlan:
         # an ndarray of the plan's dtype, shape (entries, batch, columns) (flat: (batch,
         # columns)), C-contiguous
         cdef cnp.npy_intp *dims
-        cdef int ndim = 2 if flat else 3
-        if (type(array) is not cnp.ndarray or cnp.PyArray_NDIM(<cnp.ndarray> array) != ndim
-                or cnp.PyArray_TYPE(<cnp.ndarray> array) != self.typenum
-                or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> array)):
+        if not _is_c_array(array, 2 if flat else 3, self.typenum):
             return False
         dims = cnp.PyArray_DIMS(<cnp.ndarray> array)
         if flat:
@@ -445,9 +447,7 @@ cdef class LayerPlan:
         if self.cell == CELL_LSTM and not self._is_state(c_state, batch, self.hidden):
             raise ValueError("forward: c_state does not match the layer and batch")
         if mask is not None:
-            if (type(mask) is not cnp.ndarray or cnp.PyArray_NDIM(<cnp.ndarray> mask) != 2
-                    or cnp.PyArray_TYPE(<cnp.ndarray> mask) != cnp.NPY_UINT8
-                    or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> mask)
+            if (not _is_c_array(mask, 2, cnp.NPY_UINT8)
                     or cnp.PyArray_DIMS(<cnp.ndarray> mask)[0] != steps
                     or cnp.PyArray_DIMS(<cnp.ndarray> mask)[1] != batch):
                 raise ValueError("forward: mask must be a C-contiguous (steps, batch) uint8 "
