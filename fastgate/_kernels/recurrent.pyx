@@ -518,7 +518,7 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
     cdef floating *layer_buffers
     cdef floating *layer_input
     cdef floating *layer_output
-    cdef bint fused_input, blas_input, first_fused
+    cdef bint fused_input, blas_input, first_fused, projecting
     cdef fg_direction direction_args
 
     # Threads split the batch; each needs whole tiles of rows to be worth it.
@@ -544,17 +544,17 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
     fused_input = batch >= FUSED_INPUT_MIN_BATCH and not blas_input
     first_fused = fused_input or ((plan.input_size <= FUSED_INPUT_MAX_WIDTH
                                    or (steps == 1 and zero_state)) and not blas_input)
-    if first_fused and plan.num_layers == 1:
-        fused_input = True   # no layer needs the projection buffer
+    # whether some layer computes x W for all steps into the projection buffer
+    projecting = not fused_input and (plan.num_layers > 1 or not first_fused)
     workspace_size = (batch * (width + 2 * hidden)
-                      + (0 if fused_input else rows * gates_width)
+                      + (rows * gates_width if projecting else 0)
                       + (2 * rows * out_width if plan.num_layers > 1 else 0))
     # (the raw allocator: callable without the GIL, and tracemalloc sees it)
     workspace = <floating *> PyMem_RawMalloc(workspace_size * sizeof(floating))
     if workspace == NULL:
         return 1
     projection_buffer = workspace + batch * (width + 2 * hidden)
-    layer_buffers = projection_buffer + (0 if fused_input else rows * gates_width)
+    layer_buffers = projection_buffer + (rows * gates_width if projecting else 0)
 
     direction_args.cell = plan.cell
     direction_args.act = plan.act
