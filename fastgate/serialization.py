@@ -74,12 +74,20 @@ def to_bytes(obj: Any) -> bytes:
     document = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
                 "fastgate_version": __version__, "object": _encode(obj, arrays)}
     buffer = io.BytesIO()
+
+    def member(name: str) -> zipfile.ZipInfo:
+        # a fixed timestamp (the zip epoch): the same object always gives the same bytes
+        # (writestr(name) would stamp the clock, which ticks in 2-second steps mid-save)
+        info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+        info.external_attr = 0o600 << 16   # what writestr(name) gives
+        return info
+
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        archive.writestr("fastgate.json", json.dumps(document, indent=1))
+        archive.writestr(member("fastgate.json"), json.dumps(document, indent=1))
         for name, array in arrays.items():
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
-            archive.writestr(name, member.getvalue())
+            data = io.BytesIO()
+            np.lib.format.write_array(data, np.ascontiguousarray(array), allow_pickle=False)
+            archive.writestr(member(name), data.getvalue())
     return buffer.getvalue()
 
 
