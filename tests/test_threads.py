@@ -1,5 +1,5 @@
-"""fastgate.set_num_threads / get_num_threads: the kernels' count (from the environment by default)
-and SciPy's OpenBLAS thread count, both code paths (threadpoolctl and ctypes)."""
+"""fastgate.set_num_threads / get_num_threads: the kernels' count (by default from the
+environment) and SciPy's OpenBLAS thread count, both code paths (threadpoolctl and ctypes)."""
 
 import os
 import subprocess
