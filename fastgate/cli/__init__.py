@@ -24,7 +24,7 @@ import sys
 import zipfile
 from typing import Sequence
 
-from .. import __version__
+from .._version import __version__
 from ..errors import FastgateError
 from . import bench, convert, demo, inspect, predict
 from ._common import DATA_DIR

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConfigError
 from ._common import (DATA_DIR, debug_options, faster, format_time, median_seconds,
                       oracle_difference, table, use_threads)
