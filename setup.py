@@ -55,7 +55,8 @@ def extensions() -> list:
         if sys.platform.startswith("linux") and os.environ.get("FASTGATE_OPENMP", "1") != "0":
             compile_args.append("-fopenmp")
             link_args.append("-fopenmp")
-    headers = [str(KERNELS / name) for name in ("fused.h", "packed_step.h", "vecmath.h")]
+    headers = [str(KERNELS / name)
+               for name in ("constants.h", "fused.h", "packed_step.h", "variant.h", "vecmath.h")]
     modules = [
         Extension(f"fastgate._kernels.{name}", [f"fastgate/_kernels/{name}.pyx"],
                   extra_compile_args=compile_args, extra_link_args=link_args,

@@ -13,9 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "constants.h"
 #include "vecmath.h"
-
-enum { FG_CELL_LSTM = 0, FG_CELL_GRU = 1, FG_CELL_RNN = 2 };
 
 /* One layer direction. Row (t, b) of the input projection and of the output is
  * t * step_stride + b * batch_stride (time-major: B, 1; batch-major: 1, T). */
@@ -26,11 +25,10 @@ typedef struct {
     ptrdiff_t width;                /* P: proj_size, else H */
     const void *input;              /* (T*B, D): the layer input rows */
     ptrdiff_t input_width;          /* D */
-    void *projected_input;          /* (T*B, G*H) workspace for x W of every row, computed
-                                       first; or NULL: then the kernel computes x_t W next
-                                       to h U, step by step */
-    int input_projected;            /* projected_input already holds x W (BLAS, by the
-                                       caller): the kernel only reads it */
+    int input_mode;                 /* FG_INPUT_*: where x_t W comes from (constants.h) */
+    void *projected_input;          /* (T*B, G*H) x W of every row (FG_INPUT_PACKED: the
+                                       kernel's input pass writes it first; FG_INPUT_BLAS:
+                                       the caller did), unused in step */
     int zero_state;                 /* h starts at zero and U is finite: the first step
                                        skips h U (exactly 0) */
     const void *bias;               /* (G*H,): b_i + b_h, except the GRU reset-after n gate */
@@ -71,74 +69,34 @@ typedef struct {
 #endif
 
 /* ------------------------------------------------------------------- instantiations */
+/* The cell families of a pass's epilogue (packed_step.h): LSTM, GRU reset-after, GRU
+ * reset-before's r and z (then its candidate n in a pass of its own), SimpleRNN. */
+enum {
+    FG_FAMILY_LSTM = 0, FG_FAMILY_GRU = 1, FG_FAMILY_GRU_RESET = 2, FG_FAMILY_CANDIDATE = 3,
+    FG_FAMILY_RNN = 4
+};
+
+#define FG_ISA_SUFFIX base
 #define FG_TARGET
-#define FG_VBYTES 16
-#define FG_ACC 12
-#define FG_T float
-#define FG_ACTIVATE fg_activate_f
-#define FG_NAME(x) x##_f_base
-#include "packed_step.h"
-#undef FG_T
-#undef FG_ACTIVATE
-#undef FG_NAME
-#define FG_T double
-#define FG_ACTIVATE fg_activate_d
-#define FG_NAME(x) x##_d_base
-#include "packed_step.h"
-#undef FG_T
-#undef FG_ACTIVATE
-#undef FG_NAME
-#undef FG_TARGET
-#undef FG_VBYTES
-#undef FG_ACC
+#define FG_VBYTES FG_BASE_VBYTES
+#define FG_ACC FG_BASE_ACC
+#include "variant.h"
 
 #if FG_X86
+#define FG_ISA_SUFFIX avx2
 #define FG_TARGET __attribute__((target("avx2,fma")))
-#define FG_VBYTES 32
-#define FG_ACC 12
-#define FG_T float
-#define FG_ACTIVATE fg_activate_f
-#define FG_NAME(x) x##_f_avx2
-#include "packed_step.h"
-#undef FG_T
-#undef FG_ACTIVATE
-#undef FG_NAME
-#define FG_T double
-#define FG_ACTIVATE fg_activate_d
-#define FG_NAME(x) x##_d_avx2
-#include "packed_step.h"
-#undef FG_T
-#undef FG_ACTIVATE
-#undef FG_NAME
-#undef FG_TARGET
-#undef FG_VBYTES
-#undef FG_ACC
+#define FG_VBYTES FG_AVX2_VBYTES
+#define FG_ACC FG_AVX2_ACC
+#include "variant.h"
 
+#define FG_ISA_SUFFIX avx512
 #define FG_TARGET __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma,prefer-vector-width=512")))
-#define FG_VBYTES 64
-#define FG_ACC 24
-#define FG_T float
-#define FG_ACTIVATE fg_activate_f
-#define FG_NAME(x) x##_f_avx512
-#include "packed_step.h"
-#undef FG_T
-#undef FG_ACTIVATE
-#undef FG_NAME
-#define FG_T double
-#define FG_ACTIVATE fg_activate_d
-#define FG_NAME(x) x##_d_avx512
-#include "packed_step.h"
-#undef FG_T
-#undef FG_ACTIVATE
-#undef FG_NAME
-#undef FG_TARGET
-#undef FG_VBYTES
-#undef FG_ACC
+#define FG_VBYTES FG_AVX512_VBYTES
+#define FG_ACC FG_AVX512_ACC
+#include "variant.h"
 #endif
 
 /* ------------------------------------------------------------------------- dispatch */
-enum { FG_ISA_BASE = 0, FG_ISA_AVX2 = 1, FG_ISA_AVX512 = 2 };
-
 /* The best instruction set this CPU runs; FASTGATE_ISA=base|avx2|avx512 caps it (tests). */
 static int fg_detect_isa(void)
 {
@@ -171,27 +129,35 @@ static int fg_isa(void)
 /* Hidden units per packed block (the vector width in elements of the chosen ISA). */
 static ptrdiff_t fg_block_width(int is_double)
 {
-    const ptrdiff_t bytes = fg_isa() == FG_ISA_AVX512 ? 64 : (fg_isa() == FG_ISA_AVX2 ? 32 : 16);
+    const ptrdiff_t bytes = fg_isa() == FG_ISA_AVX512 ? FG_AVX512_VBYTES
+                            : (fg_isa() == FG_ISA_AVX2 ? FG_AVX2_VBYTES : FG_BASE_VBYTES);
     return bytes / (is_double ? 8 : 4);
 }
 
-static void fg_run_direction_f(const fg_direction *d, ptrdiff_t row_begin, ptrdiff_t row_end)
-{
+/* fg_run_direction_f / _d: run_direction of the dtype, for the chosen ISA. */
 #if FG_X86
-    if (fg_isa() == FG_ISA_AVX512) { run_direction_f_avx512(d, row_begin, row_end); return; }
-    if (fg_isa() == FG_ISA_AVX2) { run_direction_f_avx2(d, row_begin, row_end); return; }
-#endif
-    run_direction_f_base(d, row_begin, row_end);
+#define FG_DEFINE_DISPATCH(T)                                                              \
+static void fg_run_direction_##T(const fg_direction *d, ptrdiff_t row_begin,               \
+                                 ptrdiff_t row_end)                                        \
+{                                                                                          \
+    if (fg_isa() == FG_ISA_AVX512)                                                         \
+        run_direction_##T##_avx512(d, row_begin, row_end);                                 \
+    else if (fg_isa() == FG_ISA_AVX2)                                                      \
+        run_direction_##T##_avx2(d, row_begin, row_end);                                   \
+    else                                                                                   \
+        run_direction_##T##_base(d, row_begin, row_end);                                   \
 }
-
-static void fg_run_direction_d(const fg_direction *d, ptrdiff_t row_begin, ptrdiff_t row_end)
-{
-#if FG_X86
-    if (fg_isa() == FG_ISA_AVX512) { run_direction_d_avx512(d, row_begin, row_end); return; }
-    if (fg_isa() == FG_ISA_AVX2) { run_direction_d_avx2(d, row_begin, row_end); return; }
-#endif
-    run_direction_d_base(d, row_begin, row_end);
+#else
+#define FG_DEFINE_DISPATCH(T)                                                              \
+static void fg_run_direction_##T(const fg_direction *d, ptrdiff_t row_begin,               \
+                                 ptrdiff_t row_end)                                        \
+{                                                                                          \
+    run_direction_##T##_base(d, row_begin, row_end);                                       \
 }
+#endif
+FG_DEFINE_DISPATCH(f)
+FG_DEFINE_DISPATCH(d)
+#undef FG_DEFINE_DISPATCH
 
 /* One direction on `threads` threads that split its hidden blocks, for a batch too small to
  * split: a batch-1 step streams all of U from L2, two cores stream half each. Each step reads
@@ -223,8 +189,9 @@ FG_DEFINE_SPLIT(d, 1)
 /* Rows per tile of the chosen ISA for G gates: threads split the batch in multiples of it. */
 static ptrdiff_t fg_tile_rows(int gates)
 {
-    const int acc = fg_isa() == FG_ISA_AVX512 ? 24 : 12;
-    return acc / gates < 12 ? acc / gates : 12;
+    const int acc = fg_isa() == FG_ISA_AVX512 ? FG_AVX512_ACC
+                    : (fg_isa() == FG_ISA_AVX2 ? FG_AVX2_ACC : FG_BASE_ACC);
+    return acc / gates < FG_MAX_TILE_ROWS ? acc / gates : FG_MAX_TILE_ROWS;
 }
 
 #endif /* FASTGATE_FUSED_H */

@@ -1,32 +1,42 @@
-/* One direction of a recurrent layer, for one instruction set and one dtype.
+/* One direction of a recurrent layer, for one instruction set and one dtype: a template.
  *
- * A template: fused.h includes this file once per (ISA, dtype) after defining
+ * fused.h instantiates this file once per (ISA, dtype) (through variant.h) after defining
  *   FG_T        float or double
  *   FG_NAME(x)  the name of x in this instantiation (e.g. x##_f_avx512)
  *   FG_VBYTES   the vector width in bytes (64 AVX-512, 32 AVX2, 16 SSE2 / NEON)
- *   FG_ACC      how many vector accumulators a tile keeps in registers (24 with 32
- *               vector registers, 12 with 16)
+ *   FG_ACC      how many vector accumulators a tile keeps in registers (constants.h)
  *   FG_TARGET   the function attribute selecting the ISA (empty for the baseline)
  *   FG_ACTIVATE fg_activate_f or fg_activate_d (vecmath.h)
  *
- * The recurrent product h @ U is computed by a small register-blocked kernel over U packed
- * once, when the layer is built (RecurrentLayer._prepare_kernel_weights): hidden units in
- * blocks of W = FG_VBYTES / sizeof(FG_T), and for each block, row k holds the W columns of
- * every gate, [k][gate][w]. The input kernel W is packed the same way, and all W blocks come
- * first, then all U blocks (recurrent.prepare), 64-byte aligned: at batch 1 a step streams
- * U from L2, and one contiguous run of aligned rows streams ~20% faster (H = 128, AVX-512)
- * than U blocks with W blocks between them, whose gaps restart the L1 prefetcher. A tile of
- * MR batch rows x (G gates x W units) is accumulated in
- * registers over k and handed straight to the cell's equations (the "epilogue"): the gate
- * pre-activations of a step never go to memory. The input projection x @ W of all steps
- * was computed before, by one BLAS GEMM.
+ * A call is a sequence of passes, each a small function below (the passes a plan names,
+ * fastgate.plans):
+ *   input_pass       x W of every step first (input mode FG_INPUT_PACKED), unless x_t W is
+ *                    computed inside the step (FG_INPUT_IN_STEP) or by BLAS (FG_INPUT_BLAS,
+ *                    by the caller);
+ *   then per step:
+ *   gates_pass       the recurrent product (h U, and x_t W in step) tile by tile, each tile
+ *                    handed straight to its cells' epilogue (one per cell family, below);
+ *   candidate_pass   a GRU with the reset gate before U_n: n from (r * h) U_n;
+ *   projection_pass  a projected LSTM: h' = (o * act(c')) W_hr;
+ *   mask_pass        masked rows keep their state; every row's output;
+ *   and final_state_pass once at the end.
+ *
+ * The recurrent product is a small register-blocked kernel over U packed once, when the
+ * layer is built (recurrent.prepare): hidden units in blocks of W = FG_VBYTES / sizeof(FG_T),
+ * and for each block, row k holds the W columns of every gate, [k][gate][w]. The input
+ * kernel W is packed the same way, and all W blocks come first, then all U blocks, 64-byte
+ * aligned: at batch 1 a step streams U from L2, and one contiguous run of aligned rows
+ * streams ~20% faster (H = 128, AVX-512) than U blocks with W blocks between them, whose
+ * gaps restart the L1 prefetcher. A tile of MR batch rows x (G gates x W units) is
+ * accumulated in registers over k and handed to the cells: the gate pre-activations of a
+ * step never go to memory.
  */
 
 typedef FG_T FG_NAME(vec) __attribute__((vector_size(FG_VBYTES), aligned(sizeof(FG_T))));
 
 #define FG_W ((ptrdiff_t)(FG_VBYTES / sizeof(FG_T)))
-/* Tile height for G gates: as many rows as the accumulator registers allow (at most 12). */
-#define FG_MR(G) (FG_ACC / (G) < 12 ? FG_ACC / (G) : 12)
+/* Tile height for G gates: as many rows as the accumulator registers allow. */
+#define FG_MR(G) (FG_ACC / (G) < FG_MAX_TILE_ROWS ? FG_ACC / (G) : FG_MAX_TILE_ROWS)
 
 /* acc[r A + g'] += sum_k a[r lda + k] * panel[(k G + g) W + :], r < MR, g < G, k < K,
  * with A accumulators per row and g' = g, except that with `last_apart` the last gate goes to
@@ -82,17 +92,17 @@ FG_ALWAYS_INLINE void FG_NAME(tile_product)(const int G, const int MR, const int
 {
     typedef FG_NAME(vec) V;
     const int A = G + last_apart;
-    V acc[24], acc2[24];
+    V acc[FG_MAX_ACC], acc2[FG_MAX_ACC];
     const V zero = {0};
     int i;
-#pragma GCC unroll 24
+#pragma GCC unroll 24   /* FG_MAX_ACC (a pragma takes a literal) */
     for (i = 0; i < A * MR; i++) {
         acc[i] = zero;
         acc2[i] = zero;
     }
     FG_NAME(accumulate)(G, A, MR, 0, a1, lda1, panel1, K1, acc, acc2);
     FG_NAME(accumulate)(G, A, MR, last_apart, a2, lda2, panel2, K2, acc, acc2);
-#pragma GCC unroll 24
+#pragma GCC unroll 24   /* FG_MAX_ACC (a pragma takes a literal) */
     for (i = 0; i < A * MR; i++) {
         if (A * MR < 8)
             acc[i] += acc2[i];
@@ -135,31 +145,10 @@ FG_DEFINE_TILE(4, 0, tile_g4)
 typedef void (*FG_NAME(tile_fn))(ptrdiff_t, const FG_T *restrict, ptrdiff_t, ptrdiff_t,
                                  const FG_T *restrict, const FG_T *restrict, ptrdiff_t,
                                  ptrdiff_t, const FG_T *restrict, FG_T *restrict);
-
-/* ----------------------------------------------------------------------------- epilogues */
-/* Each takes one batch row's tile (per gate, W sums of x W + h U, or of h U only when the
- * input projection was computed beforehand: then `input` points at the row's x W, gates H
- * apart; else it is NULL), for the hidden units [j0, j0 + wn). */
-
-/* pre[w] = tile[w] (+ input[w]) + bias[w] */
-FG_ALWAYS_INLINE void FG_NAME(pre_activation)(FG_T *restrict pre, const FG_T *restrict tile,
-                                              const FG_T *restrict input,
-                                              const FG_T *restrict bias, ptrdiff_t wn)
-{
-    ptrdiff_t w;
-    if (input != NULL)
-        for (w = 0; w < wn; w++)
-            pre[w] = tile[w] + input[w] + bias[w];
-    else
-        for (w = 0; w < wn; w++)
-            pre[w] = tile[w] + bias[w];
-}
-
-/* ------------------------------------------------- whole-vector float sigmoid and tanh */
-/* The cells of a whole block of units with the default activations, on vectors held in
- * registers: float by a rational function (below; an absolute error < 4e-7 on sigmoid and
- * tanh, fastgate's float contract is 1e-5), double exactly as vecmath.h's fg_sigmoid and
- * fg_tanh. */
+/* ------------------------------------------------------- sigmoid and tanh on vectors */
+/* Sigmoid and tanh on vectors held in registers: float by a rational function (below; an
+ * absolute error < 4e-7 on sigmoid and tanh, fastgate's float contract is 1e-5), double
+ * exactly as vecmath.h's fg_sigmoid and fg_tanh. */
 typedef __typeof__((FG_NAME(vec)){0} < (FG_NAME(vec)){0}) FG_NAME(ivec);
 
 FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vload)(const FG_T *p)
@@ -167,16 +156,6 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vload)(const FG_T *p)
     FG_NAME(vec) v;
     memcpy(&v, p, sizeof v);
     return v;
-}
-
-/* pre_activation of a whole block on a vector: tile + bias (+ input) */
-FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vpre_activation)(const FG_T *tile,
-                                                                 const FG_T *input,
-                                                                 const FG_T *bias)
-{
-    if (input != NULL)
-        return FG_NAME(vload)(tile) + FG_NAME(vload)(bias) + FG_NAME(vload)(input);
-    return FG_NAME(vload)(tile) + FG_NAME(vload)(bias);
 }
 
 FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vclamp)(FG_NAME(vec) x, FG_T lo, FG_T hi)
@@ -187,10 +166,14 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vclamp)(FG_NAME(vec) x, FG_T lo,
     if (sizeof(FG_T) == 4)   /* NaN stays NaN: max/min return their second operand */
         return (FG_NAME(vec))_mm512_min_ps(_mm512_set1_ps(hi),
                                            _mm512_max_ps(_mm512_set1_ps(lo), (__m512)x));
+    return (FG_NAME(vec))_mm512_min_pd(_mm512_set1_pd(hi),
+                                       _mm512_max_pd(_mm512_set1_pd(lo), (__m512d)x));
 #elif FG_X86 && FG_VBYTES == 32
     if (sizeof(FG_T) == 4)
         return (FG_NAME(vec))_mm256_min_ps(_mm256_set1_ps(hi),
                                            _mm256_max_ps(_mm256_set1_ps(lo), (__m256)x));
+    return (FG_NAME(vec))_mm256_min_pd(_mm256_set1_pd(hi),
+                                       _mm256_max_pd(_mm256_set1_pd(lo), (__m256d)x));
 #endif
     below = x < lo;
     above = x > hi;
@@ -281,245 +264,208 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vsigmoidf)(FG_NAME(vec) x)
     return 0.5f + x * p / q;
 }
 
-/* lstm_epilogue for wn = W float units, sigmoid gates and tanh */
-FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_block_f)(const FG_T *restrict tile,
-                                            const FG_T *restrict input,
-                                            const FG_T *restrict bias, ptrdiff_t hidden,
-                                            FG_T *restrict c, FG_T *restrict h)
+/* ------------------------------------------------------------------------ cell epilogues */
+/* Every cell family's equations are written once, below, on vectors of W units, for R = 1
+ * or 2 batch rows at once (the rows' long dependency chains, exp / division / exp, are
+ * independent: side by side they keep both FMA pipes busy). `full` (a constant) says the
+ * block has W units; otherwise only the first wn lanes are read and written. The callers
+ * (cells_tile) instantiate each with the default activations as constants (tanh,
+ * sigmoid: vtanhf / vsigmoidf inline) and once with run-time codes. */
+
+/* lanes [0, wn) of p, the others 0 (full: all W lanes) */
+FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vload_n)(const FG_T *p, ptrdiff_t wn,
+                                                         const int full)
 {
-    typedef FG_NAME(vec) V;
-    V pre[4], cell;
-    int gate;
-    for (gate = 0; gate < 4; gate++)
-        pre[gate] = FG_NAME(vpre_activation)(tile + gate * FG_W,
-                                             input != NULL ? input + gate * hidden : NULL,
-                                             bias + gate * hidden);
-    cell = FG_NAME(vsigmoidf)(pre[1]) * FG_NAME(vload)(c)
-           + FG_NAME(vsigmoidf)(pre[0]) * FG_NAME(vtanhf)(pre[2]);
-    memcpy(c, &cell, sizeof cell);
-    cell = FG_NAME(vsigmoidf)(pre[3]) * FG_NAME(vtanhf)(cell);
-    memcpy(h, &cell, sizeof cell);
+    FG_NAME(vec) v = {0};
+    if (full)
+        return FG_NAME(vload)(p);
+    memcpy(&v, p, wn * sizeof(FG_T));
+    return v;
 }
 
-/* lstm_block_f for R rows at once (R = 1 or 2, a constant): rows of the tile `tile_stride`
- * apart, of the input projection (or NULL) `input_stride`, of c and h `c_stride` and
- * `h_stride` apart. The
- * rows' long dependency chains (exp, reciprocal, exp) are independent: computing them side
- * by side keeps both FMA pipes busy. */
-FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_rows_f)(const int R, const FG_T *restrict tile,
-                                                     ptrdiff_t tile_stride,
-                                                     const FG_T *restrict input,
-                                                     ptrdiff_t input_stride,
-                                                     const FG_T *restrict bias,
-                                                     ptrdiff_t hidden, FG_T *restrict c,
-                                                     ptrdiff_t c_stride, FG_T *restrict h,
-                                                     ptrdiff_t h_stride)
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(vstore_n)(FG_T *p, FG_NAME(vec) v, ptrdiff_t wn,
+                                                  const int full)
 {
-    typedef FG_NAME(vec) V;
-    V pre[2][4], cell[2];
-    int gate, r;
-    for (r = 0; r < R; r++)
-        for (gate = 0; gate < 4; gate++)
-            pre[r][gate] = FG_NAME(vpre_activation)(
-                tile + r * tile_stride + gate * FG_W,
-                input != NULL ? input + r * input_stride + gate * hidden : NULL,
-                bias + gate * hidden);
-    for (r = 0; r < R; r++)
-        cell[r] = FG_NAME(vsigmoidf)(pre[r][1]) * FG_NAME(vload)(c + r * c_stride)
-                  + FG_NAME(vsigmoidf)(pre[r][0]) * FG_NAME(vtanhf)(pre[r][2]);
-    for (r = 0; r < R; r++)
-        memcpy(c + r * c_stride, &cell[r], sizeof(V));
-    for (r = 0; r < R; r++)
-        cell[r] = FG_NAME(vsigmoidf)(pre[r][3]) * FG_NAME(vtanhf)(cell[r]);
-    for (r = 0; r < R; r++)
-        memcpy(h + r * h_stride, &cell[r], sizeof(V));
+    memcpy(p, &v, (full ? FG_W : wn) * sizeof(FG_T));
 }
 
-/* The LSTM cells of `rows` rows of a tile (see lstm_rows_f). */
-static FG_TARGET void FG_NAME(lstm_tile_f)(ptrdiff_t rows, const FG_T *restrict tile,
-                                           ptrdiff_t tile_stride, const FG_T *restrict input,
-                                           ptrdiff_t input_stride, const FG_T *restrict bias,
-                                           ptrdiff_t hidden, FG_T *restrict c,
-                                           ptrdiff_t c_stride, FG_T *restrict h,
-                                           ptrdiff_t h_stride)
+/* act(x): sigmoid and tanh on the vector, the other activations by vecmath.h's loops */
+FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vactivate)(int code, FG_NAME(vec) x)
 {
-    ptrdiff_t r;
-    for (r = 0; r + 1 < rows; r += 2)
-        FG_NAME(lstm_rows_f)(2, tile + r * tile_stride, tile_stride,
-                             input != NULL ? input + r * input_stride : NULL, input_stride,
-                             bias, hidden, c + r * c_stride, c_stride, h + r * h_stride,
-                             h_stride);
-    if (r < rows)
-        FG_NAME(lstm_rows_f)(1, tile + r * tile_stride, tile_stride,
-                             input != NULL ? input + r * input_stride : NULL, input_stride,
-                             bias, hidden, c + r * c_stride, c_stride, h + r * h_stride,
-                             h_stride);
+    FG_T lanes[FG_W];
+    if (code == FG_SIGMOID)
+        return FG_NAME(vsigmoidf)(x);
+    if (code == FG_TANH)
+        return FG_NAME(vtanhf)(x);
+    memcpy(lanes, &x, sizeof x);
+    FG_ACTIVATE(code, lanes, FG_W);
+    memcpy(&x, lanes, sizeof x);
+    return x;
+}
+
+/* The operands of up to two batch rows of a tile, for the hidden units [j0, j0 + wn). */
+typedef struct {
+    const FG_T *tile[2];         /* the row's sums: gate g at tile + g W */
+    const FG_T *input[2];        /* the row's x W at j0, gates H apart; NULL: in the tile */
+    const FG_T *h_previous[2];   /* h at j0 */
+    FG_T *c[2];                  /* LSTM: c at j0, updated in place */
+    FG_T *h[2];                  /* where the cells write h' (o * act(c') if projected) */
+    FG_T *reset_h[2];            /* GRU reset-before, first half: r * h */
+    FG_T *z[2];                  /* GRU reset-before: z */
+} FG_NAME(cell_rows);
+
+/* The constants of one block of units: biases at j0, gates H apart. */
+typedef struct {
+    const FG_T *bias;            /* b_i + b_h (a reset-after GRU's n gate: b_in) */
+    const FG_T *new_gate_bias;   /* b_hn of a reset-after GRU */
+    ptrdiff_t hidden, wn;
+} FG_NAME(cell_block);
+
+/* x W + b + h U of gate g of row r: the tile's sum, the bias, and the input if apart */
+FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(pre_activation)(
+    const FG_NAME(cell_rows) *rows, const FG_NAME(cell_block) *block, int r, int g,
+    const int full)
+{
+    const FG_T *input = rows->input[r];
+    const FG_NAME(vec) sum = FG_NAME(vload)(rows->tile[r] + g * FG_W)
+                             + FG_NAME(vload_n)(block->bias + g * block->hidden, block->wn,
+                                                full);
+    if (input != NULL)
+        return sum + FG_NAME(vload_n)(input + g * block->hidden, block->wn, full);
+    return sum;
 }
 
 /* LSTM:  i, f, g, o = rec_act(.), rec_act(.), act(.), rec_act(.)  of  x W + b + h U
  *        c' = f * c + i * g;   h' = o * act(c')      (h' before the projection) */
-static FG_TARGET void FG_NAME(lstm_epilogue)(const FG_T *restrict tile,
-                                             const FG_T *restrict input,
-                                             const FG_T *restrict bias, ptrdiff_t hidden,
-                                             ptrdiff_t wn, int act, int rec_act,
-                                             FG_T *restrict c, FG_T *restrict h)
-{
-    FG_T gates[4 * FG_W], cell[FG_W];
-    ptrdiff_t gate, w;
-    if (sizeof(FG_T) == 4 && wn == FG_W && act == FG_TANH && rec_act == FG_SIGMOID) {
-        FG_NAME(lstm_block_f)(tile, input, bias, hidden, c, h);
-        return;
-    }
-    for (gate = 0; gate < 4; gate++)
-        FG_NAME(pre_activation)(gates + gate * FG_W, tile + gate * FG_W,
-                                input != NULL ? input + gate * hidden : NULL,
-                                bias + gate * hidden, wn);
-    if (wn == FG_W) {
-        FG_ACTIVATE(rec_act, gates, 2 * FG_W);
-    } else {
-        FG_ACTIVATE(rec_act, gates, wn);
-        FG_ACTIVATE(rec_act, gates + FG_W, wn);
-    }
-    FG_ACTIVATE(act, gates + 2 * FG_W, wn);
-    FG_ACTIVATE(rec_act, gates + 3 * FG_W, wn);
-    for (w = 0; w < wn; w++) {
-        cell[w] = gates[FG_W + w] * c[w] + gates[w] * gates[2 * FG_W + w];
-        c[w] = cell[w];
-    }
-    FG_ACTIVATE(act, cell, wn);
-    for (w = 0; w < wn; w++)
-        h[w] = gates[3 * FG_W + w] * cell[w];
-}
-
-/* gru_epilogue for wn = W units, sigmoid gates and tanh */
-FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_block)(const FG_T *restrict tile,
-                                                   const FG_T *restrict input,
-                                                   const FG_T *restrict input_n,
-                                                   const FG_T *restrict recurrent_n,
-                                                   const FG_T *restrict bias,
-                                                   const FG_T *restrict new_gate_bias,
-                                                   ptrdiff_t hidden,
-                                                   const FG_T *restrict h_previous,
-                                                   FG_T *restrict h)
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_cells)(const int R, const int full, int act,
+                                                    int rec_act,
+                                                    const FG_NAME(cell_rows) *rows,
+                                                    const FG_NAME(cell_block) *block)
 {
     typedef FG_NAME(vec) V;
-    V reset, update, candidate;
-    reset = FG_NAME(vsigmoidf)(FG_NAME(vpre_activation)(tile, input, bias));
-    update = FG_NAME(vsigmoidf)(FG_NAME(vpre_activation)(
-        tile + FG_W, input != NULL ? input + hidden : NULL, bias + hidden));
-    candidate = FG_NAME(vtanhf)(FG_NAME(vload)(input_n) + FG_NAME(vload)(bias + 2 * hidden)
-                                + reset * (FG_NAME(vload)(recurrent_n)
-                                           + FG_NAME(vload)(new_gate_bias)));
-    candidate = update * FG_NAME(vload)(h_previous) + (1 - update) * candidate;
-    memcpy(h, &candidate, sizeof(V));
+    const ptrdiff_t wn = block->wn;
+    V pre[2][4], cell[2];
+    int gate, r;
+    for (r = 0; r < R; r++)
+        for (gate = 0; gate < 4; gate++)
+            pre[r][gate] = FG_NAME(pre_activation)(rows, block, r, gate, full);
+    for (r = 0; r < R; r++)
+        cell[r] = FG_NAME(vactivate)(rec_act, pre[r][1]) * FG_NAME(vload_n)(rows->c[r], wn, full)
+                  + FG_NAME(vactivate)(rec_act, pre[r][0]) * FG_NAME(vactivate)(act, pre[r][2]);
+    for (r = 0; r < R; r++)
+        FG_NAME(vstore_n)(rows->c[r], cell[r], wn, full);
+    for (r = 0; r < R; r++)
+        cell[r] = FG_NAME(vactivate)(rec_act, pre[r][3]) * FG_NAME(vactivate)(act, cell[r]);
+    for (r = 0; r < R; r++)
+        FG_NAME(vstore_n)(rows->h[r], cell[r], wn, full);
 }
 
 /* GRU, reset after:  r = rec_act(x W_r + b_r + h U_r),  z = rec_act(x W_z + b_z + h U_z)
  *                    n = act(x W_n + b_in + r * (h U_n + b_hn));   h' = z * h + (1 - z) * n
- * x W_n is at `input_n`, h U_n at `recurrent_n`. */
-static FG_TARGET void FG_NAME(gru_epilogue)(const FG_T *restrict tile,
-                                            const FG_T *restrict input,
-                                            const FG_T *restrict input_n,
-                                            const FG_T *restrict recurrent_n,
-                                            const FG_T *restrict bias,
-                                            const FG_T *restrict new_gate_bias,
-                                            ptrdiff_t hidden, ptrdiff_t wn, int act,
-                                            int rec_act, const FG_T *restrict h_previous,
-                                            FG_T *restrict h)
+ * x W_n is the input's third gate, or (in step) the tile's; h U_n is the tile's next one. */
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_cells)(const int R, const int full, int act,
+                                                   int rec_act,
+                                                   const FG_NAME(cell_rows) *rows,
+                                                   const FG_NAME(cell_block) *block)
 {
-    FG_T gates[3 * FG_W];
-    ptrdiff_t gate, w;
-    if (wn == FG_W && act == FG_TANH && rec_act == FG_SIGMOID) {
-        FG_NAME(gru_block)(tile, input, input_n, recurrent_n, bias, new_gate_bias, hidden,
-                           h_previous, h);
-        return;
-    }
-    for (gate = 0; gate < 2; gate++)
-        FG_NAME(pre_activation)(gates + gate * FG_W, tile + gate * FG_W,
-                                input != NULL ? input + gate * hidden : NULL,
-                                bias + gate * hidden, wn);
-    if (wn == FG_W) {
-        FG_ACTIVATE(rec_act, gates, 2 * FG_W);
-    } else {
-        FG_ACTIVATE(rec_act, gates, wn);
-        FG_ACTIVATE(rec_act, gates + FG_W, wn);
-    }
-    for (w = 0; w < wn; w++)
-        gates[2 * FG_W + w] = input_n[w] + bias[2 * hidden + w]
-                              + gates[w] * (recurrent_n[w] + new_gate_bias[w]);
-    FG_ACTIVATE(act, gates + 2 * FG_W, wn);
-    for (w = 0; w < wn; w++) {
-        const FG_T z = gates[FG_W + w];
-        h[w] = z * h_previous[w] + (1 - z) * gates[2 * FG_W + w];
+    typedef FG_NAME(vec) V;
+    const ptrdiff_t wn = block->wn, H = block->hidden;
+    V reset, update, candidate, input_n, recurrent_n;
+    int r;
+    for (r = 0; r < R; r++) {
+        const FG_T *input = rows->input[r];
+        reset = FG_NAME(vactivate)(rec_act, FG_NAME(pre_activation)(rows, block, r, 0, full));
+        update = FG_NAME(vactivate)(rec_act, FG_NAME(pre_activation)(rows, block, r, 1, full));
+        input_n = input != NULL ? FG_NAME(vload_n)(input + 2 * H, wn, full)
+                                : FG_NAME(vload)(rows->tile[r] + 2 * FG_W);
+        recurrent_n = FG_NAME(vload)(rows->tile[r] + (input != NULL ? 2 : 3) * FG_W);
+        candidate = FG_NAME(vactivate)(
+            act, input_n + FG_NAME(vload_n)(block->bias + 2 * H, wn, full)
+                 + reset * (recurrent_n + FG_NAME(vload_n)(block->new_gate_bias, wn, full)));
+        candidate = update * FG_NAME(vload_n)(rows->h_previous[r], wn, full)
+                    + (1 - update) * candidate;
+        FG_NAME(vstore_n)(rows->h[r], candidate, wn, full);
     }
 }
 
-/* GRU, reset before, first half:  r, z as above;  keeps r * h and z for the second half. */
-static FG_TARGET void FG_NAME(gru_reset_epilogue)(const FG_T *restrict tile,
-                                                  const FG_T *restrict input,
-                                                  const FG_T *restrict bias, ptrdiff_t hidden,
-                                                  ptrdiff_t wn, int rec_act,
-                                                  const FG_T *restrict h_previous,
-                                                  FG_T *restrict reset_h, FG_T *restrict z)
+/* GRU, reset before, first half:  r, z as above;  keeps r * h and z for the candidate. */
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_reset_cells)(const int R, const int full,
+                                                         int act, int rec_act,
+                                                         const FG_NAME(cell_rows) *rows,
+                                                         const FG_NAME(cell_block) *block)
 {
-    FG_T gates[2 * FG_W];
-    ptrdiff_t gate, w;
-    if (wn == FG_W && rec_act == FG_SIGMOID) {   /* on vectors, as gru_block */
-        FG_NAME(vec) reset, update;
-        reset = FG_NAME(vsigmoidf)(FG_NAME(vpre_activation)(tile, input, bias));
-        update = FG_NAME(vsigmoidf)(FG_NAME(vpre_activation)(
-            tile + FG_W, input != NULL ? input + hidden : NULL, bias + hidden));
-        reset *= FG_NAME(vload)(h_previous);
-        memcpy(reset_h, &reset, sizeof reset);
-        memcpy(z, &update, sizeof update);
-        return;
-    }
-    for (gate = 0; gate < 2; gate++)
-        FG_NAME(pre_activation)(gates + gate * FG_W, tile + gate * FG_W,
-                                input != NULL ? input + gate * hidden : NULL,
-                                bias + gate * hidden, wn);
-    FG_ACTIVATE(rec_act, gates, wn);
-    FG_ACTIVATE(rec_act, gates + FG_W, wn);
-    for (w = 0; w < wn; w++) {
-        reset_h[w] = gates[w] * h_previous[w];
-        z[w] = gates[FG_W + w];
+    FG_NAME(vec) reset, update;
+    int r;
+    (void)act;
+    for (r = 0; r < R; r++) {
+        reset = FG_NAME(vactivate)(rec_act, FG_NAME(pre_activation)(rows, block, r, 0, full));
+        update = FG_NAME(vactivate)(rec_act, FG_NAME(pre_activation)(rows, block, r, 1, full));
+        reset *= FG_NAME(vload_n)(rows->h_previous[r], block->wn, full);
+        FG_NAME(vstore_n)(rows->reset_h[r], reset, block->wn, full);
+        FG_NAME(vstore_n)(rows->z[r], update, block->wn, full);
     }
 }
 
 /* GRU, reset before, second half:  n = act(x W_n + b_n + (r * h) U_n);  h' = z h + (1 - z) n.
- * SimpleRNN, with z = NULL:        h' = act(x W + b + h U). */
-static FG_TARGET void FG_NAME(single_gate_epilogue)(const FG_T *restrict tile,
-                                                    const FG_T *restrict input,
-                                                    const FG_T *restrict bias, ptrdiff_t wn,
-                                                    int act, const FG_T *restrict z,
-                                                    const FG_T *restrict h_previous,
-                                                    FG_T *restrict h)
+ * SimpleRNN (rows->z[r] == NULL):  h' = act(x W + b + h U). */
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(single_gate_cells)(const int R, const int full,
+                                                           int act, int rec_act,
+                                                           const FG_NAME(cell_rows) *rows,
+                                                           const FG_NAME(cell_block) *block)
 {
-    FG_T gate[FG_W];
-    ptrdiff_t w;
-    if (wn == FG_W && act == FG_TANH) {   /* on vectors, as gru_block */
-        FG_NAME(vec) state = FG_NAME(vtanhf)(FG_NAME(vpre_activation)(tile, input, bias));
-        if (z != NULL)
-            state = FG_NAME(vload)(z) * FG_NAME(vload)(h_previous)
-                    + (1 - FG_NAME(vload)(z)) * state;
-        memcpy(h, &state, sizeof state);
-        return;
-    }
-    FG_NAME(pre_activation)(gate, tile, input, bias, wn);
-    FG_ACTIVATE(act, gate, wn);
-    if (z == NULL) {
-        for (w = 0; w < wn; w++)
-            h[w] = gate[w];
-    } else {
-        for (w = 0; w < wn; w++)
-            h[w] = z[w] * h_previous[w] + (1 - z[w]) * gate[w];
+    FG_NAME(vec) state, z;
+    int r;
+    (void)rec_act;
+    for (r = 0; r < R; r++) {
+        state = FG_NAME(vactivate)(act, FG_NAME(pre_activation)(rows, block, r, 0, full));
+        if (rows->z[r] != NULL) {
+            z = FG_NAME(vload_n)(rows->z[r], block->wn, full);
+            state = z * FG_NAME(vload_n)(rows->h_previous[r], block->wn, full)
+                    + (1 - z) * state;
+        }
+        FG_NAME(vstore_n)(rows->h[r], state, block->wn, full);
     }
 }
 
-/* ------------------------------------------------------------------------------ the loop */
-/* projected[row, gate H + j] = (x W)[row, gate H + j] for every row of the layer input (all
- * steps at once), from the packed W blocks [block_begin, block_end) (`gates` gates, block
- * stride `panel_size`), into columns starting at `column`. */
+/* -------------------------------------------------------------------------------- passes */
+/* What every pass of one call reads: the direction and its derived constants. */
+typedef struct FG_NAME(pass_context) FG_NAME(pass_context);
+typedef struct FG_NAME(step_state) FG_NAME(step_state);
+/* A tile's epilogue: (context, step, tile, row stride, first row, rows, block index, block) */
+typedef void (*FG_NAME(cells_fn))(const FG_NAME(pass_context) *, const FG_NAME(step_state) *,
+                                  const FG_T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                  const FG_NAME(cell_block) *);
+struct FG_NAME(pass_context) {
+    const fg_direction *d;
+    ptrdiff_t H, P, D, G, GH, A;      /* G gates in the tile, A accumulators per row */
+    ptrdiff_t blocks, block_begin, block_end, row_begin, row_end;
+    ptrdiff_t panel_size, panel_u_size, panel_new_size, panel_u_new_size;
+    ptrdiff_t K1;                     /* x columns the tile reads (0 unless in step) */
+    ptrdiff_t x_stride;               /* between batch rows of x_t */
+    ptrdiff_t mr;                     /* tile rows */
+    int precomputed;                  /* x W of every step is in d->projected_input */
+    int family;                       /* FG_FAMILY_* of the gates pass */
+    FG_NAME(tile_fn) tile_gates;
+    /* the epilogues of the gates pass (and of a GRU candidate pass), for whole blocks and
+     * for the last, partial one (choose_cells) */
+    FG_NAME(cells_fn) cells_full, cells_partial, candidate_full, candidate_partial;
+};
+
+/* Where one step reads and writes. */
+struct FG_NAME(step_state) {
+    ptrdiff_t s, t, t_previous;
+    const unsigned char *valid;       /* (B,) valid rows of step t, or NULL */
+    const FG_T *step_input;           /* x W of step t (precomputed), else NULL */
+    const FG_T *step_x;               /* x_t */
+    FG_T *h_previous, *h_next;
+    ptrdiff_t hp_stride, hn_stride;   /* between their batch rows */
+};
+
+#define FG_IS_VALID(st, b) ((st)->valid == NULL || (st)->valid[b])
+
+/* input_pass: projected[row, gate H + j] = (x W)[row, gate H + j] for every row of the
+ * layer input (all steps at once), from the packed W blocks [block_begin, block_end)
+ * (`gates` gates, block stride `panel_size`), into columns starting at `column`. */
 static FG_TARGET void FG_NAME(project_inputs)(const FG_T *restrict x, ptrdiff_t rows,
                                               ptrdiff_t D, const FG_T *restrict packed,
                                               ptrdiff_t panel_size, int gates, ptrdiff_t H,
@@ -530,7 +476,7 @@ static FG_TARGET void FG_NAME(project_inputs)(const FG_T *restrict x, ptrdiff_t 
     FG_NAME(tile_fn) tile_gates = gates == 4 ? FG_NAME(tile_g4) : gates == 3 ? FG_NAME(tile_g3)
         : gates == 2 ? FG_NAME(tile_g2) : FG_NAME(tile_g1);
     const ptrdiff_t mr = FG_MR(gates);
-    FG_T tile[24 * FG_W];
+    FG_T tile[FG_MAX_ACC * FG_W];
     ptrdiff_t jb, row, r, n, gate;
     for (jb = block_begin; jb < block_end; jb++) {
         const ptrdiff_t j0 = jb * FG_W, wn = H - j0 < FG_W ? H - j0 : FG_W;
@@ -550,238 +496,417 @@ static FG_TARGET void FG_NAME(project_inputs)(const FG_T *restrict x, ptrdiff_t 
     }
 }
 
-/* Runs batch rows [row_begin, row_end) of one direction over every step. Rows are
- * independent: threads given disjoint row ranges share nothing and never synchronize.
- * Threads may instead split the hidden blocks (d->block_end > 0: this call computes blocks
- * [d->block_begin, d->block_end) of every row); each step then reads the h that the others
- * wrote, so with d->synchronize they meet at a barrier after every step. The caller splits
- * blocks only without a mask, a projection or a GRU reset-before, whose steps read whole
- * rows of what the cells just wrote.
- *
- * Two ways to get x_t W: with d->projected_input, it was computed for every step by one
- * GEMM beforehand (best at batch 1, where a step is a matrix-vector product); without, the
- * tile product reads the layer input rows x_t next to h and the packed [W; U] (no
- * projection buffer, and no pass over it). */
-static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t row_begin,
-                                             ptrdiff_t row_end)
+/* The input pass of FG_INPUT_PACKED (the caller runs this mode on one thread, or on
+ * threads that split the blocks: each projects the columns it reads). */
+static FG_TARGET void FG_NAME(input_pass)(const FG_NAME(pass_context) *x)
 {
-    const ptrdiff_t H = d->hidden, P = d->width, B = d->batch, D = d->input_width;
-    const int G = d->cell == FG_CELL_LSTM ? 4 : (d->cell == FG_CELL_RNN ? 1
-                 : (d->reset_after ? 3 : 2));
-    const ptrdiff_t GH = (d->cell == FG_CELL_LSTM ? 4 : (d->cell == FG_CELL_GRU ? 3 : 1)) * H;
-    const int precomputed = d->projected_input != NULL;
-    /* a GRU reset-after with x W in the tile keeps x W_n and h U_n apart */
-    const int last_apart = d->cell == FG_CELL_GRU && d->reset_after && !precomputed;
-    const ptrdiff_t blocks = (H + FG_W - 1) / FG_W, out_blocks = (P + FG_W - 1) / FG_W;
-    const ptrdiff_t block_begin = d->block_end > 0 ? d->block_begin : 0;
-    const ptrdiff_t block_end = d->block_end > 0 ? d->block_end : blocks;
-    /* packed W blocks, then packed U blocks (see the top of this file) */
-    const ptrdiff_t panel_size = D * G * FG_W, panel_u_size = P * G * FG_W;
-    const ptrdiff_t panel_new_size = D * FG_W, panel_u_new_size = H * FG_W;   /* W_n, U_n */
-    const ptrdiff_t K1 = precomputed ? 0 : D;             /* x columns read by the tile */
-    const ptrdiff_t x_stride = d->batch_stride * D;       /* between batch rows of x_t */
-    const ptrdiff_t A = G + last_apart;
-    const ptrdiff_t mr = FG_MR(A), mr_single = FG_MR(1);
-    const FG_T *projected_input = (const FG_T *)d->projected_input;
-    const FG_T *layer_input = (const FG_T *)d->input;
-    const FG_T *bias = (const FG_T *)d->bias;
-    const FG_T *new_gate_bias = (const FG_T *)d->new_gate_bias;
-    const FG_T *recurrent = (const FG_T *)d->recurrent;
-    const FG_T *recurrent_new = (const FG_T *)d->recurrent_new;
-    const FG_T *projection = (const FG_T *)d->projection;
-    FG_T *c = (FG_T *)d->c;
-    FG_T *cell_out = (FG_T *)d->cell_out;   /* (B, H) */
-    FG_T *z_buffer = (FG_T *)d->gate_buffer;  /* (B, H) */
-    FG_T *out = (FG_T *)d->out;
-    FG_T *h_previous = (FG_T *)d->h, *h_next = (FG_T *)d->h_spare, *swap;
-    /* Without a mask, every row's h' is its output: the cells write it straight into the
-     * output rows, and the next step reads it there (rows hn_stride apart). With a mask,
-     * h' goes to a (B, P) double buffer and is copied out. */
-    const int direct = d->mask == NULL;
-    const ptrdiff_t out_row_stride = d->batch_stride * d->out_width;
-    ptrdiff_t hp_stride = P, hn_stride = P;
-    FG_NAME(tile_fn) tile_gates = G == 4 ? FG_NAME(tile_g4)
-        : G == 3 ? (last_apart ? FG_NAME(tile_g3_apart) : FG_NAME(tile_g3))
-        : G == 2 ? FG_NAME(tile_g2) : FG_NAME(tile_g1);
-    FG_NAME(tile_fn) tile_single = FG_NAME(tile_g1);
-    FG_T tile[24 * FG_W];
-    ptrdiff_t s, t, t_previous = -1, b, r, rows, jb, j0, wn;
-    /* the LSTM cells of whole tiles at once (default activations) */
-    const int fast_lstm = d->cell == FG_CELL_LSTM
-                          && d->act == FG_TANH && d->rec_act == FG_SIGMOID;
+    const fg_direction *d = x->d;
+    const ptrdiff_t rows = d->steps * d->batch;
+    FG_T *projected = (FG_T *)d->projected_input;
+    FG_NAME(project_inputs)((const FG_T *)d->input, rows, x->D, (const FG_T *)d->recurrent,
+                            x->panel_size, (int)x->G, x->H, x->block_begin, x->block_end,
+                            projected, x->GH, 0);
+    if (d->recurrent_new != NULL)
+        FG_NAME(project_inputs)((const FG_T *)d->input, rows, x->D,
+                                (const FG_T *)d->recurrent_new, x->panel_new_size, 1, x->H,
+                                x->block_begin, x->block_end, projected, x->GH, 2 * x->H);
+}
 
-    if (precomputed && !d->input_projected) {
-        /* x W for every step at once (the caller runs this mode on one thread, or on
-         * threads that split the blocks: each projects the columns it reads) */
-        FG_NAME(project_inputs)(layer_input, d->steps * B, D, recurrent, panel_size, G, H,
-                                block_begin, block_end, (FG_T *)d->projected_input, GH, 0);
-        if (recurrent_new != NULL)
-            FG_NAME(project_inputs)(layer_input, d->steps * B, D, recurrent_new,
-                                    panel_new_size, 1, H, block_begin, block_end,
-                                    (FG_T *)d->projected_input, GH, 2 * H);
-    }
-    for (s = 0; s < d->steps; s++) {
-        const unsigned char *valid;
-        const FG_T *step_input = NULL, *step_x;
-        t = d->reverse ? d->steps - 1 - s : s;
-        valid = d->mask != NULL ? d->mask + t * B : NULL;
-        if (precomputed)
-            step_input = projected_input + t * d->step_stride * GH;
-        if (direct) {
-            h_next = out + t * d->step_stride * d->out_width;
-            hn_stride = out_row_stride;
-        }
-        step_x = layer_input + t * d->step_stride * D;
-#define FG_ROW_INPUT(b) (precomputed ? step_input + (b) * d->batch_stride * GH : NULL)
-#define FG_IS_VALID(b) (valid == NULL || valid[b])
-
-        /* the recurrent product and the cell equations, block by block of hidden units */
-        for (jb = block_begin; jb < block_end; jb++) {
-            const FG_T *panel = recurrent + jb * panel_size;
-            const FG_T *panel_u = recurrent + blocks * panel_size + jb * panel_u_size;
-            j0 = jb * FG_W;
-            wn = H - j0 < FG_W ? H - j0 : FG_W;
-            for (b = row_begin; b < row_end; b += rows) {
-                rows = row_end - b < mr ? row_end - b : mr;
-                tile_gates(rows, step_x + b * x_stride, x_stride, K1, panel,
-                           h_previous + b * hp_stride, hp_stride,
-                           s == 0 && d->zero_state ? 0 : P, panel_u, tile);
-                if (fast_lstm && wn == FG_W && valid == NULL) {
-                    FG_NAME(lstm_tile_f)(rows, tile, A * FG_W,
-                                         precomputed ? FG_ROW_INPUT(b) + j0 : NULL,
-                                         d->batch_stride * GH, bias + j0, H, c + b * H + j0, H,
-                                         (projection != NULL ? cell_out + b * H
-                                                             : h_next + b * hn_stride) + j0,
-                                         projection != NULL ? H : hn_stride);
-                    continue;
-                }
-                for (r = 0; r < rows; r++) {
-                    const FG_T *row_tile = tile + r * A * FG_W;
-                    const FG_T *row_input = precomputed ? FG_ROW_INPUT(b + r) + j0 : NULL;
-                    if (precomputed) {
-                        /* The input projection of the step is not in cache (it was
-                         * computed for all steps at once); fetch this row's next block
-                         * while the other rows of this block are computed. */
-                        int gate;
-                        if (jb + 1 < blocks) {
-                            for (gate = 0; gate < G + (G == 2); gate++)
-                                FG_PREFETCH(row_input + gate * H + FG_W);
-                        } else if (s + 1 < d->steps) {
-                            const ptrdiff_t next_t = d->reverse ? t - 1 : t + 1;
-                            const FG_T *next_input = projected_input
-                                + (next_t * d->step_stride + (b + r) * d->batch_stride) * GH;
-                            for (gate = 0; gate < G + (G == 2); gate++)
-                                FG_PREFETCH(next_input + gate * H);
-                        }
-                    }
-                    if (d->cell == FG_CELL_GRU && !d->reset_after) {
-                        FG_NAME(gru_reset_epilogue)(
-                            row_tile, row_input, bias + j0, H, wn, d->rec_act,
-                            h_previous + (b + r) * hp_stride + j0, cell_out + (b + r) * H + j0,
-                            z_buffer + (b + r) * H + j0);
-                        continue;
-                    }
-                    if (!FG_IS_VALID(b + r))
-                        continue;
-                    if (d->cell == FG_CELL_LSTM)
-                        FG_NAME(lstm_epilogue)(
-                            row_tile, row_input, bias + j0, H, wn, d->act, d->rec_act,
-                            c + (b + r) * H + j0,
-                            (projection != NULL ? cell_out + (b + r) * H
-                                                : h_next + (b + r) * hn_stride) + j0);
-                    else if (d->cell == FG_CELL_GRU)
-                        FG_NAME(gru_epilogue)(
-                            row_tile, row_input,
-                            precomputed ? row_input + 2 * H : row_tile + 2 * FG_W,
-                            row_tile + (precomputed ? 2 : 3) * FG_W,
-                            bias + j0, new_gate_bias + j0, H, wn, d->act,
-                            d->rec_act, h_previous + (b + r) * hp_stride + j0,
-                            h_next + (b + r) * hn_stride + j0);
-                    else
-                        FG_NAME(single_gate_epilogue)(
-                            row_tile, row_input, bias + j0, wn, d->act, NULL, NULL,
-                            h_next + (b + r) * hn_stride + j0);
-                }
-            }
-        }
-        if (d->cell == FG_CELL_GRU && !d->reset_after) {
-            /* n = act(x W_n + b_n + (r * h) U_n) needs every r * h of the row first */
-            for (jb = 0; jb < blocks; jb++) {
-                const FG_T *panel = recurrent_new + jb * panel_new_size;
-                const FG_T *panel_u = recurrent_new + blocks * panel_new_size
-                                      + jb * panel_u_new_size;
-                j0 = jb * FG_W;
-                wn = H - j0 < FG_W ? H - j0 : FG_W;
-                for (b = row_begin; b < row_end; b += rows) {
-                    rows = row_end - b < mr_single ? row_end - b : mr_single;
-                    tile_single(rows, step_x + b * x_stride, x_stride, K1, panel,
-                                cell_out + b * H, H, H, panel_u, tile);
-                    for (r = 0; r < rows; r++) {
-                        if (!FG_IS_VALID(b + r))
-                            continue;
-                        FG_NAME(single_gate_epilogue)(
-                            tile + r * FG_W,
-                            precomputed ? FG_ROW_INPUT(b + r) + 2 * H + j0 : NULL,
-                            bias + 2 * H + j0, wn, d->act, z_buffer + (b + r) * H + j0,
-                            h_previous + (b + r) * hp_stride + j0, h_next + (b + r) * hn_stride + j0);
-                    }
-                }
-            }
-        }
-        if (projection != NULL) {
-            /* h' = (o * act(c')) @ W_hr */
-            for (jb = 0; jb < out_blocks; jb++) {
-                const FG_T *panel = projection + jb * H * FG_W;
-                j0 = jb * FG_W;
-                wn = P - j0 < FG_W ? P - j0 : FG_W;
-                for (b = row_begin; b < row_end; b += rows) {
-                    rows = row_end - b < mr_single ? row_end - b : mr_single;
-                    tile_single(rows, NULL, 0, 0, NULL, cell_out + b * H, H, H, panel, tile);
-                    for (r = 0; r < rows; r++)
-                        if (FG_IS_VALID(b + r))
-                            memcpy(h_next + (b + r) * hn_stride + j0, tile + r * FG_W,
-                                   wn * sizeof(FG_T));
-                }
-            }
-        }
-        /* masked rows keep their state; outputs: h', or 0 / the previous output if masked */
-        for (b = direct ? row_end : row_begin; b < row_end; b++) {
-            FG_T *out_row = out + (t * d->step_stride + b * d->batch_stride) * d->out_width;
-            if (FG_IS_VALID(b)) {
-                memcpy(out_row, h_next + b * P, P * sizeof(FG_T));
-                continue;
-            }
-            memcpy(h_next + b * P, h_previous + b * P, P * sizeof(FG_T));
-            if (d->hold_masked_output && t_previous >= 0)
-                memcpy(out_row, out + (t_previous * d->step_stride + b * d->batch_stride)
-                                      * d->out_width, P * sizeof(FG_T));
-            else
-                memset(out_row, 0, P * sizeof(FG_T));
-        }
-        if (direct) {
-            h_previous = h_next;
-            hp_stride = hn_stride;
-        } else {
-            swap = h_previous;
-            h_previous = h_next;
-            h_next = swap;
-        }
-        t_previous = t;
-        if (d->synchronize) {
-            FG_BARRIER();   /* every block of h' is written: the next step may read h */
-        }
-#undef FG_ROW_INPUT
-#undef FG_IS_VALID
-    }
-    if (h_previous != (FG_T *)d->h) {
-        /* this call's columns of the final h (all of them unless threads split the blocks) */
-        const ptrdiff_t first = d->synchronize ? block_begin * FG_W : 0;
-        const ptrdiff_t last = d->synchronize && block_end * FG_W < P ? block_end * FG_W : P;
-        for (b = row_begin; b < row_end; b++)
-            memcpy((FG_T *)d->h + b * P + first, h_previous + b * hp_stride + first,
-                   (last - first) * sizeof(FG_T));
+/* The precomputed x W of row b at block jb is not in cache (it was computed for all steps
+ * at once): fetch the row's next block (or the next step's first) while the other rows of
+ * this block are computed (`gates` gates of x W, a constant). */
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(prefetch_input)(const FG_NAME(pass_context) *x,
+                                                        const FG_NAME(step_state) *st,
+                                                        const int gates,
+                                                        const FG_T *row_input, ptrdiff_t b,
+                                                        ptrdiff_t jb)
+{
+    const fg_direction *d = x->d;
+    int gate;
+    if (jb + 1 < x->blocks) {
+        for (gate = 0; gate < gates; gate++)
+            FG_PREFETCH(row_input + gate * x->H + FG_W);
+    } else if (st->s + 1 < d->steps) {
+        const ptrdiff_t next_t = d->reverse ? st->t - 1 : st->t + 1;
+        const FG_T *next_input = (const FG_T *)d->projected_input
+                                 + (next_t * d->step_stride + b * d->batch_stride) * x->GH;
+        for (gate = 0; gate < gates; gate++)
+            FG_PREFETCH(next_input + gate * x->H);
     }
 }
 
+/* Row b's operands in slot `slot` of `rows`, for the cells of `family` at block jb. */
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(row_operands)(const FG_NAME(pass_context) *x,
+                                                      const FG_NAME(step_state) *st,
+                                                      const int family, const FG_T *tile,
+                                                      ptrdiff_t b, ptrdiff_t jb, int slot,
+                                                      FG_NAME(cell_rows) *rows)
+{
+    const fg_direction *d = x->d;
+    const ptrdiff_t j0 = jb * FG_W, H = x->H;
+    const FG_T *input = NULL;
+    if (x->precomputed) {
+        input = st->step_input + b * d->batch_stride * x->GH + j0;
+        /* (the GRU and SimpleRNN epilogues; the LSTM and candidate ones were tuned without) */
+        if (family == FG_FAMILY_GRU || family == FG_FAMILY_GRU_RESET)
+            FG_NAME(prefetch_input)(x, st, 3, input, b, jb);
+        else if (family == FG_FAMILY_RNN)
+            FG_NAME(prefetch_input)(x, st, 1, input, b, jb);
+        if (family == FG_FAMILY_CANDIDATE)
+            input += 2 * H;
+    }
+    rows->tile[slot] = tile;
+    rows->input[slot] = input;
+    rows->h_previous[slot] = st->h_previous + b * st->hp_stride + j0;
+    rows->h[slot] = st->h_next + b * st->hn_stride + j0;
+    rows->z[slot] = NULL;
+    if (family == FG_FAMILY_LSTM) {
+        rows->c[slot] = (FG_T *)d->c + b * H + j0;
+        if (d->projection != NULL)
+            rows->h[slot] = (FG_T *)d->cell_out + b * H + j0;
+    }
+    if (family == FG_FAMILY_GRU_RESET)
+        rows->reset_h[slot] = (FG_T *)d->cell_out + b * H + j0;
+    if (family == FG_FAMILY_GRU_RESET || family == FG_FAMILY_CANDIDATE)
+        rows->z[slot] = (FG_T *)d->gate_buffer + b * H + j0;
+}
+
+/* The cells of `family` for R rows (a switch on constants: one family's code remains). */
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(cells)(const int family, const int R, const int full,
+                                               int act, int rec_act,
+                                               const FG_NAME(cell_rows) *rows,
+                                               const FG_NAME(cell_block) *block)
+{
+    if (family == FG_FAMILY_LSTM)
+        FG_NAME(lstm_cells)(R, full, act, rec_act, rows, block);
+    else if (family == FG_FAMILY_GRU)
+        FG_NAME(gru_cells)(R, full, act, rec_act, rows, block);
+    else if (family == FG_FAMILY_GRU_RESET)
+        FG_NAME(gru_reset_cells)(R, full, act, rec_act, rows, block);
+    else
+        FG_NAME(single_gate_cells)(R, full, act, rec_act, rows, block);
+}
+
+/* The cells of rows [b, b + rows) of a tile (rows `stride` apart), two rows at a time where
+ * both are valid. Masked rows are skipped, except by a GRU reset-before's first half (its
+ * r * h rows feed the candidate's tile product). */
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(cells_tile_rows)(
+    const FG_NAME(pass_context) *x, const FG_NAME(step_state) *st, const int family,
+    const int full, int act, int rec_act, const FG_T *tile, ptrdiff_t stride, ptrdiff_t b,
+    ptrdiff_t rows, ptrdiff_t jb, const FG_NAME(cell_block) *block)
+{
+    FG_NAME(cell_rows) operands;
+    const int all_rows = family == FG_FAMILY_GRU_RESET;
+    ptrdiff_t r = 0;
+    while (r < rows) {
+        const int valid = all_rows || FG_IS_VALID(st, b + r);
+        const int pair = valid && r + 1 < rows && (all_rows || FG_IS_VALID(st, b + r + 1));
+        if (valid) {
+            FG_NAME(row_operands)(x, st, family, tile + r * stride, b + r, jb, 0, &operands);
+            if (pair) {
+                FG_NAME(row_operands)(x, st, family, tile + (r + 1) * stride, b + r + 1, jb,
+                                      1, &operands);
+                FG_NAME(cells)(family, 2, full, act, rec_act, &operands, block);
+            } else {
+                FG_NAME(cells)(family, 1, full, act, rec_act, &operands, block);
+            }
+        }
+        r += 1 + pair;
+    }
+}
+
+/* cells_<family>_fast / _any: the epilogue of one tile, the cells of `family` for rows
+ * [b, b + rows) at block jb; _fast for a whole block with the default activations (tanh,
+ * sigmoid) as constants, _any for any block and activations. A call picks its pair once
+ * (pass_context_init). */
+#define FG_DEFINE_CELLS(FAMILY, NAME)                                                      \
+static FG_TARGET void FG_NAME(NAME##_fast)(const FG_NAME(pass_context) *x,                 \
+                                           const FG_NAME(step_state) *st, const FG_T *tile, \
+                                           ptrdiff_t stride, ptrdiff_t b, ptrdiff_t rows,  \
+                                           ptrdiff_t jb, const FG_NAME(cell_block) *block) \
+{                                                                                          \
+    FG_NAME(cells_tile_rows)(x, st, FAMILY, 1, FG_TANH, FG_SIGMOID, tile, stride, b, rows, \
+                             jb, block);                                                   \
+}                                                                                          \
+static FG_TARGET void FG_NAME(NAME##_any)(const FG_NAME(pass_context) *x,                  \
+                                          const FG_NAME(step_state) *st, const FG_T *tile,  \
+                                          ptrdiff_t stride, ptrdiff_t b, ptrdiff_t rows,   \
+                                          ptrdiff_t jb, const FG_NAME(cell_block) *block)  \
+{                                                                                          \
+    FG_NAME(cells_tile_rows)(x, st, FAMILY, 0, x->d->act, x->d->rec_act, tile, stride, b,  \
+                             rows, jb, block);                                             \
+}
+FG_DEFINE_CELLS(FG_FAMILY_LSTM, cells_lstm)
+FG_DEFINE_CELLS(FG_FAMILY_GRU, cells_gru)
+FG_DEFINE_CELLS(FG_FAMILY_GRU_RESET, cells_gru_reset)
+FG_DEFINE_CELLS(FG_FAMILY_CANDIDATE, cells_candidate)
+FG_DEFINE_CELLS(FG_FAMILY_RNN, cells_rnn)
+#undef FG_DEFINE_CELLS
+
+/* The epilogues of `family` for whole blocks (`full`) and the last, partial one: _fast
+ * where the activations the family reads are the defaults. */
+static FG_TARGET void FG_NAME(choose_cells)(int family, int act, int rec_act,
+                                            FG_NAME(cells_fn) *full,
+                                            FG_NAME(cells_fn) *partial)
+{
+    const int reads_act = family != FG_FAMILY_GRU_RESET;
+    const int reads_rec_act = family == FG_FAMILY_LSTM || family == FG_FAMILY_GRU
+                              || family == FG_FAMILY_GRU_RESET;
+    const int fast = (!reads_act || act == FG_TANH) && (!reads_rec_act || rec_act == FG_SIGMOID);
+#define FG_CHOOSE(FAMILY, NAME)                                                            \
+    case FAMILY:                                                                           \
+        *partial = FG_NAME(NAME##_any);                                                    \
+        *full = fast ? FG_NAME(NAME##_fast) : FG_NAME(NAME##_any);                         \
+        break;
+    switch (family) {
+    FG_CHOOSE(FG_FAMILY_LSTM, cells_lstm)
+    FG_CHOOSE(FG_FAMILY_GRU, cells_gru)
+    FG_CHOOSE(FG_FAMILY_GRU_RESET, cells_gru_reset)
+    FG_CHOOSE(FG_FAMILY_CANDIDATE, cells_candidate)
+    default:
+    FG_CHOOSE(FG_FAMILY_RNN, cells_rnn)
+    }
+#undef FG_CHOOSE
+}
+
+/* The call's constants, from its direction and rows. */
+static FG_TARGET void FG_NAME(pass_context_init)(FG_NAME(pass_context) *x,
+                                                 const fg_direction *d,
+                                                 ptrdiff_t row_begin, ptrdiff_t row_end)
+{
+    const int gru_reset_before = d->cell == FG_CELL_GRU && !d->reset_after;
+    const int last_apart = d->cell == FG_CELL_GRU && d->reset_after
+                           && d->input_mode == FG_INPUT_IN_STEP;
+    x->d = d;
+    x->H = d->hidden;
+    x->P = d->width;
+    x->D = d->input_width;
+    x->G = gru_reset_before ? 2 : FG_GATES(d->cell);   /* reset-before: n in its own pass */
+    x->GH = FG_GATES(d->cell) * d->hidden;
+    /* a GRU reset-after with x W in the tile keeps x W_n and h U_n apart */
+    x->A = x->G + last_apart;
+    x->blocks = (x->H + FG_W - 1) / FG_W;
+    x->block_begin = d->block_end > 0 ? d->block_begin : 0;
+    x->block_end = d->block_end > 0 ? d->block_end : x->blocks;
+    x->row_begin = row_begin;
+    x->row_end = row_end;
+    x->panel_size = x->D * x->G * FG_W;   /* packed W blocks, then U blocks (file top) */
+    x->panel_u_size = x->P * x->G * FG_W;
+    x->panel_new_size = x->D * FG_W;      /* W_n, U_n of a GRU reset-before */
+    x->panel_u_new_size = x->H * FG_W;
+    x->precomputed = d->input_mode != FG_INPUT_IN_STEP;
+    x->K1 = x->precomputed ? 0 : x->D;
+    x->x_stride = d->batch_stride * x->D;
+    x->mr = FG_MR(x->A);
+    x->family = d->cell == FG_CELL_LSTM ? FG_FAMILY_LSTM
+                : d->cell == FG_CELL_RNN ? FG_FAMILY_RNN
+                : gru_reset_before ? FG_FAMILY_GRU_RESET : FG_FAMILY_GRU;
+    x->tile_gates = x->A == 4 && x->G == 4 ? FG_NAME(tile_g4)
+                    : x->A == 4 ? FG_NAME(tile_g3_apart)
+                    : x->G == 3 ? FG_NAME(tile_g3)
+                    : x->G == 2 ? FG_NAME(tile_g2) : FG_NAME(tile_g1);
+    FG_NAME(choose_cells)(x->family, d->act, d->rec_act, &x->cells_full, &x->cells_partial);
+    FG_NAME(choose_cells)(FG_FAMILY_CANDIDATE, d->act, d->rec_act, &x->candidate_full,
+                          &x->candidate_partial);
+}
+
+/* The block of units jb, with the biases at `bias_offset` (a GRU candidate: 2 H). */
+FG_ALWAYS_INLINE FG_TARGET FG_NAME(cell_block) FG_NAME(block_at)(
+    const FG_NAME(pass_context) *x, ptrdiff_t jb, ptrdiff_t bias_offset)
+{
+    FG_NAME(cell_block) block;
+    const ptrdiff_t j0 = jb * FG_W;
+    block.bias = (const FG_T *)x->d->bias + bias_offset + j0;
+    block.new_gate_bias = x->d->new_gate_bias != NULL
+                          ? (const FG_T *)x->d->new_gate_bias + j0 : NULL;
+    block.hidden = x->H;
+    block.wn = x->H - j0 < FG_W ? x->H - j0 : FG_W;
+    return block;
+}
+
+/* gates_pass: the recurrent product (and x_t W in step) tile by tile over this call's
+ * blocks and rows, each tile handed to its cells. */
+static FG_TARGET void FG_NAME(gates_pass)(const FG_NAME(pass_context) *x,
+                                          const FG_NAME(step_state) *st)
+{
+    const fg_direction *d = x->d;
+    const FG_T *recurrent = (const FG_T *)d->recurrent;
+    /* h U is exactly 0 on the first step from a zero state (U finite): skipped */
+    const ptrdiff_t K2 = st->s == 0 && d->zero_state ? 0 : x->P;
+    FG_T tile[FG_MAX_ACC * FG_W];
+    ptrdiff_t jb, b, rows;
+    for (jb = x->block_begin; jb < x->block_end; jb++) {
+        const FG_T *panel = recurrent + jb * x->panel_size;
+        const FG_T *panel_u = recurrent + x->blocks * x->panel_size + jb * x->panel_u_size;
+        const FG_NAME(cell_block) block = FG_NAME(block_at)(x, jb, 0);
+        for (b = x->row_begin; b < x->row_end; b += rows) {
+            rows = x->row_end - b < x->mr ? x->row_end - b : x->mr;
+            x->tile_gates(rows, st->step_x + b * x->x_stride, x->x_stride, x->K1, panel,
+                          st->h_previous + b * st->hp_stride, st->hp_stride, K2, panel_u,
+                          tile);
+            (block.wn == FG_W ? x->cells_full : x->cells_partial)(x, st, tile, x->A * FG_W, b,
+                                                                  rows, jb, &block);
+        }
+    }
+}
+
+/* candidate_pass (GRU reset-before): n = act(x W_n + b_n + (r * h) U_n) reads every r * h
+ * of the row, so it follows the gates pass. */
+static FG_TARGET void FG_NAME(candidate_pass)(const FG_NAME(pass_context) *x,
+                                              const FG_NAME(step_state) *st)
+{
+    const fg_direction *d = x->d;
+    const FG_T *recurrent_new = (const FG_T *)d->recurrent_new;
+    const ptrdiff_t mr = FG_MR(1);
+    FG_T tile[FG_MAX_ACC * FG_W];
+    ptrdiff_t jb, b, rows;
+    for (jb = 0; jb < x->blocks; jb++) {
+        const FG_T *panel = recurrent_new + jb * x->panel_new_size;
+        const FG_T *panel_u = recurrent_new + x->blocks * x->panel_new_size
+                              + jb * x->panel_u_new_size;
+        const FG_NAME(cell_block) block = FG_NAME(block_at)(x, jb, 2 * x->H);
+        for (b = x->row_begin; b < x->row_end; b += rows) {
+            rows = x->row_end - b < mr ? x->row_end - b : mr;
+            FG_NAME(tile_g1)(rows, st->step_x + b * x->x_stride, x->x_stride, x->K1, panel,
+                             (const FG_T *)d->cell_out + b * x->H, x->H, x->H, panel_u, tile);
+            (block.wn == FG_W ? x->candidate_full : x->candidate_partial)(x, st, tile, FG_W, b,
+                                                                          rows, jb, &block);
+        }
+    }
+}
+
+/* projection_pass (projected LSTM): h' = (o * act(c')) @ W_hr */
+static FG_TARGET void FG_NAME(projection_pass)(const FG_NAME(pass_context) *x,
+                                               const FG_NAME(step_state) *st)
+{
+    const fg_direction *d = x->d;
+    const ptrdiff_t out_blocks = (x->P + FG_W - 1) / FG_W, mr = FG_MR(1);
+    const FG_T *cell_out = (const FG_T *)d->cell_out;
+    FG_T tile[FG_MAX_ACC * FG_W];
+    ptrdiff_t jb, b, r, rows;
+    for (jb = 0; jb < out_blocks; jb++) {
+        const FG_T *panel = (const FG_T *)d->projection + jb * x->H * FG_W;
+        const ptrdiff_t j0 = jb * FG_W, wn = x->P - j0 < FG_W ? x->P - j0 : FG_W;
+        for (b = x->row_begin; b < x->row_end; b += rows) {
+            rows = x->row_end - b < mr ? x->row_end - b : mr;
+            FG_NAME(tile_g1)(rows, NULL, 0, 0, NULL, cell_out + b * x->H, x->H, x->H, panel,
+                             tile);
+            for (r = 0; r < rows; r++)
+                if (FG_IS_VALID(st, b + r))
+                    memcpy(st->h_next + (b + r) * st->hn_stride + j0, tile + r * FG_W,
+                           wn * sizeof(FG_T));
+        }
+    }
+}
+
+/* mask_pass (with a mask): masked rows keep their state; outputs are h', or 0 / the
+ * previous output where masked (hold_masked_output). */
+static FG_TARGET void FG_NAME(mask_pass)(const FG_NAME(pass_context) *x,
+                                         const FG_NAME(step_state) *st)
+{
+    const fg_direction *d = x->d;
+    const ptrdiff_t P = x->P;
+    FG_T *out = (FG_T *)d->out;
+    ptrdiff_t b;
+    for (b = x->row_begin; b < x->row_end; b++) {
+        FG_T *out_row = out + (st->t * d->step_stride + b * d->batch_stride) * d->out_width;
+        if (FG_IS_VALID(st, b)) {
+            memcpy(out_row, st->h_next + b * P, P * sizeof(FG_T));
+            continue;
+        }
+        memcpy(st->h_next + b * P, st->h_previous + b * P, P * sizeof(FG_T));
+        if (d->hold_masked_output && st->t_previous >= 0)
+            memcpy(out_row, out + (st->t_previous * d->step_stride + b * d->batch_stride)
+                                  * d->out_width, P * sizeof(FG_T));
+        else
+            memset(out_row, 0, P * sizeof(FG_T));
+    }
+}
+
+/* The final h: this call's columns (all unless threads split the blocks) of the last h. */
+static FG_TARGET void FG_NAME(final_state_pass)(const FG_NAME(pass_context) *x,
+                                                const FG_NAME(step_state) *st)
+{
+    const fg_direction *d = x->d;
+    const ptrdiff_t first = d->synchronize ? x->block_begin * FG_W : 0;
+    const ptrdiff_t last = d->synchronize && x->block_end * FG_W < x->P
+                           ? x->block_end * FG_W : x->P;
+    ptrdiff_t b;
+    if (st->h_previous == (FG_T *)d->h)
+        return;
+    for (b = x->row_begin; b < x->row_end; b++)
+        memcpy((FG_T *)d->h + b * x->P + first, st->h_previous + b * st->hp_stride + first,
+               (last - first) * sizeof(FG_T));
+}
+
+/* Step s's buffers. Without a mask, every row's h' is its output: the cells write it
+ * straight into the output rows, and the next step reads it there. With a mask, h' goes
+ * to a (B, P) double buffer (h, h_spare) and mask_pass copies it out. */
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(begin_step)(const FG_NAME(pass_context) *x,
+                                                    FG_NAME(step_state) *st, ptrdiff_t s)
+{
+    const fg_direction *d = x->d;
+    st->s = s;
+    st->t = d->reverse ? d->steps - 1 - s : s;
+    st->valid = d->mask != NULL ? d->mask + st->t * d->batch : NULL;
+    st->step_input = x->precomputed ? (const FG_T *)d->projected_input
+                                      + st->t * d->step_stride * x->GH : NULL;
+    st->step_x = (const FG_T *)d->input + st->t * d->step_stride * x->D;
+    if (d->mask == NULL) {
+        st->h_next = (FG_T *)d->out + st->t * d->step_stride * d->out_width;
+        st->hn_stride = d->batch_stride * d->out_width;
+    }
+}
+
+/* After step s: h' becomes h (a masked call swaps its double buffer). */
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(end_step)(const fg_direction *d,
+                                                  FG_NAME(step_state) *st)
+{
+    FG_T *swap = st->h_previous;
+    st->h_previous = st->h_next;
+    st->hp_stride = st->hn_stride;
+    if (d->mask != NULL)
+        st->h_next = swap;
+    st->t_previous = st->t;
+}
+
+/* Runs batch rows [row_begin, row_end) of one direction over every step: the passes in
+ * order. Rows are independent: threads given disjoint row ranges share nothing and never
+ * synchronize. Threads may instead split the hidden blocks (d->block_end > 0: this call
+ * computes blocks [d->block_begin, d->block_end) of every row); each step then reads the h
+ * that the others wrote, so with d->synchronize they meet at a barrier after every step.
+ * The caller splits blocks only without a mask, a projection or a GRU reset-before, whose
+ * steps read whole rows of what the cells just wrote. */
+static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t row_begin,
+                                             ptrdiff_t row_end)
+{
+    FG_NAME(pass_context) x;
+    FG_NAME(step_state) st;
+    ptrdiff_t s;
+    FG_NAME(pass_context_init)(&x, d, row_begin, row_end);
+    st.t_previous = -1;
+    st.h_previous = (FG_T *)d->h;
+    st.h_next = (FG_T *)d->h_spare;
+    st.hp_stride = st.hn_stride = d->width;
+    if (d->input_mode == FG_INPUT_PACKED)
+        FG_NAME(input_pass)(&x);
+    for (s = 0; s < d->steps; s++) {
+        FG_NAME(begin_step)(&x, &st, s);
+        FG_NAME(gates_pass)(&x, &st);
+        if (x.family == FG_FAMILY_GRU_RESET)
+            FG_NAME(candidate_pass)(&x, &st);
+        if (d->projection != NULL)
+            FG_NAME(projection_pass)(&x, &st);
+        if (d->mask != NULL)
+            FG_NAME(mask_pass)(&x, &st);
+        FG_NAME(end_step)(d, &st);
+        if (d->synchronize) {
+            FG_BARRIER();   /* every block of h' is written: the next step may read h */
+        }
+    }
+    FG_NAME(final_state_pass)(&x, &st);
+}
+
+#undef FG_IS_VALID
 #undef FG_W
 #undef FG_MR

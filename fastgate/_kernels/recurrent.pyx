@@ -7,9 +7,11 @@ The equations are those of :mod:`fastgate.oracle` (read them there). Per layer a
 per step, a register-blocked kernel computes ``x_t @ W + h @ U`` over ``[W; U]`` packed once
 (at layer construction, :func:`prepare`) and applies the cell's equations to each tile while
 it is still in registers (fused.h / packed_step.h, compiled for AVX-512, AVX2 and the
-baseline; the CPU picks one at run time). At batch < 4, where a step is a matrix-vector
-product, ``x @ W`` is computed for all steps first by the same kernel, and steps only read
-``U`` (except for a first-layer input at most 16 wide, or one step from zeros).
+baseline; the CPU picks one at run time). A call runs by a *plan* (see "the planner"
+below): where each layer's ``x @ W`` comes from (inside each step's tile, the packed
+kernel's pass over all steps first, or one BLAS GEMM) and how threads share the call. The
+cost model (``_estimate``) picks, e.g., ``x @ W`` of all steps first at batch < 4, where a
+step is a matrix-vector product; ``fastgate.plans`` can time the candidates instead.
 
 Rows of every ``(T*B, width)`` buffer are addressed ``t * step_stride + b * batch_stride``,
 which serves time-major (``B, 1``) and batch-major (``1, T``) layouts without transposing.
@@ -24,13 +26,27 @@ allocation happens inside the time loop.
 from cython cimport floating
 from cython.parallel cimport prange
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_RawFree, PyMem_RawMalloc
+from cpython.pycapsule cimport PyCapsule_GetPointer
 
 cimport numpy as cnp
 import numpy as np
 
-from .blas cimport blas_int, gemm
+from .blas cimport blas_int   # (a type only: the BLAS shim itself loads on use)
 
 cnp.import_array()
+
+cdef extern from "constants.h" nogil:
+    # the kernels' constants, written once in C (see kernel_constants)
+    enum:
+        FG_CELL_LSTM, FG_CELL_GRU, FG_CELL_RNN
+        FG_LINEAR, FG_TANH, FG_SIGMOID, FG_RELU, FG_ELU, FG_SELU, FG_SOFTSIGN, FG_SOFTPLUS
+        FG_EXPONENTIAL, FG_HARD_SIGMOID, FG_HARD_SIGMOID_KERAS2, FG_SILU, FG_GELU
+        FG_INPUT_IN_STEP, FG_INPUT_PACKED, FG_INPUT_BLAS
+        FG_SPLIT_NONE, FG_SPLIT_BATCH, FG_SPLIT_HIDDEN
+        FG_ISA_BASE, FG_ISA_AVX2, FG_ISA_AVX512
+        FG_BASE_VBYTES, FG_BASE_ACC, FG_AVX2_VBYTES, FG_AVX2_ACC
+        FG_AVX512_VBYTES, FG_AVX512_ACC, FG_MAX_ACC, FG_MAX_TILE_ROWS, FG_MAX_THREADS
+    int FG_GATES(int cell)
 
 cdef extern from "fused.h" nogil:
     ctypedef struct fg_direction:
@@ -38,8 +54,8 @@ cdef extern from "fused.h" nogil:
         Py_ssize_t steps, batch, step_stride, batch_stride, hidden, width
         const void *input
         Py_ssize_t input_width
+        int input_mode
         void *projected_input
-        int input_projected
         int zero_state
         const void *bias
         const void *new_gate_bias
@@ -64,13 +80,6 @@ cdef extern from "fused.h" nogil:
     void fg_run_direction_split_f(const fg_direction *d, int threads)
     void fg_run_direction_split_d(const fg_direction *d, int threads)
 
-# Cell codes (fastgate.layers._CELL_CODES).
-cdef enum:
-    CELL_LSTM = 0
-    CELL_GRU = 1
-    CELL_RNN = 2
-
-cdef int MAX_THREADS = 64
 #: Below this many multiply-adds per call (steps x batch x recurrent product), threads cost
 #: more than they save.
 cdef double THREADING_MIN_WORK = 2e6
@@ -122,6 +131,32 @@ cdef int _default_threads() except -1:
     return process_threads
 
 
+def kernel_constants():
+    """The kernels' constants as the compiled module has them (constants.h): ``{table:
+    {name: value}}`` for ``cells``, ``gates``, ``activations``, ``input_modes``, ``splits``,
+    ``isas`` and ``limits``; tests/test_kernel_constants.py checks the Python tables
+    against it."""
+    return {
+        "cells": {"lstm": FG_CELL_LSTM, "gru": FG_CELL_GRU, "rnn": FG_CELL_RNN},
+        "gates": {"lstm": FG_GATES(FG_CELL_LSTM), "gru": FG_GATES(FG_CELL_GRU),
+                  "rnn": FG_GATES(FG_CELL_RNN)},
+        "activations": {
+            "linear": FG_LINEAR, "tanh": FG_TANH, "sigmoid": FG_SIGMOID, "relu": FG_RELU,
+            "elu": FG_ELU, "selu": FG_SELU, "softsign": FG_SOFTSIGN, "softplus": FG_SOFTPLUS,
+            "exponential": FG_EXPONENTIAL, "hard_sigmoid": FG_HARD_SIGMOID,
+            "hard_sigmoid_keras2": FG_HARD_SIGMOID_KERAS2, "silu": FG_SILU, "gelu": FG_GELU},
+        "input_modes": {"in_step": FG_INPUT_IN_STEP, "packed": FG_INPUT_PACKED,
+                        "blas": FG_INPUT_BLAS},
+        "splits": {"none": FG_SPLIT_NONE, "batch": FG_SPLIT_BATCH, "hidden": FG_SPLIT_HIDDEN},
+        "isas": {"base": FG_ISA_BASE, "avx2": FG_ISA_AVX2, "avx512": FG_ISA_AVX512},
+        "limits": {"base_vector_bytes": FG_BASE_VBYTES, "base_accumulators": FG_BASE_ACC,
+                   "avx2_vector_bytes": FG_AVX2_VBYTES, "avx2_accumulators": FG_AVX2_ACC,
+                   "avx512_vector_bytes": FG_AVX512_VBYTES,
+                   "avx512_accumulators": FG_AVX512_ACC, "max_accumulators": FG_MAX_ACC,
+                   "max_tile_rows": FG_MAX_TILE_ROWS, "max_threads": FG_MAX_THREADS},
+    }
+
+
 def isa():
     """The instruction set the kernels run with: ``"avx512"``, ``"avx2"`` or ``"base"``."""
     return ("base", "avx2", "avx512")[fg_isa()]
@@ -164,7 +199,7 @@ def prepare(int cell, bint reset_after, input_kernel, recurrent_kernel, input_bi
     are empty arrays.
     """
     dtype = input_kernel.dtype
-    gates = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
+    gates = FG_GATES(cell)
     hidden = input_kernel.shape[1] // gates
     empty = np.zeros(0, dtype)
     with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN weights pass through
@@ -177,11 +212,11 @@ def prepare(int cell, bint reset_after, input_kernel, recurrent_kernel, input_bi
         return _aligned(pack_gates(input_kernel[:, begin:end], gate_count),
                         pack_gates(recurrent_kernel[:, begin:end], gate_count))
 
-    if cell == CELL_GRU and reset_after:
+    if cell == FG_CELL_GRU and reset_after:
         bias[2 * hidden:] = input_bias[2 * hidden:]
         new_gate_bias = recurrent_bias[2 * hidden:].copy()
         recurrent = packed(0, 3 * hidden, 3)
-    elif cell == CELL_GRU:
+    elif cell == FG_CELL_GRU:
         recurrent = packed(0, 2 * hidden, 2)
         recurrent_new = packed(2 * hidden, 3 * hidden, 1)
     else:
@@ -282,6 +317,8 @@ cdef class LayerPlan:
     cdef bint reset_after, batch_first, is_double
     cdef Py_ssize_t num_directions, num_layers, entries, input_size, hidden, width, out_width
     cdef Py_ssize_t gate_count
+    #: what a shape class says of the layer (see shape_class)
+    cdef readonly tuple layer_key
     # per entry (layer * num_directions + direction): the PreparedWeights' 6 pointers, and
     # whether its recurrent kernel is finite (then 0 @ U is exactly 0)
     cdef void **pointers
@@ -305,7 +342,7 @@ cdef class LayerPlan:
         self.batch_first = batch_first
         self.num_directions = num_directions
         self.num_layers = self.entries // num_directions
-        self.gate_count = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
+        self.gate_count = FG_GATES(cell)
         weights = self.prepared[0]
         self.dtype = weights.dtype
         self.is_double = weights.is_double
@@ -314,6 +351,8 @@ cdef class LayerPlan:
         self.hidden = weights.input_columns // self.gate_count
         self.width = width
         self.out_width = num_directions * width
+        self.layer_key = (cell, bool(reset_after), self.act, self.rec_act, bool(self.is_double),
+                          self.input_size, self.hidden, width, self.num_layers, num_directions)
         gates_width = self.gate_count * self.hidden
         block = fg_block_width(self.is_double)
         self.pointers = <void **> PyMem_Malloc(6 * self.entries * sizeof(void *))
@@ -329,13 +368,13 @@ cdef class LayerPlan:
                     or weights.sizes[2] != gates_width
                     or weights.sizes[1] != _packed_size(
                         in_width + width,
-                        2 if cell == CELL_GRU and not reset_after else self.gate_count,
+                        2 if cell == FG_CELL_GRU and not reset_after else self.gate_count,
                         self.hidden, block)
-                    or (cell == CELL_GRU and reset_after and weights.sizes[3] != self.hidden)
-                    or (cell == CELL_GRU and not reset_after and weights.sizes[4]
+                    or (cell == FG_CELL_GRU and reset_after and weights.sizes[3] != self.hidden)
+                    or (cell == FG_CELL_GRU and not reset_after and weights.sizes[4]
                         != _packed_size(in_width + self.hidden, 1, self.hidden, block))
                     or (weights.sizes[5] != 0 and (
-                        cell != CELL_LSTM
+                        cell != FG_CELL_LSTM
                         or weights.sizes[5] != _packed_size(self.hidden, 1, width, block)))
                     or (weights.sizes[5] == 0 and width != self.hidden)):
                 raise ValueError(f"LayerPlan: prepared weights {k} do not match the layer "
@@ -384,7 +423,7 @@ cdef class LayerPlan:
         h, c = self._zero_state(batch)
         self._call(cnp.PyArray_DATA(<cnp.ndarray> x), steps, batch, self.batch_first,
                    h, c, NULL, False, cnp.PyArray_DATA(<cnp.ndarray> out), num_threads, True)
-        return out, ((h, c) if self.cell == CELL_LSTM else h)
+        return out, ((h, c) if self.cell == FG_CELL_LSTM else h)
 
     def step(self, x, state, int num_threads=0, bint flat_state=False):
         """``(y, state)`` after one step ``x`` ``(B, D)`` from ``state`` (``None``: zeros;
@@ -401,7 +440,7 @@ cdef class LayerPlan:
         if state is None:
             h, c = self._zero_state(batch, flat_state)
         else:
-            if self.cell == CELL_LSTM:
+            if self.cell == FG_CELL_LSTM:
                 if type(state) is not tuple or len(<tuple> state) != 2:
                     return None
                 h, c = state
@@ -418,10 +457,10 @@ cdef class LayerPlan:
         y = cnp.PyArray_EMPTY(2, dims, self.typenum, 0)
         self._call(cnp.PyArray_DATA(<cnp.ndarray> x), 1, batch, True, h, c, NULL, False,
                    cnp.PyArray_DATA(<cnp.ndarray> y), num_threads, state is None)
-        return y, ((h, c) if self.cell == CELL_LSTM else h)
+        return y, ((h, c) if self.cell == FG_CELL_LSTM else h)
 
     def forward(self, x, h_state, c_state, mask, bint batch_major, bint hold_masked_output,
-                int num_threads=0, bint zero_state=False):
+                int num_threads=0, bint zero_state=False, plan=None):
         """Run the layer on ``x`` ``(T, B, D)`` (``(B, T, D)`` if ``batch_major``); returns
         the outputs, in ``x``'s layout.
 
@@ -430,7 +469,9 @@ cdef class LayerPlan:
         ``None`` or a ``(T, B)`` uint8 array of valid steps. ``zero_state`` says that the
         states are all zeros: the first step then skips ``h @ U`` (exactly zero) where ``U``
         is finite. ``num_threads`` threads split the batch (0, in every entry: the process's
-        setting, :func:`fastgate.set_num_threads`).
+        setting, :func:`fastgate.set_num_threads`). ``plan`` forces a plan, a tuple as
+        :meth:`estimate` returns (``ValueError`` if the kernel cannot run it); by default
+        the planner chooses (:mod:`fastgate.plans`).
         """
         cdef cnp.npy_intp dims[3]
         cdef Py_ssize_t steps, batch
@@ -444,7 +485,7 @@ cdef class LayerPlan:
         steps, batch = (dims[1], dims[0]) if batch_major else (dims[0], dims[1])
         if not self._is_state(h_state, batch, self.width):
             raise ValueError("forward: h_state does not match the layer and batch")
-        if self.cell == CELL_LSTM and not self._is_state(c_state, batch, self.hidden):
+        if self.cell == FG_CELL_LSTM and not self._is_state(c_state, batch, self.hidden):
             raise ValueError("forward: c_state does not match the layer and batch")
         if mask is not None:
             if (not _is_c_array(mask, 2, cnp.NPY_UINT8)
@@ -456,7 +497,7 @@ cdef class LayerPlan:
         out = cnp.PyArray_EMPTY(3, dims, self.typenum, 0)
         self._call(cnp.PyArray_DATA(<cnp.ndarray> x), steps, batch, batch_major, h_state,
                    c_state, mask_pointer, hold_masked_output,
-                   cnp.PyArray_DATA(<cnp.ndarray> out), num_threads, zero_state)
+                   cnp.PyArray_DATA(<cnp.ndarray> out), num_threads, zero_state, plan)
         return out
 
     cdef inline tuple _zero_state(self, Py_ssize_t batch, bint flat=False):
@@ -467,85 +508,337 @@ cdef class LayerPlan:
         dims[ndim - 2] = batch
         dims[ndim - 1] = self.width
         h = cnp.PyArray_ZEROS(ndim, dims, self.typenum, 0)
-        if self.cell != CELL_LSTM:
+        if self.cell != FG_CELL_LSTM:
             return h, None
         dims[ndim - 1] = self.hidden
         return h, cnp.PyArray_ZEROS(ndim, dims, self.typenum, 0)
 
+    def estimate(self, Py_ssize_t steps, Py_ssize_t batch, bint masked=False,
+                 bint zero_state=True, int num_threads=0):
+        """The plan the cost model picks for a call of this shape (``estimate`` mode), as
+        ``(first_input, later_input, split, threads)`` codes (constants.h; names in
+        :mod:`fastgate.plans`)."""
+        return _plan_tuple(_estimate(self, steps, batch, masked, zero_state,
+                                     self._threads(num_threads)))
+
+    def candidates(self, Py_ssize_t steps, Py_ssize_t batch, bint masked=False,
+                   int num_threads=0):
+        """Every plan this layer can run a call of this shape with (``measure`` mode times
+        them), the estimate's first; tuples as :meth:`estimate` returns."""
+        cdef CallPlan call
+        cdef list plans = []
+        cdef int first, later, split, threads
+        cdef tuple modes = (FG_INPUT_IN_STEP, FG_INPUT_PACKED, FG_INPUT_BLAS)
+        num_threads = self._threads(num_threads)
+        plans.append(_plan_tuple(_estimate(self, steps, batch, masked, True, num_threads)))
+        for first in modes:
+            for later in (modes if self.num_layers > 1 else (first,)):
+                for split, threads in ((FG_SPLIT_NONE, 1),
+                                       (FG_SPLIT_BATCH, min(num_threads, batch)),
+                                       (FG_SPLIT_HIDDEN, num_threads)):
+                    call.first_input, call.later_input = first, later
+                    call.split, call.threads = split, threads
+                    if (_plan_problem(self, call, batch, masked) is None
+                            and (split != FG_SPLIT_HIDDEN or hidden_split_allowed)
+                            and _plan_tuple(call) not in plans):
+                        plans.append(_plan_tuple(call))
+        return plans
+
+    def shape_class(self, Py_ssize_t steps, Py_ssize_t batch, bint masked=False,
+                    bint zero_state=True, int num_threads=0):
+        """The key under which a measured plan is cached: the ISA, the thread setting, the
+        layer's shape, and the call's batch and steps rounded to powers of two, mask and
+        zero state."""
+        return (("base", "avx2", "avx512")[fg_isa()], self._threads(num_threads),
+                bool(hidden_split_allowed)) + self.layer_key + (
+            _size_class(batch), _size_class(steps), bool(masked), bool(zero_state))
+
+    cdef int _threads(self, int num_threads) except -1:
+        if num_threads <= 0:
+            return process_threads if process_threads else _default_threads()
+        return num_threads
+
     cdef int _call(self, void *x, Py_ssize_t steps, Py_ssize_t batch, bint batch_major,
                    object h_state, object c_state, const unsigned char *mask,
                    bint hold_masked_output, void *out, int num_threads,
-                   bint zero_state) except -1:
-        # the checked arrays' pointers to the kernel, without the GIL
-        cdef void *h = cnp.PyArray_DATA(<cnp.ndarray> h_state)
-        cdef void *c = (cnp.PyArray_DATA(<cnp.ndarray> c_state) if self.cell == CELL_LSTM
-                        else NULL)
-        cdef int status
+                   bint zero_state, object forced=None) except -1:
+        # the plan of the call (forced, measured or estimated), then the kernel
+        cdef CallPlan call
         if steps == 0 or batch == 0:
             return 0
-        if num_threads <= 0:
-            num_threads = process_threads if process_threads else _default_threads()
+        num_threads = self._threads(num_threads)
+        if forced is not None:
+            call = _plan_from_tuple(forced)
+            problem = _plan_problem(self, call, batch, mask != NULL)
+            if problem is not None:
+                raise ValueError(f"plan {forced}: {problem}")
+        else:
+            call = _estimate(self, steps, batch, mask != NULL, zero_state, num_threads)
+            if (planning_mode == PLAN_MEASURE
+                    and _work(self, steps, batch) >= MEASURE_MIN_WORK):
+                call = self._measured(call, x, steps, batch, batch_major, h_state, c_state,
+                                      mask, hold_masked_output, out, num_threads, zero_state)
+        return self._execute(call, x, steps, batch, batch_major, h_state, c_state, mask,
+                             hold_masked_output, out, zero_state)
+
+    cdef CallPlan _measured(self, CallPlan estimate, void *x, Py_ssize_t steps,
+                            Py_ssize_t batch, bint batch_major, object h_state,
+                            object c_state, const unsigned char *mask,
+                            bint hold_masked_output, void *out, int num_threads,
+                            bint zero_state) except *:
+        # The cached plan of this shape class, or the fastest candidate timed on this call's
+        # input (states copied, outputs overwritten by the real run after), within
+        # max(MEASURE_BUDGET, 5 calls of the estimate).
+        cdef CallPlan call
+        from time import perf_counter
+        key = self.shape_class(steps, batch, mask != NULL, zero_state, num_threads)
+        cached = plan_cache.get(key)
+        if cached is not None:
+            call = _plan_from_tuple(cached["plan"])
+            # (a class spans batch sizes: a plan loaded or measured for another may not fit)
+            return call if _plan_problem(self, call, batch, mask != NULL) is None else estimate
+        timings = []
+        start = perf_counter()
+        budget = MEASURE_BUDGET
+        for candidate in self.candidates(steps, batch, mask != NULL, num_threads):
+            if timings and perf_counter() - start > budget:
+                break
+            h = h_state.copy()
+            c = c_state.copy() if c_state is not None else None
+            began = perf_counter()
+            self._execute(_plan_from_tuple(candidate), x, steps, batch, batch_major, h, c,
+                          mask, hold_masked_output, out, zero_state)
+            timings.append((perf_counter() - began, candidate))
+            if len(timings) == 1:
+                budget = max(MEASURE_BUDGET, 5 * timings[0][0])
+        best = min(timings)[1]
+        plan_cache[key] = {"plan": best, "timings": [(t, p) for t, p in timings]}
+        if measured_callback is not None:
+            measured_callback(key)
+        return _plan_from_tuple(best)
+
+    cdef int _execute(self, CallPlan call, void *x, Py_ssize_t steps, Py_ssize_t batch,
+                      bint batch_major, object h_state, object c_state,
+                      const unsigned char *mask, bint hold_masked_output, void *out,
+                      bint zero_state) except -1:
+        # the checked arrays' pointers to the kernel, without the GIL
+        cdef void *h = cnp.PyArray_DATA(<cnp.ndarray> h_state)
+        cdef void *c = (cnp.PyArray_DATA(<cnp.ndarray> c_state) if self.cell == FG_CELL_LSTM
+                        else NULL)
+        cdef int status
+        if ((call.first_input == FG_INPUT_BLAS or call.later_input == FG_INPUT_BLAS)
+                and (sgemm_pointer == NULL or dgemm_pointer == NULL)):
+            _load_blas()
         with nogil:
             if self.is_double:
                 status = _run(self, <double *> x, steps, batch, batch_major, <double *> h,
                               <double *> c, mask, hold_masked_output, <double *> out,
-                              num_threads, zero_state)
+                              zero_state, call)
             else:
                 status = _run(self, <float *> x, steps, batch, batch_major, <float *> h,
                               <float *> c, mask, hold_masked_output, <float *> out,
-                              num_threads, zero_state)
+                              zero_state, call)
         if status:
             raise MemoryError()
         return 0
 
 
+# ------------------------------------------------------------------------------ the planner
+# A plan is data: where each layer's x W comes from (FG_INPUT_*: in the step, the packed
+# kernel's input pass, or BLAS), and how threads share the call (FG_SPLIT_*). _estimate is
+# the cost model; LayerPlan._measured times the candidates (fastgate.plans: modes, cache,
+# explain).
+cdef struct CallPlan:
+    int first_input     # FG_INPUT_* of the first layer
+    int later_input     # FG_INPUT_* of the layers after it
+    int split           # FG_SPLIT_*
+    int threads         # threads of the split (1 with FG_SPLIT_NONE)
+
+cdef enum:
+    PLAN_ESTIMATE = 0
+    PLAN_MEASURE = 1
+
+#: How calls choose their plan (fastgate.plans.set_mode).
+cdef int planning_mode = PLAN_ESTIMATE
+#: Calls of fewer multiply-adds (steps x batch x recurrent product) always take the
+#: estimate: measuring would cost more than any plan could save.
+cdef double MEASURE_MIN_WORK = 2e6
+#: Measuring a shape class takes at most about this long (seconds), or 5 calls' worth.
+cdef double MEASURE_BUDGET = 0.05
+#: Measured plans, {shape_class: {"plan": tuple, "timings": [(seconds, tuple)]}}
+#: (fastgate.plans saves and loads them), and a function told of each new entry.
+plan_cache = {}
+measured_callback = None
+
+
+def set_planning(str mode, callback=None):
+    """Choose plans by ``"estimate"`` (the cost model) or ``"measure"`` (time the candidates
+    once per shape class); ``callback(key)`` is called after each measurement."""
+    global planning_mode, measured_callback
+    if mode not in ("estimate", "measure"):
+        raise ValueError(f"planning mode must be 'estimate' or 'measure', not {mode!r}")
+    planning_mode = PLAN_MEASURE if mode == "measure" else PLAN_ESTIMATE
+    measured_callback = callback
+
+
+def planning():
+    """The planning mode, ``"estimate"`` or ``"measure"``."""
+    return "measure" if planning_mode == PLAN_MEASURE else "estimate"
+
+
+def estimate_thresholds():
+    """The cost model's constants (see the comments at their definitions)."""
+    return dict(threading_min_work=THREADING_MIN_WORK,
+                split_min_step_work=SPLIT_MIN_STEP_WORK,
+                fused_input_min_batch=FUSED_INPUT_MIN_BATCH,
+                fused_input_max_width=FUSED_INPUT_MAX_WIDTH,
+                packed_input_min_isa=PACKED_INPUT_MIN_ISA,
+                measure_min_work=MEASURE_MIN_WORK, measure_budget=MEASURE_BUDGET)
+
+
+cdef inline double _work(LayerPlan plan, Py_ssize_t steps, Py_ssize_t batch) noexcept nogil:
+    # multiply-adds of the recurrent products of one layer direction
+    return <double> steps * batch * plan.width * plan.gate_count * plan.hidden
+
+
+cdef inline int _size_class(Py_ssize_t n) noexcept:
+    # n rounded down to a power of two (0 stays 0)
+    cdef int size = 1
+    if n <= 0:
+        return 0
+    while size * 2 <= n:
+        size *= 2
+    return size
+
+
+cdef CallPlan _estimate(LayerPlan plan, Py_ssize_t steps, Py_ssize_t batch, bint masked,
+                        bint zero_state, int num_threads) noexcept nogil:
+    # The cost model: the constants above, measured on the development machine.
+    cdef CallPlan call
+    cdef Py_ssize_t gates_width = plan.gate_count * plan.hidden
+    cdef double work = _work(plan, steps, batch)
+    cdef int threads
+    # Threads split the batch; each needs whole tiles of rows to be worth it.
+    threads = max(1, min(num_threads, FG_MAX_THREADS, batch // fg_tile_rows(plan.gate_count)))
+    if work < THREADING_MIN_WORK:
+        threads = 1
+    call.split = FG_SPLIT_BATCH if threads > 1 else FG_SPLIT_NONE
+    call.threads = threads
+    # Or share the hidden units, where every step reads only h of the step before.
+    if (hidden_split_allowed and threads == 1 and num_threads > 1 and not masked
+            and plan.width == plan.hidden
+            and not (plan.cell == FG_CELL_GRU and not plan.reset_after)
+            and plan.width * gates_width >= SPLIT_MIN_STEP_WORK
+            and work >= THREADING_MIN_WORK):
+        call.split = FG_SPLIT_HIDDEN
+        call.threads = min(num_threads, FG_MAX_THREADS)
+    if fg_isa() < PACKED_INPUT_MIN_ISA:
+        call.first_input = call.later_input = FG_INPUT_BLAS
+    elif batch >= FUSED_INPUT_MIN_BATCH:
+        call.first_input = call.later_input = FG_INPUT_IN_STEP
+    else:
+        call.later_input = FG_INPUT_PACKED
+        call.first_input = (FG_INPUT_IN_STEP
+                            if plan.input_size <= FUSED_INPUT_MAX_WIDTH
+                            or (steps == 1 and zero_state) else FG_INPUT_PACKED)
+    if plan.num_layers == 1:
+        call.later_input = call.first_input   # (one name per plan)
+    return call
+
+
+cdef object _plan_problem(LayerPlan plan, CallPlan call, Py_ssize_t batch, bint masked):
+    # Why the kernel cannot run `call` (a message), or None.
+    cdef int mode
+    for mode in (call.first_input, call.later_input):
+        if mode not in (FG_INPUT_IN_STEP, FG_INPUT_PACKED, FG_INPUT_BLAS):
+            return f"unknown input mode {mode}"
+    if call.split == FG_SPLIT_NONE:
+        return None if call.threads == 1 else "one thread without a split"
+    if call.split == FG_SPLIT_BATCH:
+        if not 2 <= call.threads <= min(batch, FG_MAX_THREADS):
+            return f"a batch split needs 2 to min(batch, {FG_MAX_THREADS}) threads"
+        if call.first_input == FG_INPUT_PACKED or (plan.num_layers > 1
+                                                   and call.later_input == FG_INPUT_PACKED):
+            return "the packed input pass runs on one thread or on a hidden split"
+        return None
+    if call.split == FG_SPLIT_HIDDEN:
+        if not 2 <= call.threads <= FG_MAX_THREADS:
+            return f"a hidden split needs 2 to {FG_MAX_THREADS} threads"
+        if masked or plan.width != plan.hidden or (plan.cell == FG_CELL_GRU
+                                                   and not plan.reset_after):
+            return ("a hidden split needs every step to read only h: no mask, projection or "
+                    "GRU reset-before")
+        return None
+    return f"unknown split {call.split}"
+
+
+cdef tuple _plan_tuple(CallPlan call):
+    return (call.first_input, call.later_input, call.split, call.threads)
+
+
+cdef CallPlan _plan_from_tuple(object plan) except *:
+    cdef CallPlan call
+    call.first_input, call.later_input, call.split, call.threads = plan
+    return call
+
+
+# --------------------------------------------------------------------------------- BLAS shim
+# Loaded on first use (fastgate._kernels.blas imports SciPy's BLAS: ~0.4 s of a cold start).
+ctypedef void (*sgemm_function)(blas_int, blas_int, blas_int, float, const float *, blas_int,
+                                const float *, blas_int, float, float *,
+                                blas_int) noexcept nogil
+ctypedef void (*dgemm_function)(blas_int, blas_int, blas_int, double, const double *,
+                                blas_int, const double *, blas_int, double, double *,
+                                blas_int) noexcept nogil
+cdef sgemm_function sgemm_pointer = NULL
+cdef dgemm_function dgemm_pointer = NULL
+
+
+cdef int _load_blas() except -1:
+    global sgemm_pointer, dgemm_pointer
+    from fastgate._kernels.blas import row_major_gemm
+    single, double = row_major_gemm()
+    sgemm_pointer = <sgemm_function> PyCapsule_GetPointer(single, b"fastgate.sgemm_row_major")
+    dgemm_pointer = <dgemm_function> PyCapsule_GetPointer(double, b"fastgate.dgemm_row_major")
+    return 0
+
+
+cdef inline void _gemm(blas_int m, blas_int n, blas_int k, const floating *a,
+                       const floating *b, floating *c) noexcept nogil:
+    # c (m, n) = a (m, k) @ b (k, n), row-major, contiguous
+    if floating is float:
+        sgemm_pointer(m, n, k, 1, a, k, b, n, 0, c, n)
+    else:
+        dgemm_pointer(m, n, k, 1, a, k, b, n, 0, c, n)
+
+
+# ---------------------------------------------------------------------------------- running
 cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
               bint batch_major, floating *h, floating *c, const unsigned char *mask,
-              bint hold_masked_output, floating *out, int num_threads,
-              bint zero_state) noexcept nogil:
+              bint hold_masked_output, floating *out, bint zero_state,
+              CallPlan call) noexcept nogil:
     # The layer over checked arrays: x (steps * batch, input_size) rows, h and c
     # (entries, batch, width / hidden), out (steps * batch, out_width) rows, rows addressed
-    # as fg_direction says. Returns 1 if the workspace cannot be allocated.
+    # as fg_direction says, by the plan `call`. Returns 1 if the workspace cannot be
+    # allocated.
     cdef Py_ssize_t hidden = plan.hidden, width = plan.width, out_width = plan.out_width
     cdef Py_ssize_t gates_width = plan.gate_count * hidden
     cdef Py_ssize_t rows = steps * batch
-    cdef Py_ssize_t layer, direction, k, in_width, threads, chunk, workspace_size
-    cdef int split_threads
-    cdef Py_ssize_t bounds[65]
+    cdef Py_ssize_t layer, direction, k, in_width, workspace_size
     cdef void **pointers
     cdef floating *workspace
     cdef floating *projection_buffer
     cdef floating *layer_buffers
     cdef floating *layer_input
     cdef floating *layer_output
-    cdef bint fused_input, blas_input, first_fused, projecting
+    cdef bint projecting
     cdef fg_direction direction_args
 
-    # Threads split the batch; each needs whole tiles of rows to be worth it.
-    threads = max(1, min(num_threads, MAX_THREADS, batch // fg_tile_rows(plan.gate_count)))
-    if steps * batch * width * gates_width < THREADING_MIN_WORK:
-        threads = 1
-    for chunk in range(threads + 1):
-        bounds[chunk] = batch * chunk // threads
-    # Or share the hidden units (see fg_block_queue in fused.h), where every step reads only
-    # h of the step before.
-    split_threads = 1
-    if (hidden_split_allowed and threads == 1 and num_threads > 1 and mask == NULL
-            and width == hidden
-            and not (plan.cell == CELL_GRU and not plan.reset_after)
-            and width * gates_width >= SPLIT_MIN_STEP_WORK
-            and steps * batch * width * gates_width >= THREADING_MIN_WORK):
-        split_threads = min(num_threads, MAX_THREADS)
-
     # Workspace, allocated once per call: (B, P + 2 H) for the step (h double buffer,
-    # o * act(c) or r * h, z), the input projection of all steps (unless fused into the
-    # step) and two layer buffers for stacked layers.
-    blas_input = fg_isa() < PACKED_INPUT_MIN_ISA
-    fused_input = batch >= FUSED_INPUT_MIN_BATCH and not blas_input
-    first_fused = fused_input or ((plan.input_size <= FUSED_INPUT_MAX_WIDTH
-                                   or (steps == 1 and zero_state)) and not blas_input)
-    # whether some layer computes x W for all steps into the projection buffer
-    projecting = not fused_input and (plan.num_layers > 1 or not first_fused)
+    # o * act(c) or r * h, z), the input projection of all steps (unless every layer's is
+    # in the step) and two layer buffers for stacked layers.
+    projecting = (call.first_input != FG_INPUT_IN_STEP
+                  or (plan.num_layers > 1 and call.later_input != FG_INPUT_IN_STEP))
     workspace_size = (batch * (width + 2 * hidden)
                       + (rows * gates_width if projecting else 0)
                       + (2 * rows * out_width if plan.num_layers > 1 else 0))
@@ -555,27 +848,8 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
         return 1
     projection_buffer = workspace + batch * (width + 2 * hidden)
     layer_buffers = projection_buffer + (rows * gates_width if projecting else 0)
-
-    direction_args.cell = plan.cell
-    direction_args.act = plan.act
-    direction_args.rec_act = plan.rec_act
-    direction_args.reset_after = plan.reset_after
-    direction_args.hold_masked_output = hold_masked_output
-    direction_args.steps = steps
-    direction_args.batch = batch
-    direction_args.step_stride = 1 if batch_major else batch
-    direction_args.batch_stride = steps if batch_major else 1
-    direction_args.hidden = hidden
-    direction_args.width = width
-    direction_args.input_projected = blas_input
-    direction_args.h_spare = workspace
-    direction_args.cell_out = workspace + batch * width
-    direction_args.gate_buffer = workspace + batch * (width + hidden)
-    direction_args.mask = mask
-    direction_args.out_width = out_width
-    direction_args.block_begin = 0
-    direction_args.block_end = 0
-    direction_args.synchronize = 0
+    _direction_constants(plan, &direction_args, steps, batch, batch_major, mask,
+                         hold_masked_output, workspace)
 
     layer_input = x
     for layer in range(plan.num_layers):
@@ -584,6 +858,11 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
         else:
             layer_output = layer_buffers + (layer % 2) * rows * out_width
         in_width = plan.input_size if layer == 0 else out_width
+        direction_args.input = layer_input
+        direction_args.input_width = in_width
+        direction_args.input_mode = call.first_input if layer == 0 else call.later_input
+        direction_args.projected_input = (NULL if direction_args.input_mode == FG_INPUT_IN_STEP
+                                          else projection_buffer)
         for direction in range(plan.num_directions):
             k = layer * plan.num_directions + direction
             pointers = plan.pointers + 6 * k
@@ -597,36 +876,62 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
             direction_args.h = h + k * batch * width
             direction_args.c = c + k * batch * hidden if c != NULL else NULL
             direction_args.out = layer_output + direction * width
-            direction_args.input = layer_input
-            direction_args.input_width = in_width
-            direction_args.projected_input = (NULL if fused_input or (layer == 0 and first_fused)
-                                              else projection_buffer)
-            if blas_input:
+            if direction_args.input_mode == FG_INPUT_BLAS:
                 # x W for every step by one BLAS GEMM: (T*B, D) @ (D, G*H)
-                gemm(<blas_int> rows, <blas_int> gates_width, <blas_int> in_width,
-                     <floating> 1, layer_input, <blas_int> in_width,
-                     <floating *> pointers[0], <blas_int> gates_width,
-                     <floating> 0, projection_buffer, <blas_int> gates_width)
-            if split_threads > 1:
-                _run_split(x, &direction_args, split_threads)
-            elif threads == 1:
-                _run_rows(x, &direction_args, 0, batch)
-            else:
-                for chunk in prange(threads, num_threads=threads, schedule="static",
-                                    chunksize=1):
-                    _run_rows(x, &direction_args, bounds[chunk], bounds[chunk + 1])
+                _gemm(<blas_int> rows, <blas_int> gates_width, <blas_int> in_width,
+                      layer_input, <floating *> pointers[0], projection_buffer)
+            _run_split(x, &direction_args, call)
         layer_input = layer_output
     PyMem_RawFree(workspace)
     return 0
 
 
+cdef inline void _direction_constants(LayerPlan plan, fg_direction *d, Py_ssize_t steps,
+                                      Py_ssize_t batch, bint batch_major,
+                                      const unsigned char *mask, bint hold_masked_output,
+                                      void *workspace) noexcept nogil:
+    # the fields of fg_direction that every layer and direction of a call share
+    cdef Py_ssize_t item = sizeof(double) if plan.is_double else sizeof(float)
+    d.cell = plan.cell
+    d.act = plan.act
+    d.rec_act = plan.rec_act
+    d.reset_after = plan.reset_after
+    d.hold_masked_output = hold_masked_output
+    d.steps = steps
+    d.batch = batch
+    d.step_stride = 1 if batch_major else batch
+    d.batch_stride = steps if batch_major else 1
+    d.hidden = plan.hidden
+    d.width = plan.width
+    d.h_spare = workspace
+    d.cell_out = <char *> workspace + batch * plan.width * item
+    d.gate_buffer = <char *> workspace + batch * (plan.width + plan.hidden) * item
+    d.mask = mask
+    d.out_width = plan.out_width
+    d.block_begin = 0
+    d.block_end = 0
+    d.synchronize = 0
+
+
 cdef inline void _run_split(floating *dtype_tag, const fg_direction *d,
-                            int threads) noexcept nogil:
-    # The float or double kernel on threads that split the hidden units.
-    if floating is float:
-        fg_run_direction_split_f(d, threads)
-    else:
-        fg_run_direction_split_d(d, threads)
+                            CallPlan call) noexcept nogil:
+    # One direction by the plan's thread split (``dtype_tag`` only selects the dtype).
+    cdef Py_ssize_t bounds[FG_MAX_THREADS + 1]
+    cdef Py_ssize_t chunk
+    if call.split == FG_SPLIT_HIDDEN:
+        if floating is float:
+            fg_run_direction_split_f(d, call.threads)
+        else:
+            fg_run_direction_split_d(d, call.threads)
+        return
+    if call.split == FG_SPLIT_NONE:
+        _run_rows(dtype_tag, d, 0, d.batch)
+        return
+    for chunk in range(call.threads + 1):
+        bounds[chunk] = d.batch * chunk // call.threads
+    for chunk in prange(call.threads, num_threads=call.threads, schedule="static",
+                        chunksize=1):
+        _run_rows(dtype_tag, d, bounds[chunk], bounds[chunk + 1])
 
 
 cdef inline void _run_rows(floating *dtype_tag, const fg_direction *d, Py_ssize_t begin,

@@ -25,6 +25,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "constants.h"   /* the activation codes */
+
 #if defined(__GNUC__)
 #define FG_ALWAYS_INLINE static inline __attribute__((always_inline))
 #define FG_PREFETCH(address) __builtin_prefetch(address)
@@ -99,14 +101,6 @@ FG_ALWAYS_INLINE double fg_exp(double x)
 FG_ALWAYS_INLINE double fg_sigmoid(double x) { return 1.0 / (1.0 + fg_exp(-x)); }
 
 FG_ALWAYS_INLINE double fg_tanh(double x) { return 1.0 - 2.0 / (1.0 + fg_exp(2.0 * x)); }
-
-/* --------------------------------------------------------------------- activation codes */
-/* The codes of fastgate.activations (the kernel ABI). */
-enum {
-    FG_LINEAR = 0, FG_TANH = 1, FG_SIGMOID = 2, FG_RELU = 3, FG_ELU = 4, FG_SELU = 5,
-    FG_SOFTSIGN = 6, FG_SOFTPLUS = 7, FG_EXPONENTIAL = 8, FG_HARD_SIGMOID = 9,
-    FG_HARD_SIGMOID_KERAS2 = 10, FG_SILU = 11, FG_GELU = 12
-};
 
 #define FG_SELU_ALPHA 1.6732632423543772848170429916717
 #define FG_SELU_SCALE 1.0507009873554804934193349852946

@@ -1,0 +1,49 @@
+/* The kernels' constants, written once: C includes this header, Cython `cdef extern`s it
+ * (recurrent.pyx), and tests/test_kernel_constants.py checks that the Python tables
+ * (fastgate.layers, fastgate.activations, fastgate.layout) equal what the compiled module
+ * reports from here (recurrent.kernel_constants()).
+ */
+#ifndef FASTGATE_CONSTANTS_H
+#define FASTGATE_CONSTANTS_H
+
+/* Cell families (fastgate.layers._CELL_CODES). */
+enum { FG_CELL_LSTM = 0, FG_CELL_GRU = 1, FG_CELL_RNN = 2 };
+
+/* Gates per cell family (fastgate.layout.GATE_COUNT): i f g o / r z n / one. */
+#define FG_GATES(cell) ((cell) == FG_CELL_LSTM ? 4 : ((cell) == FG_CELL_GRU ? 3 : 1))
+
+/* Activation codes (fastgate.activations.ACTIVATIONS), the kernel ABI. */
+enum {
+    FG_LINEAR = 0, FG_TANH = 1, FG_SIGMOID = 2, FG_RELU = 3, FG_ELU = 4, FG_SELU = 5,
+    FG_SOFTSIGN = 6, FG_SOFTPLUS = 7, FG_EXPONENTIAL = 8, FG_HARD_SIGMOID = 9,
+    FG_HARD_SIGMOID_KERAS2 = 10, FG_SILU = 11, FG_GELU = 12
+};
+
+/* Where a step's x_t W comes from (a plan's input pass, fastgate.plans.INPUT_MODES):
+ * IN_STEP: the step's tile product reads x_t next to h and [W; U] (no projection buffer);
+ * PACKED:  the packed kernel computes x W of every step first, into a buffer;
+ * BLAS:    one BLAS GEMM computes x W of every step first (by the caller, recurrent.pyx). */
+enum { FG_INPUT_IN_STEP = 0, FG_INPUT_PACKED = 1, FG_INPUT_BLAS = 2 };
+
+/* How threads share a call (a plan's thread split, fastgate.plans.SPLITS):
+ * NONE: one thread; BATCH: disjoint batch rows, never synchronizing; HIDDEN: the hidden
+ * blocks of every row, meeting at a barrier after every step. */
+enum { FG_SPLIT_NONE = 0, FG_SPLIT_BATCH = 1, FG_SPLIT_HIDDEN = 2 };
+
+/* Instruction sets (recurrent.isa()), and per ISA the vector width in bytes and the vector
+ * accumulators a register tile may keep (24 of 32 vector registers, 12 of 16). */
+enum { FG_ISA_BASE = 0, FG_ISA_AVX2 = 1, FG_ISA_AVX512 = 2 };
+#define FG_BASE_VBYTES 16
+#define FG_BASE_ACC 12
+#define FG_AVX2_VBYTES 32
+#define FG_AVX2_ACC 12
+#define FG_AVX512_VBYTES 64
+#define FG_AVX512_ACC 24
+/* The largest of the FG_*_ACC: the size of a tile's accumulator arrays. */
+#define FG_MAX_ACC 24
+/* A register tile has at most this many batch rows. */
+#define FG_MAX_TILE_ROWS 12
+/* Threads a call may use (the thread bounds arrays hold FG_MAX_THREADS + 1 entries). */
+#define FG_MAX_THREADS 64
+
+#endif /* FASTGATE_CONSTANTS_H */
