@@ -30,6 +30,8 @@ from .cells import GRUCell, LSTMCell, RNNCell
 from .importers.torch import from_torch
 from .serialization import save
 from .threads import get_num_threads, set_num_threads
+from . import plans
+from .plans import explain
 
 __all__ = [
     # layers and models
@@ -40,6 +42,7 @@ __all__ = [
     "CellWeights", "GATE_ORDERS", "reorder_gates", "load", "save", "from_keras", "from_torch",
     # backends and threads
     "backend", "use_backend", "available_backends", "set_num_threads", "get_num_threads",
+    "plans", "explain",
     # errors
     "FastgateError", "ConfigError", "InputError", "ShapeError", "DTypeError",
     "WeightFormatError", "UnsupportedLayerError", "BackendError",

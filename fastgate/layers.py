@@ -17,7 +17,7 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-from . import oracle
+from . import oracle, plans
 # as_array and the two underscore names stay importable from here, for older imports.
 from ._validation import as_array
 from ._validation import as_cell_weights as _cell_weights
@@ -143,6 +143,7 @@ class RecurrentLayer:
         kernels = compiled_module()
         if kernels is None or self._prepared is None:
             return None
+        plans.configure_from_environment()
         return kernels.LayerPlan(_CELL_CODES[self.cell], self._activation_codes,
                                  self.reset_after, self._prepared, self.num_directions,
                                  self.output_size, self.batch_first)

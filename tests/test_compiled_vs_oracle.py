@@ -275,12 +275,14 @@ def test_every_instruction_set_matches_oracle(isa):
     # The kernels are built for AVX-512, AVX2 and the baseline, and the CPU picks one at
     # import. FASTGATE_ISA caps the choice, so the paths this CPU would not pick are checked
     # too (the baseline also routes x W through BLAS), with this file and the never-a-crash
-    # tests (NaN/Inf, T=0, B=0). A capped run on a CPU without that ISA runs the best it has.
+    # tests (NaN/Inf, T=0, B=0), and every plan of the planner (test_plans). A capped run on a
+    # CPU without that ISA runs the best it has.
     env = subprocess_env(FASTGATE_ISA=isa, FASTGATE_HYPOTHESIS_EXAMPLES="60")
     errors = os.path.join(os.path.dirname(__file__), "test_errors.py")
+    every_plan = os.path.join(os.path.dirname(__file__), "test_plans.py")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, errors,
-         "-k", "not every_instruction_set"],
+         every_plan, "-k", "not every_instruction_set"],
         env=env, capture_output=True, text=True, timeout=600, cwd=os.path.dirname(__file__))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "failed" not in result.stdout

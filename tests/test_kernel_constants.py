@@ -3,7 +3,8 @@
 The kernels take plain integer codes and fixed-size arrays. constants.h is their one
 definition: C includes it, recurrent.pyx ``cdef extern``s it, and
 ``recurrent.kernel_constants()`` reports the values the module was compiled with; these tests
-compare the Python tables (cell codes, gate counts, activation codes) against it, and check the few literals C cannot take from a
+compare the Python tables (cell codes, gate counts, activation codes, the planner's input
+modes and thread splits) against it, and check the few literals C cannot take from a
 constant (a ``#pragma`` unroll count, the tile row cases) against constants.h.
 """
 
@@ -11,6 +12,7 @@ import re
 from pathlib import Path
 
 import fastgate
+from fastgate import plans
 from fastgate.activations import ACTIVATIONS
 from fastgate.layers import _CELL_CODES
 from fastgate.layout import GATE_COUNT
@@ -38,6 +40,11 @@ def test_cell_codes_and_gate_counts_agree():
 def test_activation_codes_agree():
     assert constants()["activations"] == {name: code for name, (code, _) in ACTIVATIONS.items()}
     assert sorted(ACTIVATIONS[name][0] for name in ACTIVATIONS) == list(range(len(ACTIVATIONS)))
+
+
+def test_plan_codes_agree():
+    assert constants()["input_modes"] == plans.INPUT_MODES
+    assert constants()["splits"] == plans.SPLITS
 
 
 def test_isa_names_agree():
