@@ -41,7 +41,7 @@ ATOL_FRAMEWORK = 1e-5
 @pytest.fixture(scope="module")
 def client():
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None)
+                           dashboard_address=":0")
     client = Client(cluster)
     pids = set()
     try:

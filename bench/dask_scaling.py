@@ -1,0 +1,132 @@
+"""fastgate.dask: throughput of 2 Dask workers vs 1, and overhead vs in-process predict.
+
+The model is a fastgate Model, LSTM(D -> H, batch-first) then Dense(H -> 1), scored on N
+sequences of T steps (default N=4000, T=50, D=64, H=256, float32): the issue's
+"LSTM H=256 over 4000 x 50 steps". Three ways, interleaved round by round so that other
+load on the machine hits all three alike:
+
+* ``in-process``: ``model.predict(x)`` here, with one kernel thread (``set_num_threads(1)``);
+* ``1 worker``: ``fastgate.dask.predict`` on ``LocalCluster(n_workers=1,
+  threads_per_worker=1)``;
+* ``2 workers``: the same on ``LocalCluster(n_workers=2, threads_per_worker=1)``.
+
+X is chunked along N (``--chunk`` sequences per task) and made on the workers before timing
+(``da.random``, persisted: as data read by the workers from zarr or parquet would be); ``--ship`` instead
+sends X from this process in every run (``da.from_array``). The model is shipped to the
+workers before timing too (once per worker: later runs reuse it). Reported: the median and
+the best of ``--repeats`` rounds for each way (on a busy machine the best is the run least
+disturbed), ``2 workers / 1 worker`` throughput (target >= 1.7 on 2
+idle cores) and ``1 worker / in-process`` time (overhead, target <= 1.15).
+
+    python bench/dask_scaling.py [--sequences 4000 --steps 50 --input 64 --hidden 256]
+
+Also collected by pytest (``pytest bench/dask_scaling.py``): a short smoke run that checks
+the cluster's answer and prints the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import dask.array as da
+import numpy as np
+from distributed import Client, LocalCluster
+
+import fastgate
+import fastgate.dask
+from fastgate.ops import Dense, Recurrent
+
+
+def make_model(input_size: int, hidden: int) -> fastgate.Model:
+    """LSTM(input_size -> hidden) on the whole sequence, then Dense(hidden -> 1)."""
+    rng = np.random.default_rng(0)
+    lstm = fastgate.LSTM.random(input_size, hidden, batch_first=True)
+    return fastgate.Model([("lstm", Recurrent(lstm), (-1, 0)),
+                           ("head", Dense(rng.normal(size=(hidden, 1)) / hidden ** 0.5),
+                            (0, 0))], [(1, 0)], name="lstm_scorer")
+
+
+def timed(function) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = function()
+    return time.perf_counter() - start, result
+
+
+def main(argv=None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sequences", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--input", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--chunk", type=int, default=250, help="sequences per task (250)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--ship", action="store_true",
+                        help="send X from this process in every run instead of persisting it")
+    args = parser.parse_args(argv)
+    fastgate.set_num_threads(1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"fastgate {fastgate.__version__} ({fastgate.backend()} backend), {cores} cores, "
+          f"load {os.getloadavg()[0]:.2f}; N={args.sequences} T={args.steps} D={args.input} "
+          f"H={args.hidden} float32, {args.chunk} sequences per task, X "
+          f"{'sent from the client each run' if args.ship else 'persisted on the workers'}")
+    model = make_model(args.input, args.hidden)
+    shape, chunks = (args.sequences, args.steps, args.input), (args.chunk, args.steps,
+                                                               args.input)
+    lazy_x = da.random.default_rng(1).standard_normal(shape, chunks=chunks, dtype=np.float32)
+    x = lazy_x.compute(scheduler="sync")
+    expected = model.predict(x)
+    clusters = {workers: LocalCluster(n_workers=workers, threads_per_worker=1,
+                                      processes=True, dashboard_address=":0")
+                for workers in (1, 2)}
+    clients = {workers: Client(cluster, set_as_default=False)
+               for workers, cluster in clusters.items()}
+    try:
+        runs = {}
+        for workers, client in clients.items():
+            if args.ship:
+                X = da.from_array(x, chunks=chunks)
+            else:   # made on the workers, as if read there from zarr or parquet
+                X = client.persist(lazy_x)
+                client.compute(X.sum()).result(timeout=600)   # X is on the workers
+            Y = fastgate.dask.predict(model, X, client)
+            got = client.compute(Y).result(timeout=600)   # warm-up: ships the model
+            assert np.allclose(got, expected, rtol=0, atol=1e-6), "cluster result differs"
+            runs[workers] = (lambda Y=Y, client=client:
+                             client.compute(Y).result(timeout=600))
+        model.predict(x)
+        times: dict[str, list[float]] = {"in-process": [], "1 worker": [], "2 workers": []}
+        for _ in range(args.repeats):
+            times["in-process"].append(timed(lambda: model.predict(x))[0])
+            times["1 worker"].append(timed(runs[1])[0])
+            times["2 workers"].append(timed(runs[2])[0])
+    finally:
+        for workers in (1, 2):
+            clients[workers].close()
+            clusters[workers].close()
+    medians = {way: float(np.median(values)) for way, values in times.items()}
+    bests = {way: float(np.min(values)) for way, values in times.items()}
+    for way, seconds in medians.items():
+        print(f"{way:>11}: median {seconds * 1e3:8.1f} ms, best {bests[way] * 1e3:8.1f} ms, "
+              f"{args.sequences / seconds:6.0f} sequences/s at the median "
+              f"(runs: {', '.join(f'{t * 1e3:.0f}' for t in times[way])} ms)")
+    ratios = {"scaling": medians["1 worker"] / medians["2 workers"],
+              "overhead": medians["1 worker"] / medians["in-process"]}
+    print(f"2 workers / 1 worker throughput: {ratios['scaling']:.2f} at the median, "
+          f"{bests['1 worker'] / bests['2 workers']:.2f} best of runs (target >= 1.7)")
+    print(f"1 worker / in-process time: {ratios['overhead']:.2f} at the median, "
+          f"{bests['1 worker'] / bests['in-process']:.2f} best of runs (target <= 1.15)")
+    print(f"load after the run: {os.getloadavg()[0]:.2f}")
+    return ratios
+
+
+def test_dask_scaling_smoke():
+    """A short run: the cluster's answer is checked inside; prints the ratios."""
+    ratios = main(["--sequences", "200", "--steps", "10", "--hidden", "64", "--chunk", "50",
+                   "--repeats", "2"])
+    assert set(ratios) == {"scaling", "overhead"} and all(r > 0 for r in ratios.values())
+
+
+if __name__ == "__main__":
+    main()
