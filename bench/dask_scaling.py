@@ -11,12 +11,12 @@ load on the machine hits all three alike:
 * ``2 workers``: the same on ``LocalCluster(n_workers=2, threads_per_worker=1)``.
 
 X is chunked along N (``--chunk`` sequences per task) and made on the workers before timing
-(``da.random``, persisted: as data read by the workers from zarr or parquet would be); ``--ship`` instead
-sends X from this process in every run (``da.from_array``). The model is shipped to the
-workers before timing too (once per worker: later runs reuse it). Reported: the median and
-the best of ``--repeats`` rounds for each way (on a busy machine the best is the run least
-disturbed), ``2 workers / 1 worker`` throughput (target >= 1.7 on 2
-idle cores) and ``1 worker / in-process`` time (overhead, target <= 1.15).
+(``da.random``, persisted: as data read by the workers from zarr or parquet would be);
+``--ship`` instead sends X from this process in every run (``da.from_array``). The model is
+shipped to the workers before timing too (once per worker: later runs reuse it). Reported:
+the median and the best of ``--repeats`` rounds for each way (on a busy machine the best is
+the run least disturbed), ``2 workers / 1 worker`` throughput (target >= 1.7 on 2 idle
+cores) and ``1 worker / in-process`` time (overhead, target <= 1.15).
 
     python bench/dask_scaling.py [--sequences 4000 --steps 50 --input 64 --hidden 256]
 

@@ -42,6 +42,7 @@ from typing import Any, Sequence
 import dask
 import dask.array as da
 import dask.bag as db
+from dask.base import tokenize
 import numpy as np
 from distributed import Client, WorkerPlugin, default_client, get_worker
 
@@ -52,7 +53,7 @@ from .ops import Embedding, Masking
 from .serialization import from_bytes, to_bytes
 from .threads import set_num_threads
 
-__all__ = ["predict", "predict_sequences", "score_sequences", "ModelPlugin"]
+__all__ = ["predict", "predict_sequences", "score_sequences", "release", "ModelPlugin"]
 
 #: The largest block a task reads, after chunks along time and features are merged.
 DEFAULT_MAX_BLOCK_BYTES = 512 << 20
@@ -83,7 +84,8 @@ class ModelPlugin(WorkerPlugin):
     def __init__(self, model_bytes: bytes, kernel_threads: int = 1) -> None:
         self.model_bytes = model_bytes
         self.kernel_threads = kernel_threads
-        self.name = "fastgate-model-" + hashlib.sha256(model_bytes).hexdigest()[:16]
+        digest = hashlib.sha256(model_bytes + b"threads=%d" % kernel_threads).hexdigest()
+        self.name = "fastgate-model-" + digest[:16]
         self.model: Any = None
 
     def setup(self, worker: Any) -> None:
@@ -91,6 +93,10 @@ class ModelPlugin(WorkerPlugin):
         set_num_threads(self.kernel_threads)
         self.model = from_bytes(self.model_bytes, path=self.name)
         _MODEL_LOADS[self.name] = _MODEL_LOADS.get(self.name, 0) + 1
+
+    def teardown(self, worker: Any) -> None:
+        """Drop the model (the plugin was unregistered, or the worker is closing)."""
+        self.model = None
 
     def __repr__(self) -> str:
         return (f"ModelPlugin({self.name!r}, {len(self.model_bytes):,} bytes, "
@@ -133,6 +139,22 @@ def _ship(model: Any, client: Client, kernel_threads: int) -> str:
     plugin = ModelPlugin(to_bytes(model), kernel_threads)
     client.register_plugin(plugin, name=plugin.name)
     return plugin.name
+
+
+def release(model: Any, client: Client | None = None, *, kernel_threads: int = 1) -> bool:
+    """Remove ``model`` from the workers of ``client`` (by default the current client).
+
+    The plugin that :func:`predict` registered stays on the cluster, and the model in the
+    memory of every worker, until this is called (or the cluster closes). Returns whether
+    the model was registered.
+    """
+    client = _resolve_client(client)
+    name = ModelPlugin(to_bytes(model), kernel_threads).name
+    registered = client.run_on_scheduler(
+        lambda dask_scheduler: name in dask_scheduler.worker_plugins)
+    if registered:
+        client.unregister_worker_plugin(name)
+    return bool(registered)
 
 
 def _check_model(model: Any) -> str:
@@ -268,8 +290,9 @@ def predict(model: Any, X: Any, client: Client | None = None, *, return_state: b
     name = _ship(model, client, kernel_threads)
     blocks = X.to_delayed(optimize_graph=False).ravel()
     score = dask.delayed(_score_block, pure=True, nout=len(examples))
+    token = tokenize(name, kind, return_state, X.name)
     scored = [score(block, name, kind, return_state,
-                    dask_key_name=f"fastgate-predict-{name[15:]}-{X.name}-{k}")
+                    dask_key_name=f"fastgate-predict-{token}-{k}")
               for k, block in enumerate(blocks)]
     results = []
     for index, (example, axis) in enumerate(zip(

@@ -277,6 +277,9 @@ def test_the_model_is_shipped_to_each_worker_once(client):
     plugins = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins))
     assert plugins.count(name) == 1
     np.testing.assert_array_equal(y, per_block(lambda part: layer(part)[0], X.compute(), 4))
+    assert fgd.release(layer, client) and not fgd.release(layer, client)
+    assert not any(name in plugins for plugins in client.run(
+        lambda dask_worker: list(dask_worker.plugins)).values())
 
 
 # ============================================================================ ragged
