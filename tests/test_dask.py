@@ -97,7 +97,7 @@ def per_block(run, x, rows):
 
 # ============================================================================ packaging
 def test_import_fastgate_does_not_import_dask():
-    code = ("import sys, fastgate; "
+    code = ("import sys, fastgate, fastgate.cli; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed'));"
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -371,3 +371,71 @@ def test_a_worker_killed_mid_computation_loses_nothing(client):
     np.testing.assert_array_equal(y, expected)
     client.wait_for_workers(2, timeout=TIMEOUT)
     assert pid not in client.run(os.getpid).values()
+
+
+# ============================================================================ command line
+@pytest.fixture
+def input_directory(tmp_path, rng):
+    """Three .npy inputs of different sizes and a .npz one, for a (B, T, 4) model."""
+    directory = tmp_path / "inputs"
+    directory.mkdir()
+    arrays = {f"part{k}.npy": rng.normal(size=(5 + 7 * k, 6, 4)).astype(np.float32)
+              for k in range(3)}
+    for name, array in arrays.items():
+        np.save(directory / name, array)
+    np.savez(directory / "more.npz", x=arrays["part1.npy"][:3])
+    return directory, arrays
+
+
+def _cli(argv):
+    from fastgate.cli import main
+    return main([str(a) for a in argv])
+
+
+@pytest.mark.parametrize("where", ["in-process", "scheduler"])
+def test_cli_predict_scores_many_files_into_a_directory(client, tmp_path, input_directory,
+                                                        capsys, where):
+    directory, arrays = input_directory
+    layer = fastgate.GRU.random(4, 3, batch_first=True)
+    layer.save(tmp_path / "gru.fastgate")
+    extra = ["--scheduler", client.scheduler.address] if where == "scheduler" else []
+    code = _cli(["predict", tmp_path / "gru.fastgate", "--input", directory / "*.np[yz]",
+                 "--output", tmp_path / "out", *extra])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "4/4" in captured.err and "scored 4 files" in captured.out
+    assert sorted(os.listdir(tmp_path / "out")) == ["more.npz", "part0.npy", "part1.npy",
+                                                    "part2.npy"]
+    for name, x in arrays.items():
+        np.testing.assert_array_equal(np.load(tmp_path / "out" / name), layer(x)[0])
+    with np.load(tmp_path / "out" / "more.npz") as saved:
+        out, h_n = layer(arrays["part1.npy"][:3])
+        assert sorted(saved.files) == ["h_n", "output"]
+        np.testing.assert_array_equal(saved["output"], out)
+        np.testing.assert_array_equal(saved["h_n"], h_n)
+
+
+def test_cli_predict_many_files_refuses_what_it_cannot_do(client, tmp_path, input_directory,
+                                                          capsys):
+    directory, _ = input_directory
+    layer = fastgate.GRU.random(4, 3, batch_first=True)
+    layer.save(tmp_path / "gru.fastgate")
+    model = tmp_path / "gru.fastgate"
+    cases = [
+        (["--input", tmp_path / "nothing" / "*.npy", "--output", tmp_path / "o"],
+         "no .npy, .npz or .csv file matches"),
+        (["--input", directory / "*.npy"], "--output OUTDIR is needed"),
+        (["--input", directory / "*.npy", "--output", directory / "part0.npy"],
+         "expected a directory"),
+        (["--input", directory, "--output", directory], "would overwrite its input"),
+        (["--input", directory / "*.npy", "--output", tmp_path / "o", "--lengths", "l.npy"],
+         "--lengths applies to one input file"),
+    ]
+    for arguments, message in cases:
+        assert _cli(["predict", model, *arguments]) == 1
+        assert message in capsys.readouterr().err
+    # a bad file fails with fastgate's error, on the cluster too, with no hang
+    np.save(directory / "wide.npy", np.zeros((2, 6, 5), np.float32))
+    assert _cli(["predict", model, "--input", directory / "w*.npy", "--output",
+                 tmp_path / "o", "--scheduler", client.scheduler.address]) == 1
+    assert "D=4" in capsys.readouterr().err
