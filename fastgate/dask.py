@@ -82,7 +82,8 @@ class ModelPlugin(WorkerPlugin):
     idempotent = True   # registering the same model twice does nothing the second time
 
     def __init__(self, model_bytes: bytes, kernel_threads: int = 1) -> None:
-        self.model_bytes = model_bytes
+        self.model_bytes: bytes | None = model_bytes
+        self.size = len(model_bytes)
         self.kernel_threads = kernel_threads
         digest = hashlib.sha256(model_bytes + b"threads=%d" % kernel_threads).hexdigest()
         self.name = "fastgate-model-" + digest[:16]
@@ -91,15 +92,17 @@ class ModelPlugin(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         """Build the model on ``worker`` (once) and set the worker's kernel threads."""
         set_num_threads(self.kernel_threads)
-        self.model = from_bytes(self.model_bytes, path=self.name)
-        _MODEL_LOADS[self.name] = _MODEL_LOADS.get(self.name, 0) + 1
+        if self.model is None:
+            self.model = from_bytes(self.model_bytes, path=self.name)
+            self.model_bytes = None     # the worker keeps the model, not a second copy
+            _MODEL_LOADS[self.name] = _MODEL_LOADS.get(self.name, 0) + 1
 
     def teardown(self, worker: Any) -> None:
         """Drop the model (the plugin was unregistered, or the worker is closing)."""
         self.model = None
 
     def __repr__(self) -> str:
-        return (f"ModelPlugin({self.name!r}, {len(self.model_bytes):,} bytes, "
+        return (f"ModelPlugin({self.name!r}, {self.size:,} bytes, "
                 f"kernel_threads={self.kernel_threads})")
 
 
@@ -285,7 +288,12 @@ def predict(model: Any, X: Any, client: Client | None = None, *, return_state: b
                           "are (a Keras layer's return_state outputs among them)")
     client = _resolve_client(client)
     batch_axis = 1 if kind == "layer" and not model.batch_first else 0
-    X = _one_block_per_row(_as_dask_array(X, batch_axis), batch_axis, max_block_bytes)
+    X = _as_dask_array(X, batch_axis)
+    if kind == "layer" and X.ndim != 3:
+        layout = "(N, T, D)" if model.batch_first else "(T, N, D)"
+        raise ShapeError(f"{type(model).__name__} input: expected a batch {layout} with "
+                         f"D={model.input_size}, got shape {X.shape}")
+    X = _one_block_per_row(X, batch_axis, max_block_bytes)
     examples = _probe(model, kind, X, batch_axis, return_state)
     name = _ship(model, client, kernel_threads)
     blocks = X.to_delayed(optimize_graph=False).ravel()
@@ -417,9 +425,11 @@ def score_sequences(model: Any, sequences: Sequence[Any], *,
         raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
     arrays = [np.asarray(s) for s in sequences]
     for position, array in enumerate(arrays):
-        if array.ndim < 1 or len(array) == 0:
-            raise ShapeError(f"sequence {position}: expected (T, ...) with T >= 1 steps, got "
-                             f"shape {array.shape}")
+        if array.ndim < 1 or len(array) == 0 or (kind == "layer" and (
+                array.ndim != 2 or array.shape[1] != model.input_size)):
+            expected = f"(T, {model.input_size})" if kind == "layer" else "(T, ...)"
+            raise ShapeError(f"sequence {position}: expected {expected} with T >= 1 steps, "
+                             f"got shape {array.shape}")
     padding = 0.0 if kind == "layer" else _padding_value(model)
     lengths = np.array([len(a) for a in arrays], dtype=np.int64)
     keys = _bucket_keys(lengths, bucket, padding)

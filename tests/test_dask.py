@@ -231,6 +231,10 @@ def test_wrong_width_fails_with_fastgates_error_before_any_task(client, sentimen
         fgd.predict(model, da.zeros((10, 4), chunks=5), client)
     with pytest.raises(fastgate.DTypeError):
         fgd.predict(layer, da.zeros((10, 5, 8), chunks=5, dtype=complex), client)
+    with pytest.raises(fastgate.ShapeError, match=r"expected a batch \(N, T, D\)"):
+        fgd.predict(layer, da.zeros((10, 8), chunks=5), client)
+    with pytest.raises(fastgate.ShapeError, match=r"sequence 1: expected \(T, 8\)"):
+        fgd.predict_sequences(layer, [np.zeros((3, 8)), np.zeros((3, 7))], client)
 
 
 def test_ids_beyond_the_vocabulary_fail_with_fastgates_error(client, sentiment):
