@@ -36,6 +36,7 @@ import argparse
 import os
 import time
 
+import dask
 import dask.array as da
 import numpy as np
 from distributed import Client, LocalCluster
@@ -75,6 +76,9 @@ def parse(argv) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--chunk", type=int, default=250, help="sequences per task (250)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--no-profile", action="store_true",
+                        help="turn off the workers' statistical profiler (a thread waking "
+                             "every 10 ms: a few percent of CPU)")
     parser.add_argument("--ship", action="store_true",
                         help="send X from this process in every run instead of persisting it")
     return parser.parse_args(argv)
@@ -132,13 +136,16 @@ def main(argv=None) -> dict[str, float]:
     print(f"fastgate {fastgate.__version__} ({fastgate.backend()} backend), {cores} cores, "
           f"load {os.getloadavg()[0]:.2f}; N={args.sequences} T={args.steps} D={args.input} "
           f"H={args.hidden} float32, {args.chunk} sequences per task, X "
-          f"{'sent from the client each run' if args.ship else 'persisted on the workers'}")
+          f"{'sent from the client each run' if args.ship else 'persisted on the workers'}"
+          f"{', worker profiler off' if args.no_profile else ''}")
     model = make_model(args.input, args.hidden)
     shape = (args.sequences, args.steps, args.input)
     chunks = (args.chunk, args.steps, args.input)
     lazy_x = da.random.default_rng(1).standard_normal(shape, chunks=chunks, dtype=np.float32)
     x = lazy_x.compute(scheduler="sync")
     blocks = [x[start:start + args.chunk] for start in range(0, len(x), args.chunk)]
+    if args.no_profile:
+        dask.config.set({"distributed.worker.profile.enabled": False})
     clusters = {workers: LocalCluster(n_workers=workers, threads_per_worker=1,
                                       processes=True, dashboard_address=":0")
                 for workers in (1, 2)}
