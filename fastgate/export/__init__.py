@@ -2,6 +2,8 @@
 
 * :mod:`fastgate.export.torch`: PyTorch state_dicts (:func:`to_torch_state_dict`) and live
   ``torch.nn`` modules (:func:`torch_module`) holding a fastgate layer's weights;
+* :mod:`fastgate.export.onnx`: ONNX models (:func:`to_onnx`), written by a small protobuf
+  writer of its own (:mod:`fastgate.export.protobuf`), without the ``onnx`` package.
 
 fastgate's core modules never import this package; the layers' ``to_torch_state_dict`` and
 ``to_onnx`` methods import it when called.
@@ -9,6 +11,7 @@ fastgate's core modules never import this package; the layers' ``to_torch_state_
 
 from __future__ import annotations
 
+from .onnx import to_onnx, to_onnx_bytes
 from .torch import to_torch_state_dict, torch_module
 
-__all__ = ["to_torch_state_dict", "torch_module"]
+__all__ = ["to_onnx", "to_onnx_bytes", "to_torch_state_dict", "torch_module"]
