@@ -37,7 +37,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from ..activations import canonical_name
+from .._version import __version__
 from ..cells import _Cell
 from ..errors import ConfigError, UnsupportedLayerError
 from ..layers import RecurrentLayer
@@ -195,8 +195,6 @@ class _Graph:
                                     layer=where)
 
     def serialize(self, name: str, doc: str) -> bytes:
-        from .. import __version__
-
         body = protobuf.graph(name, self.nodes, self.initializers, self.inputs, self.outputs,
                               doc)
         return protobuf.model(body, ir_version=OPSETS[self.opset], opset=self.opset,
