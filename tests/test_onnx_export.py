@@ -273,6 +273,32 @@ def test_single_ops_export_as_models():
                      both.apply(sequences, None)[0], "Bidirectional")
 
 
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("return_sequences", [False, True])
+@pytest.mark.parametrize("zero_output_for_mask", [False, True])
+def test_recurrent_options_with_and_without_a_mask(masked, go_backwards, return_sequences,
+                                                   zero_output_for_mask):
+    """Every combination of the Keras options the exported graph handles in its own way
+    (fastgate's Recurrent is checked against Keras in test_keras_import)."""
+    rng = np.random.default_rng(11)
+    gru = fastgate.GRU(random_cell_weights("gru", 3, 4, rng=rng, dtype=np.float32))
+    recurrent = fastgate.Recurrent(gru, return_sequences=return_sequences, return_state=True,
+                                   go_backwards=go_backwards,
+                                   zero_output_for_mask=zero_output_for_mask)
+    nodes = [("masking", fastgate.Masking(0.0))] if masked else []
+    nodes.append(("gru", recurrent))
+    nodes = [fastgate.model.Node(name, op, (k - 1 if k else -1, 0))
+             for k, (name, op) in enumerate(nodes)]
+    last = len(nodes) - 1
+    model = fastgate.Model(nodes, [(last, 0), (last, 1)], input_shape=(None, None, 3))
+    x = float_inputs(rng, BATCH, STEPS, 3)
+    x[3] = 0  # an empty sequence
+    x[4, -1] = 0  # the last step masked: a zero output with zero_output_for_mask
+    assert_all_close(ort_run(to_onnx_bytes(model), {"input": x}), model(x),
+                     f"masked={masked}")
+
+
 # ------------------------------------------------------------------------------- contract
 def test_refusals_name_the_layer_and_the_reason():
     with pytest.raises(fastgate.UnsupportedLayerError, match="lstm_l0.*proj_size=2.*projection"):

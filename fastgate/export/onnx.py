@@ -343,10 +343,10 @@ class _Tensor(NamedTuple):
 
 
 def _masked_run(g: _Graph, op: Recurrent, x: str, mask: str, where: str
-                ) -> tuple[str, _RecurrentOutputs]:
+                ) -> _RecurrentOutputs:
     """Keras masking with a masked step anywhere: each row's valid steps are gathered to its
     front in order (TopK of the mask: ties keep the lower index first, per the ONNX spec),
-    run with ``sequence_lens`` = their count. Returns the compacted ``(B, T, H)`` outputs."""
+    run with ``sequence_lens`` = their count (``Y`` then holds the compacted outputs)."""
     steps = g.one("Gather", [g.one("Shape", [x], f"{where}_shape"), g.ints(1)], f"{where}_T")
     as_float = g.one("Cast", [mask], f"{where}_mask_f", to=1)
     order = g.op("TopK", [as_float, steps], f"{where}_order", outputs=2, axis=1, largest=1,
@@ -357,9 +357,12 @@ def _masked_run(g: _Graph, op: Recurrent, x: str, mask: str, where: str
     counts = g.reduce("ReduceSum", g.one("Cast", [mask], f"{where}_mask_i", to=6), 1, False,
                       f"{where}_lens")
     time_major = g.transpose(compact, [1, 0, 2], f"{where}_tm")
-    result = _recurrent_op(g, op.layer, 0, 1, time_major, where, lengths=counts)
-    sequence = g.transpose(g.squeeze(result.y, 1, f"{where}_y"), [1, 0, 2], f"{where}_seq")
-    return sequence, result
+    return _recurrent_op(g, op.layer, 0, 1, time_major, where, lengths=counts)
+
+
+def _batch_major_sequence(g: _Graph, result: _RecurrentOutputs, where: str) -> str:
+    """A one-direction op's ``Y`` ``(T, 1, B, H)`` as ``(B, T, H)``."""
+    return g.transpose(g.squeeze(result.y, 1, f"{where}_y"), [1, 0, 2], f"{where}_seq")
 
 
 def _unmask(g: _Graph, op: Recurrent, compact: str, mask: str, where: str) -> str:
@@ -392,38 +395,37 @@ def _keras_recurrent(g: _Graph, op: Recurrent, source: _Tensor, where: str,
     if op.stateful:
         raise UnsupportedLayerError("a stateful layer carries its state from one call to the "
                                     "next; an ONNX graph cannot", layer=where)
-    x = g.cast(source.value, dtype).name
-    mask = source.mask
+    x, mask = g.cast(source.value, dtype).name, source.mask
+    read_mask = mask
     if mask is None:
         result = _recurrent_op(g, layer, 0, 1, g.transpose(x, [1, 0, 2], f"{where}_tm"),
                                where, reverse=op.go_backwards)
-        # Y is in step order; Keras gives go_backwards outputs in reading order
-        sequence = g.transpose(g.squeeze(result.y, 1, f"{where}_y"), [1, 0, 2], f"{where}_seq")
-        if op.go_backwards != flip_sequence and op.return_sequences:
-            sequence = g.reverse_time(sequence, 1, f"{where}_seq_order")
-        last = g.squeeze(result.y_h, 0, f"{where}_last")
     else:
-        read_x, read_mask = x, mask
         if op.go_backwards:
-            read_x = g.reverse_time(x, 1, f"{where}_x_backwards")
+            x = g.reverse_time(x, 1, f"{where}_x_backwards")
             read_mask = g.reverse_time(mask, 1, f"{where}_mask_backwards")
-        compact, result = _masked_run(g, op, read_x, read_mask, where)
-        last = g.squeeze(result.y_h, 0, f"{where}_last")
-        sequence = ""
-        if op.return_sequences:
-            sequence = _unmask(g, op, compact, read_mask, where)
-            if flip_sequence:
-                sequence = g.reverse_time(sequence, 1, f"{where}_seq_order")
-        if op.zero_output_for_mask:  # the last step's output is zero if it is masked
-            final_valid = g.one("Slice", [read_mask, g.ints(-1), g.ints(_INT64_MAX),
-                                          g.ints(1)], f"{where}_last_valid")
-            last = g.one("Where", [final_valid, last, g.constant(np.array(0, dtype), "zero")],
-                         f"{where}_last_output")
-    output = (_Value(sequence, 3, dtype) if op.return_sequences
-              else _Value(last, 2, dtype))
+        result = _masked_run(g, op, x, read_mask, where)
+    final_h = g.squeeze(result.y_h, 0, f"{where}_h") \
+        if op.return_state or not op.return_sequences else ""
+    if op.return_sequences:
+        sequence = _batch_major_sequence(g, result, where)
+        if read_mask is None:  # Y is in step order; Keras gives go_backwards in reading order
+            flip_sequence = op.go_backwards != flip_sequence
+        else:
+            sequence = _unmask(g, op, sequence, read_mask, where)
+        if flip_sequence:
+            sequence = g.reverse_time(sequence, 1, f"{where}_seq_order")
+        output = _Value(sequence, 3, dtype)
+    elif read_mask is not None and op.zero_output_for_mask:  # zero if the last step is masked
+        final_valid = g.one("Slice", [read_mask, g.ints(-1), g.ints(_INT64_MAX), g.ints(1)],
+                            f"{where}_last_valid")
+        output = _Value(g.one("Where", [final_valid, final_h, g.constant(
+            np.array(0, dtype), "zero")], f"{where}_last_output"), 2, dtype)
+    else:  # the output of the last step read is the final h
+        output = _Value(final_h, 2, dtype)
     outputs, masks = [output], [mask if op.return_sequences else None]
     if op.return_state:
-        outputs.append(_Value(g.squeeze(result.y_h, 0, f"{where}_h"), 2, dtype))
+        outputs.append(_Value(final_h, 2, dtype))
         if result.y_c:
             outputs.append(_Value(g.squeeze(result.y_c, 0, f"{where}_c"), 2, dtype))
         masks += [None] * (len(outputs) - 1)
