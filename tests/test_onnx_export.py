@@ -24,6 +24,7 @@ from onnx.reference import ReferenceEvaluator  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 import fastgate  # noqa: E402
+import fastgate.export.onnx  # noqa: E402
 from conftest import assert_close, random_cell_weights, subprocess_env  # noqa: E402
 from fastgate.export.onnx import to_onnx_bytes  # noqa: E402
 from test_keras_import import CASES, float_inputs, randomize, token_inputs  # noqa: E402
@@ -313,6 +314,13 @@ def test_refusals_name_the_layer_and_the_reason():
         to_onnx_bytes(model, initial_state=True)
     with pytest.raises(fastgate.ConfigError, match="cannot export a str"):
         to_onnx_bytes("model.keras")
+
+
+def test_models_beyond_protobufs_2_gib_are_refused(monkeypatch):
+    monkeypatch.setattr(fastgate.export.onnx, "_PROTOBUF_LIMIT", 10_000)
+    with pytest.raises(fastgate.ConfigError, match="cannot exceed 2 GiB.*external data"):
+        to_onnx_bytes(fastgate.LSTM.random(30, 40))
+    assert len(to_onnx_bytes(fastgate.LSTM.random(3, 4))) < 10_000
 
 
 def test_export_is_byte_reproducible(tmp_path):

@@ -69,6 +69,8 @@ _ELEMENTWISE = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu", "elu": "El
                 "selu": "Selu", "softsign": "Softsign", "softplus": "Softplus",
                 "exponential": "Exp"}
 
+#: Protobuf's limit on the size of a message (a larger ONNX model needs external data).
+_PROTOBUF_LIMIT = 2**31 - 1
 _INT64_MAX = np.iinfo(np.int64).max
 _INT64_MIN = np.iinfo(np.int64).min
 
@@ -197,6 +199,10 @@ class _Graph:
     def serialize(self, name: str, doc: str) -> bytes:
         body = protobuf.graph(name, self.nodes, self.initializers, self.inputs, self.outputs,
                               doc)
+        if len(body) >= _PROTOBUF_LIMIT:
+            raise ConfigError(f"the ONNX model would take {len(body) / 2**30:.1f} GiB; a "
+                              f"protobuf message cannot exceed 2 GiB and fastgate does not "
+                              f"write ONNX external data")
         return protobuf.model(body, ir_version=OPSETS[self.opset], opset=self.opset,
                               producer_name="fastgate", producer_version=__version__)
 
