@@ -216,6 +216,24 @@ def test_torch_module_of_a_dense_with_activation():
     np.testing.assert_allclose(dense(x), expected, rtol=0, atol=1e-6)
 
 
+def test_export_refuses_what_torch_cannot_compute():
+    cases = [
+        (fastgate.GRU.random(3, 4, reset_after=False), "reset_after=False has no PyTorch"),
+        (fastgate.LSTM.random(3, 4, activation="relu"), "activations 'relu'/'sigmoid' has no"),
+        (fastgate.SimpleRNN.random(3, 4, activation="sigmoid"), "nn.RNN supports tanh and relu"),
+        (fastgate.Dense(np.ones((3, 2)), activation="relu"), "Dense with activation 'relu' is "
+                                                             "not an nn.Linear"),
+        (fastgate.Activation("tanh"), "cannot export a Activation"),
+    ]
+    for obj, message in cases:
+        with pytest.raises(fastgate.ConfigError, match=message):
+            to_torch_state_dict(obj)
+    with pytest.raises(fastgate.ConfigError, match="'hard_sigmoid_keras2' has no torch.nn"):
+        torch_module(fastgate.Dense(np.ones((3, 2)), activation="hard_sigmoid_keras2"))
+    with pytest.raises(fastgate.ConfigError, match="bias=False, but LSTM has non-zero biases"):
+        fastgate.LSTM.random(3, 4).to_torch_state_dict(bias=False)
+
+
 def test_bias_false_requires_zero_biases():
     weights = fastgate.from_torch(make_module("lstm", torch.float32)).weights
     with pytest.raises(fastgate.ConfigError, match="bias=False, but the biases are not zero"):
