@@ -352,7 +352,9 @@ def _masked_run(g: _Graph, op: Recurrent, x: str, mask: str, where: str
                 ) -> _RecurrentOutputs:
     """Keras masking with a masked step anywhere: each row's valid steps are gathered to its
     front in order (TopK of the mask: ties keep the lower index first, per the ONNX spec),
-    run with ``sequence_lens`` = their count (``Y`` then holds the compacted outputs)."""
+    run with ``sequence_lens`` = their count (``Y`` then holds the compacted outputs, valid
+    up to each count; ``Y_h`` and ``Y_c`` are zeros for a row with no valid step, as the
+    initial state)."""
     steps = g.one("Gather", [g.one("Shape", [x], f"{where}_shape"), g.ints(1)], f"{where}_T")
     as_float = g.one("Cast", [mask], f"{where}_mask_f", to=1)
     order = g.op("TopK", [as_float, steps], f"{where}_order", outputs=2, axis=1, largest=1,
@@ -363,7 +365,18 @@ def _masked_run(g: _Graph, op: Recurrent, x: str, mask: str, where: str
     counts = g.reduce("ReduceSum", g.one("Cast", [mask], f"{where}_mask_i", to=6), 1, False,
                       f"{where}_lens")
     time_major = g.transpose(compact, [1, 0, 2], f"{where}_tm")
-    return _recurrent_op(g, op.layer, 0, 1, time_major, where, lengths=counts)
+    # A row with no valid step runs one (masked) step, its final state set back to zeros
+    # below: runtimes differ on sequence_lens = 0 (the spec does not say).
+    at_least_one = g.one("Max", [counts, g.constant(np.array(1, np.int32), "one_i32")],
+                         f"{where}_lens_run")
+    result = _recurrent_op(g, op.layer, 0, 1, time_major, where, lengths=at_least_one)
+    has_steps = g.one("Unsqueeze", [g.one("Greater", [counts, g.constant(
+        np.array(0, np.int32), "zero_i32")], f"{where}_has_steps"), g.ints(0, 2)],
+        f"{where}_has_steps3")
+    zero = g.constant(np.array(0, op.layer.dtype), "zero")
+    h, c = (g.one("Where", [has_steps, state, zero], f"{where}_{label}_final") if state else None
+            for state, label in ((result.y_h, "h"), (result.y_c, "c")))
+    return _RecurrentOutputs(result.y, h, c)
 
 
 def _batch_major_sequence(g: _Graph, result: _RecurrentOutputs, where: str) -> str:
