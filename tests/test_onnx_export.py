@@ -204,6 +204,23 @@ def test_layer_options_through_onnx_runtime(cell, activation, recurrent_activati
                          scale_with_value=True)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_length_zero_keeps_the_initial_state(cell):
+    """fastgate's lengths= allow 0 (the state stays h0, the outputs are zeros; PyTorch's packed
+    sequences refuse it); the graph does not rely on a runtime's sequence_lens = 0."""
+    classes = {"lstm": fastgate.LSTM, "gru": fastgate.GRU, "rnn": fastgate.SimpleRNN}
+    layer = classes[cell].random(3, 4, num_layers=2, bidirectional=True, batch_first=True)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((BATCH, STEPS, 3)).astype(np.float32)
+    h0, c0 = (rng.standard_normal((4, BATCH, 4)).astype(np.float32) for _ in range(2))
+    lengths = np.array([0, STEPS, 2, 0, 1, 7])
+    feeds = {"x": x, "h0": h0, "lengths": lengths} | ({"c0": c0} if cell == "lstm" else {})
+    expected = layer(x, (h0, c0) if cell == "lstm" else h0, lengths=lengths)
+    got = ort_run(to_onnx_bytes(layer, initial_state=True, lengths=True), feeds)
+    assert_all_close(got, expected, f"{cell} with lengths 0")
+    np.testing.assert_array_equal(got[1][:, 0], h0[:, 0])
+
+
 def test_cells_with_keras_options_through_onnx_runtime():
     rng = np.random.default_rng(6)
     cell = fastgate.GRUCell(random_cell_weights("gru", 3, 4, rng=rng, dtype=np.float32)[0],

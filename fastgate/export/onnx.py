@@ -281,6 +281,51 @@ def _recurrent_op(g: _Graph, layer: RecurrentLayer, index: int, directions: int,
 
 
 # -------------------------------------------------------------------- layers and cells
+class _Lengths(NamedTuple):
+    """The ``lengths`` input of a layer graph: ``given`` (int64 ``(B,)``), ``run`` (what the
+    ops get: int32, at least 1) and ``has_steps`` (bool ``(B,)``)."""
+
+    given: str
+    run: str
+    has_steps: str
+
+
+def _lengths_input(g: _Graph) -> _Lengths:
+    # A sequence of length 0 keeps its initial state and outputs zeros (the layer's
+    # lengths=); runtimes differ on sequence_lens = 0 (the spec does not say), so the ops run
+    # it for one step and the graph puts the state and the outputs back.
+    given = g.add_input("lengths", np.int64, ["batch"])
+    as_int32 = g.cast(given, np.int32).name
+    run = g.one("Max", [as_int32, g.constant(np.array(1, np.int32), "one_i32")], "lengths_run")
+    has_steps = g.one("Greater", [as_int32, g.constant(np.array(0, np.int32), "zero_i32")],
+                      "has_steps")
+    return _Lengths(given.name, run, has_steps)
+
+
+def _initial_state_if_empty(g: _Graph, result: _RecurrentOutputs, lengths: _Lengths,
+                            states: list[str], dtype: np.dtype, where: str
+                            ) -> _RecurrentOutputs:
+    """``Y_h`` (``Y_c``) with the initial state (zeros if none) for rows of length 0."""
+    has_steps = g.one("Unsqueeze", [lengths.has_steps, g.ints(0, 2)], "has_steps3")
+    zero = g.constant(np.array(0, dtype), "zero")
+    h, c = (g.one("Where", [has_steps, final, initial or zero], f"{where}_{label}_final")
+            if final else None
+            for final, initial, label in ((result.y_h, states[0], "h"),
+                                          (result.y_c, states[1], "c")))
+    return _RecurrentOutputs(result.y, h, c)
+
+
+def _zero_past_lengths(g: _Graph, out: str, lengths: _Lengths, dtype: np.dtype) -> str:
+    """Time-major outputs ``(T, B, W)`` with zeros at and after each row's length."""
+    steps = g.one("Gather", [g.one("Shape", [out], "out_shape"),
+                             g.constant(np.array(0, np.int64), "zero_i64")], "out_steps")
+    step = g.one("Range", [g.constant(np.array(0, np.int64), "zero_i64"), steps,
+                           g.constant(np.array(1, np.int64), "one_i64")], "step")
+    valid = g.one("Less", [g.unsqueeze(step, 1, "step_column"), lengths.given], "valid")
+    return g.one("Where", [g.unsqueeze(valid, 2, "valid3"), out,
+                           g.constant(np.array(0, dtype), "zero")], "out_valid")
+
+
 def _layer_graph(g: _Graph, layer: RecurrentLayer, initial_state: bool, lengths: bool
                  ) -> None:
     """A PyTorch-style layer: ``x [, h0, c0, lengths] -> output, h_n [, c_n]``."""
@@ -289,14 +334,12 @@ def _layer_graph(g: _Graph, layer: RecurrentLayer, initial_state: bool, lengths:
     axes = ["batch", "steps"] if layer.batch_first else ["steps", "batch"]
     x = g.add_input("x", dtype, axes + [layer.input_size]).name
     rows = layer.num_layers * dirs
-    h0 = c0 = sequence_lens = ""
+    h0 = c0 = ""
     if initial_state:
         h0 = g.add_input("h0", dtype, [rows, "batch", layer.output_size]).name
         if layer.cell == "lstm":
             c0 = g.add_input("c0", dtype, [rows, "batch", layer.hidden_size]).name
-    if lengths:
-        given = g.add_input("lengths", np.int64, ["batch"])
-        sequence_lens = g.cast(given, np.int32).name
+    given = _lengths_input(g) if lengths else None
     if layer.batch_first:
         x = g.transpose(x, [1, 0, 2], "x_time_major")
     finals: list[list[str]] = [[], []]
@@ -306,7 +349,9 @@ def _layer_graph(g: _Graph, layer: RecurrentLayer, initial_state: bool, lengths:
                                   g.ints(0)], f"{where}_{label}")
                   if state else "" for state, label in ((h0, "h0"), (c0, "c0"))]
         result = _recurrent_op(g, layer, depth * dirs, dirs, x, where, h0=states[0],
-                               c0=states[1], lengths=sequence_lens)
+                               c0=states[1], lengths=given.run if given else "")
+        if given:
+            result = _initial_state_if_empty(g, result, given, states, dtype, where)
         if dirs == 1:
             x = g.squeeze(result.y, 1, f"{where}_out")
         else:  # (T, 2, B, H) -> (T, B, 2H): forward and reverse side by side, as PyTorch
@@ -315,6 +360,8 @@ def _layer_graph(g: _Graph, layer: RecurrentLayer, initial_state: bool, lengths:
         finals[0].append(result.y_h)
         if result.y_c:
             finals[1].append(result.y_c)
+    if given:  # the next layer ignores the steps past a length; the output must be zeros
+        x = _zero_past_lengths(g, x, given, dtype)
     if layer.batch_first:
         x = g.transpose(x, [1, 0, 2], "out_batch_major")
     g.add_output(_Value(x, 3, dtype), "output")
