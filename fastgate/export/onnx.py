@@ -15,8 +15,9 @@ What each object becomes:
 
 * a layer (:class:`~fastgate.LSTM`, ...): inputs ``x`` (``(T, B, D)``, ``(B, T, D)`` if
   ``batch_first``), optionally ``h0`` (and ``c0``) and ``lengths`` (int64 ``(B,)``, PyTorch's
-  packed sequences = ONNX ``sequence_lens``); outputs ``output``, ``h_n`` (and ``c_n``), as
-  the layer returns them. Stacked layers are chained ops with a Transpose/Reshape between;
+  packed sequences = ONNX ``sequence_lens``; a length of 0 keeps the initial state, as the
+  layer's ``lengths=``); outputs ``output``, ``h_n`` (and ``c_n``), as the layer returns
+  them. Stacked layers are chained ops with a Squeeze or Transpose/Reshape between;
 * a cell: inputs ``x``, ``h`` (and ``c``); outputs ``h_next`` (and ``c_next``);
 * a :class:`~fastgate.Model` (and Dense, Embedding, ... on their own): input ``input`` (int64
   token ids when an Embedding reads it), one output per model output, named after its node.
@@ -27,7 +28,8 @@ What each object becomes:
 
 What ONNX cannot express raises :class:`~fastgate.errors.UnsupportedLayerError` naming the
 layer: projected LSTMs (``proj_size``), recurrent activations outside the ONNX list (SELU,
-exponential, SiLU, GELU), Keras ``stateful`` layers.
+exponential, SiLU, GELU), Keras ``stateful`` layers. float64 layers give float64 graphs
+(valid ONNX; ONNX Runtime has no float64 LSTM/GRU/RNN on CPU, ``onnx.reference`` runs them).
 """
 
 from __future__ import annotations
