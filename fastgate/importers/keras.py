@@ -41,6 +41,7 @@ from ..ops import (AXIS_ACTIVATIONS, Activation, Bidirectional, Dense, Embedding
 from ..sequence_ops import (BatchNormalization, Conv1D, Cropping1D, LayerNormalization, Permute,
                             Pooling1D, Reshape, StackedRecurrent, TimeDistributed, UpSampling1D,
                             ZeroPadding1D)
+from .keras_legacy import modernize
 from .keras_hdf5 import (Keras3Weights, LegacyWeights, hdf5_errors, is_hdf5,
                          keras3_group_name, open_hdf5, read_attribute, read_keras_archive)
 
@@ -147,9 +148,14 @@ def _recurrent(ctx: _Context, class_name: str, config: dict,
     units = int(config["units"])
     gates = GATE_COUNT[cell]
     use_bias = True if cudnn_class else bool(config.get("use_bias", True))
-    reset_after = True if cudnn_class else bool(config.get("reset_after", True))
     weights = _expect(ctx, weights, 3 if use_bias else 2, layer,
                       "kernel, recurrent_kernel" + (", bias" if use_bias else ""))
+    if cudnn_class:
+        reset_after = True
+    elif "reset_after" in config:
+        reset_after = bool(config["reset_after"])
+    else:  # Keras < 2.1 had no reset_after (False then); the bias shape decides
+        reset_after = use_bias and weights[2][1].shape in ((2, 3 * units), (6 * units,))
     kernel = weights[0][1]
     if kernel.ndim != 2 or kernel.shape[1] != gates * units:
         raise ctx.bad_weights(f"has shape {kernel.shape}, expected (input_size, "
@@ -253,6 +259,10 @@ def _batch_normalization(ctx: _Context, layer: KerasLayer) -> list[tuple[str, An
             raise ctx.unsupported(f"BatchNormalization over several axes {axis} is not "
                                   f"supported", name)
         axis = axis[0]
+    if config.get("mode", 0) != 0:  # Keras 1: modes 1 and 2 use the batch's statistics
+        raise ctx.unsupported(f"Keras 1 BatchNormalization(mode={config.get('mode')}) "
+                              f"normalizes with each batch's statistics; only mode=0 is "
+                              f"supported", name)
     scale, center = bool(config.get("scale", True)), bool(config.get("center", True))
     names = ["gamma"] * scale + ["beta"] * center + ["moving_mean", "moving_variance"]
     weights = _expect(ctx, ctx.get_weights(layer, [""]), len(names), name, ", ".join(names))
@@ -647,17 +657,6 @@ def _needed(layers: list[KerasLayer], outputs: list[tuple[str, int]], input_name
     return needed
 
 
-def _keras_major(version: Any, config: dict) -> int:
-    """Major Keras version that saved ``config``; inferred from the config if unknown."""
-    if version:
-        try:
-            return int(str(version).split(".")[0])
-        except ValueError:
-            pass
-    text = json.dumps(config)
-    return 2 if ('"batch_input_shape"' in text or '"time_major"' in text) else 3
-
-
 def from_config(config: dict | str, weights: Any, *, keras_version: str | None = None,
                 path: Any = None) -> Model:
     """Build a :class:`~fastgate.Model` from a Keras model configuration and its weights.
@@ -693,6 +692,8 @@ def _from_config(config: dict | str, weights: Any, *, keras_version: str | None,
         raise WeightFormatError("the architecture must be a Keras model config (dict or "
                                 "JSON text)", path=path)
     keras_version = config.get("keras_version") or keras_version
+    config, weights, saved_by = modernize(config, weights, keras_version=keras_version,
+                                          backend=config.get("backend"))
     model_name, layers, input_shape, input_name, outputs = _parse(config, path)
 
     if isinstance(weights, Keras3Weights):
@@ -715,7 +716,7 @@ def _from_config(config: dict | str, weights: Any, *, keras_version: str | None,
                 raise WeightFormatError("no weights for this layer", path=path, layer=layer.name)
             return list(weights[layer.name])
 
-    ctx = _Context(_keras_major(keras_version, config), get_weights, path)
+    ctx = _Context(saved_by.major, get_weights, path)
 
     nodes: list[Node] = []
     last_node: dict[str, int] = {}  # Keras layer -> its last fastgate node
