@@ -280,14 +280,17 @@ def _layer_normalization(ctx: _Context, layer: KerasLayer) -> list[tuple[str, An
     config, name = layer.config, layer.name
     axes = config.get("axis", -1)
     axes = list(axes) if isinstance(axes, (list, tuple)) else [axes]
-    scale, center = bool(config.get("scale", True)), bool(config.get("center", True))
+    rms_scaling = bool(config.get("rms_scaling", False))
+    # Keras 3: rms_scaling makes gamma regardless of scale, and no beta regardless of center.
+    scale = bool(config.get("scale", True)) or rms_scaling
+    center = bool(config.get("center", True)) and not rms_scaling
     names = ["gamma"] * scale + ["beta"] * center
     weights = _expect(ctx, ctx.get_weights(layer, [""]), len(names), name,
                       ", ".join(names) or "none")
     arrays = {key: array for key, (_, array) in zip(names, weights)}
     return [("", LayerNormalization(gamma=arrays.get("gamma"), beta=arrays.get("beta"),
                                     axes=axes, epsilon=float(config.get("epsilon", 1e-3)),
-                                    rms_scaling=bool(config.get("rms_scaling", False)),
+                                    rms_scaling=rms_scaling,
                                     dtype=ctx.dtype))]
 
 
