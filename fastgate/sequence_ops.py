@@ -19,8 +19,8 @@ import numpy as np
 
 from .activations import activation_function, canonical_name
 from .errors import ConfigError, ShapeError
-from .layers import _as_float_dtype, as_array
-from .ops import AXIS_ACTIVATIONS, Bidirectional, GlobalPooling1D, Recurrent, _float_input
+from ._validation import as_array, as_float_dtype
+from .ops import AXIS_ACTIVATIONS, Bidirectional, GlobalPooling1D, Recurrent
 from .serialization import serializable
 
 __all__ = ["BatchNormalization", "LayerNormalization", "Conv1D", "Pooling1D", "ZeroPadding1D",
@@ -28,6 +28,14 @@ __all__ = ["BatchNormalization", "LayerNormalization", "Conv1D", "Pooling1D", "Z
            "StackedRecurrent"]
 
 _PADDINGS = ("valid", "same", "causal")
+
+
+def _float_input(x: Any, dtype: np.dtype, what: str, ndim: tuple[int, ...]) -> np.ndarray:
+    x = as_array(x, dtype, what)
+    if x.ndim not in ndim:
+        raise ShapeError(f"{what}: expected a {' or '.join(f'{n}-d' for n in ndim)} array, "
+                         f"got shape {x.shape}")
+    return x
 
 
 def _positive_int(value: Any, what: str, *, allow_zero: bool = False) -> int:
@@ -69,7 +77,7 @@ class BatchNormalization:
     def __init__(self, moving_mean: Any, moving_variance: Any, *, gamma: Any = None,
                  beta: Any = None, epsilon: float = 1e-3, axis: int = -1,
                  dtype: Any = np.float32) -> None:
-        self.dtype = _as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype)
         self.moving_mean = _vector(moving_mean, self.dtype, "BatchNormalization moving_mean",
                                    None)
         size = self.moving_mean.shape[0]
@@ -137,7 +145,7 @@ class LayerNormalization:
     def __init__(self, *, gamma: Any = None, beta: Any = None, axes: Sequence[int] = (-1,),
                  epsilon: float = 1e-3, rms_scaling: bool = False,
                  dtype: Any = np.float32) -> None:
-        self.dtype = _as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype)
         self.axes = tuple(int(a) for a in axes)
         if not self.axes or 0 in self.axes or len(set(self.axes)) != len(self.axes):
             raise ConfigError(f"LayerNormalization axes must be distinct non-batch axes, got "
@@ -233,7 +241,7 @@ class Conv1D:
     def __init__(self, kernel: Any, bias: Any = None, *, strides: int = 1,
                  padding: str = "valid", dilation_rate: int = 1, groups: int = 1,
                  activation: str = "linear", dtype: Any = np.float32) -> None:
-        self.dtype = _as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype)
         self.kernel = np.ascontiguousarray(as_array(kernel, self.dtype, "Conv1D kernel"))
         if self.kernel.ndim != 3:
             raise ShapeError(f"Conv1D kernel: expected (kernel_size, in_channels / groups, "
@@ -339,7 +347,7 @@ class Pooling1D:
         self.strides = self.pool_size if strides is None else _positive_int(
             strides, "Pooling1D strides")
         self.padding = padding
-        self.dtype = _as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype)
 
     def apply(self, x: Any, mask: np.ndarray | None) -> tuple[np.ndarray, None]:
         x = _float_input(x, self.dtype, f"Pooling1D({self.mode!r}) input", (3,))
@@ -382,7 +390,7 @@ class ZeroPadding1D:
     def __init__(self, before: int = 1, after: int = 1, *, dtype: Any = np.float32) -> None:
         self.before = _positive_int(before, "ZeroPadding1D before", allow_zero=True)
         self.after = _positive_int(after, "ZeroPadding1D after", allow_zero=True)
-        self.dtype = _as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype)
 
     def apply(self, x: Any, mask: np.ndarray | None) -> tuple[np.ndarray, None]:
         x = _float_input(x, self.dtype, "ZeroPadding1D input", (3,))
@@ -409,7 +417,7 @@ class Cropping1D:
     def __init__(self, before: int = 1, after: int = 1, *, dtype: Any = np.float32) -> None:
         self.before = _positive_int(before, "Cropping1D before", allow_zero=True)
         self.after = _positive_int(after, "Cropping1D after", allow_zero=True)
-        self.dtype = _as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype)
 
     def apply(self, x: Any, mask: np.ndarray | None) -> tuple[np.ndarray, None]:
         x = _float_input(x, self.dtype, "Cropping1D input", (3,))
@@ -437,7 +445,7 @@ class UpSampling1D:
 
     def __init__(self, size: int = 2, *, dtype: Any = np.float32) -> None:
         self.size = _positive_int(size, "UpSampling1D size")
-        self.dtype = _as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype)
 
     def apply(self, x: Any, mask: np.ndarray | None) -> tuple[np.ndarray, None]:
         x = _float_input(x, self.dtype, "UpSampling1D input", (3,))
@@ -467,7 +475,7 @@ class Reshape:
                 d < -1 or d == 0 for d in self.target_shape):
             raise ConfigError(f"Reshape target_shape must hold positive sizes and at most one "
                               f"-1, got {target_shape!r}")
-        self.dtype = _as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype)
 
     def apply(self, x: Any, mask: np.ndarray | None) -> tuple[np.ndarray, None]:
         x = as_array(x, self.dtype, "Reshape input")
@@ -502,7 +510,7 @@ class Permute:
         if sorted(self.dims) != list(range(1, len(self.dims) + 1)):
             raise ConfigError(f"Permute dims must be a permutation of 1..{len(self.dims)}, "
                               f"got {dims!r}")
-        self.dtype = _as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype)
 
     def apply(self, x: Any, mask: np.ndarray | None) -> tuple[np.ndarray, None]:
         x = as_array(x, self.dtype, "Permute input")
