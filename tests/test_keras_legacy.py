@@ -97,7 +97,7 @@ def test_saved_by_says_which_keras():
     keras1 = keras_legacy.saved_by(None, None, None, weights_attribute_missing=True)
     assert keras1.major == 1 and "save_weights" in keras1.describe()
     assert keras_legacy.saved_by("2.1.2", "tensorflow", None).describe() == \
-        "saved by Keras 2.1.2, backend tensorflow"
+        "Keras 2.1.2, backend tensorflow"
     old_names = {"config": [{"class_name": "LSTM", "config": {"inner_activation": "tanh"}}]}
     assert keras_legacy.saved_by(None, None, old_names).major == 1
     assert keras_legacy.saved_by(None, None, {"config": {"layers": []}}).major == 3
@@ -147,3 +147,39 @@ def test_bad_keras1_arrays_name_the_layer(tmp_path):
     with pytest.raises(fastgate.WeightFormatError) as info:
         _load(entry, bad)
     assert "'lstm_1'" in str(info.value) and "per-gate" in str(info.value)
+
+
+# ------------------------------------------------------------------------------- inspect
+def _inspect(capsys, *argv):
+    from fastgate.cli import main
+
+    code = main(["inspect", *map(str, argv)])
+    return code, capsys.readouterr().out
+
+
+def test_inspect_says_which_keras_saved_a_file(capsys):
+    entry = next(e for e in ENTRIES if e["name"] == "keras1_lstm_weights_only")
+    code, out = _inspect(capsys, FIXTURES / entry["file"], "--architecture",
+                         FIXTURES / entry["architecture"])
+    assert code == 0
+    assert "no Keras version recorded; assumed Keras 1" in out
+    assert "converts:  Sequential configuration as a bare list" in out
+    assert "hard_sigmoid_keras2" in out
+    code, out = _inspect(capsys, FIXTURES / "keras20_gru_list_sequential.h5")
+    assert code == 0 and "saved by:  Keras 2.0.8, backend tensorflow" in out
+    code, out = _inspect(capsys, FIXTURES / "keras2_sequence_layers_theano_backend.h5")
+    assert code == 0 and "backend theano" in out and "Theano weights" in out
+
+
+def test_inspect_names_the_refused_layer(capsys, tmp_path):
+    path = tmp_path / "lambda.h5"
+    shutil.copy(FIXTURES / "keras2_sequence_layers.h5", path)
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        layer = config["config"]["layers"][3]
+        layer["class_name"], layer["config"]["name"] = "Lambda", "my_lambda"
+        f.attrs["model_config"] = json.dumps(config)
+    code, out = _inspect(capsys, path)
+    assert code == 1
+    assert "refused:   unsupported" in out and "layer:     my_lambda" in out
+    assert "never runs" in out and "saved by:  Keras 2.21.0" in out

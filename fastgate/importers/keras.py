@@ -41,11 +41,11 @@ from ..ops import (AXIS_ACTIVATIONS, Activation, Bidirectional, Dense, Embedding
 from ..sequence_ops import (BatchNormalization, Conv1D, Cropping1D, LayerNormalization, Permute,
                             Pooling1D, Reshape, StackedRecurrent, TimeDistributed, UpSampling1D,
                             ZeroPadding1D)
-from .keras_legacy import modernize
+from .keras_legacy import SavedBy, modern_config, modernize, saved_by
 from .keras_hdf5 import (Keras3Weights, LegacyWeights, hdf5_errors, is_hdf5,
                          keras3_group_name, open_hdf5, read_attribute, read_keras_archive)
 
-__all__ = ["load_keras", "from_keras", "from_config", "SUPPORTED_LAYERS"]
+__all__ = ["load_keras", "from_keras", "from_config", "keras_saved_by", "SUPPORTED_LAYERS"]
 
 _RECURRENT = {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "rnn", "CuDNNLSTM": "lstm",
               "CuDNNGRU": "gru"}
@@ -871,3 +871,41 @@ def from_keras(model: Any) -> Model:
                  for k, v in enumerate(variables)]
         weights[layer.name] = [(str(n), np.asarray(a)) for n, a in zip(names, values)]
     return from_config(config, weights, keras_version=version)
+
+
+def keras_saved_by(path: str | os.PathLike, architecture: Any = None) -> SavedBy:
+    """Which Keras saved the file at ``path`` (or what fastgate assumes), without loading it.
+
+    ``notes`` of the result list what loading converts from older formats (a list-style
+    Sequential configuration, Keras 1 option names or weights).
+    """
+    config = _read_architecture(architecture, path) if architecture is not None else None
+    version = backend = None
+    legacy_weights_without_version = False
+    if zipfile.is_zipfile(path):
+        archive_config, _, version = read_keras_archive(path)
+        config = config or archive_config
+    else:
+        with open_hdf5(path, path) as handle, hdf5_errors(path):
+            version = read_attribute(handle, "keras_version", path)
+            backend = read_attribute(handle, "backend", path)
+            model_config = read_attribute(handle, "model_config", path)
+            if config is None and model_config is not None:
+                config = json.loads(model_config)
+            group = handle["model_weights"] if "model_weights" in handle else handle
+            if read_attribute(group, "layer_names", path) is not None:
+                legacy_weights_without_version = read_attribute(
+                    group, "keras_version", path) is None
+    if isinstance(config, dict):
+        version = version or config.get("keras_version")
+        backend = backend or config.get("backend")
+    found = saved_by(version, backend, config,
+                     weights_attribute_missing=legacy_weights_without_version)
+    notes: list[str] = []
+    if isinstance(config, dict):
+        modern_config(config, found.major, notes)
+    if legacy_weights_without_version or found.major == 1 or found.backend == "theano":
+        notes.append("Keras 1 / Theano weights are converted as tf.keras' "
+                     "preprocess_weights_for_loading did")
+    return SavedBy(found.keras_version, found.backend, found.major, found.assumed,
+                   tuple(notes))

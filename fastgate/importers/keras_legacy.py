@@ -72,14 +72,12 @@ class SavedBy:
     notes: tuple[str, ...] = field(default=())
 
     def describe(self) -> str:
-        """One line for ``fastgate inspect``."""
+        """One line for ``fastgate inspect``: the version recorded, or what was assumed."""
         if self.assumed is None:
-            text = f"saved by Keras {self.keras_version}"
+            text = f"Keras {self.keras_version}"
         else:
             text = f"no Keras version recorded; assumed Keras {self.major} ({self.assumed})"
-        if self.backend:
-            text += f", backend {self.backend}"
-        return text
+        return text + (f", backend {self.backend}" if self.backend else "")
 
 
 def _is_keras1_config(config: Any) -> bool:
@@ -168,7 +166,7 @@ def modern_config(config: dict, major: int, notes: list[str]) -> dict:
     config = copy.deepcopy(config)
     body = config.get("config")
     if config.get("class_name") == "Sequential" and isinstance(body, list):
-        notes.append("Sequential configuration as a bare list of layers (Keras <= 2.2.2)")
+        notes.append("Sequential configuration as a bare list of layers (Keras 1 to 2.2.2)")
         body = config["config"] = {"name": "sequential", "layers": body}
     if isinstance(body, dict) and isinstance(body.get("layers"), list):
         body["layers"] = [_modern_layer(entry, major, notes) for entry in body["layers"]]
