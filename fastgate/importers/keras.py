@@ -447,11 +447,10 @@ def _refusal(ctx: _Context, layer: KerasLayer) -> UnsupportedLayerError:
             "the inference part of the model (model.to_json() of the layers without it)",
             layer.name)
     return ctx.unsupported(
-        f"layer class {kind!r} is not supported (custom classes hold Python code, which "
-        f"fastgate never runs; supported: {', '.join(SUPPORTED_LAYERS)}). Rebuild the model "
-        f"with built-in layers, or pass architecture= with the part fastgate supports",
-        layer.name)
-
+        f"layer class {kind!r} is not supported (supported: {', '.join(SUPPORTED_LAYERS)}); "
+        f"fastgate never runs Python code from a file, so custom layer classes are refused "
+        f"too. Rebuild the model with built-in layers, or pass architecture= with the part "
+        f"fastgate supports", layer.name)
 
 # ----------------------------------------------------------------------------- layers
 def _translate(ctx: _Context, layer: KerasLayer) -> list[tuple[str, Any]]:
