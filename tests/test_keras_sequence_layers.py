@@ -111,7 +111,8 @@ def case_layer_norm_axes(rng):
 
 def case_rnn_cells(rng):
     # RNN(cell) is the layer of that cell; RNN([cells]) runs the cells one after the other
-    # at each step; go_backwards reverses the input once for the whole stack.
+    # at each step; go_backwards reverses the input once for the whole stack;
+    # Bidirectional(RNN(cell)) is Bidirectional of the cell's layer.
     model = keras.Sequential([
         keras.Input((None, 3)), L.Masking(0.0),
         L.RNN(L.LSTMCell(4, recurrent_activation="hard_sigmoid"), return_sequences=True),
@@ -119,6 +120,7 @@ def case_rnn_cells(rng):
               return_sequences=True, go_backwards=True),
         L.RNN(L.StackedRNNCells([L.GRUCell(3), L.LSTMCell(2, use_bias=False)]),
               return_sequences=True, zero_output_for_mask=True),
+        L.Bidirectional(L.RNN(L.LSTMCell(2), return_sequences=True), merge_mode="sum"),
         L.RNN(L.SimpleRNNCell(2))])
     return model, [padded(rng, 4, 6, 3), rng.normal(size=(2, 3, 3)).astype(np.float32)]
 

@@ -374,6 +374,18 @@ _RNN_OPTIONS = ("return_sequences", "return_state", "go_backwards", "stateful",
                 "zero_output_for_mask", "time_major")
 
 
+def _as_recurrent_layer(entry: dict) -> dict:
+    """``RNN(LSTMCell(...), options)`` as the ``LSTM(..., options)`` it computes (same for
+    GRUCell and SimpleRNNCell; the weights sit under ``cell`` in both); others unchanged."""
+    cell = (entry.get("config") or {}).get("cell") if entry.get("class_name") == "RNN" else None
+    if not isinstance(cell, dict) or cell.get("class_name") not in _CELLS:
+        return entry
+    options = {key: entry["config"].get(key, False) for key in _RNN_OPTIONS}
+    return {"class_name": _CELLS[cell["class_name"]],
+            "config": dict(cell.get("config") or {}, **options,
+                           name=entry["config"].get("name", "rnn"))}
+
+
 def _rnn(ctx: _Context, layer: KerasLayer) -> list[tuple[str, Any]]:
     """``RNN(cell)``, ``RNN(StackedRNNCells([...]))``, ``RNN([cells])`` with built-in cells."""
     config, name = layer.config, layer.name
@@ -496,8 +508,9 @@ def _translate(ctx: _Context, layer: KerasLayer) -> list[tuple[str, Any]]:
 
 def _bidirectional(ctx: _Context, layer: KerasLayer) -> Bidirectional:
     config, name = layer.config, layer.name
-    forward = config.get("layer") or {}
+    forward = _as_recurrent_layer(config.get("layer") or {})
     backward = config.get("backward_layer")
+    backward = None if backward is None else _as_recurrent_layer(backward)
     if backward is None:  # Keras builds it as a copy reading the other way
         backward = {"class_name": forward.get("class_name"),
                     "config": dict(forward.get("config", {}),
