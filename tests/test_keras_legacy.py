@@ -183,3 +183,36 @@ def test_inspect_names_the_refused_layer(capsys, tmp_path):
     assert code == 1
     assert "refused:   unsupported" in out and "layer:     my_lambda" in out
     assert "never runs" in out and "saved by:  Keras 2.21.0" in out
+
+
+def test_keras1_functional_config():
+    """A Keras 1 functional ("Model") configuration: inbound nodes of three entries, Keras 1
+    options, the per-gate weights of the Sequential fixture."""
+    entry = next(e for e in ENTRIES if e["name"] == "keras1_lstm_weights_only")
+    sequential = json.loads((FIXTURES / entry["architecture"]).read_text())
+    layers = [{"name": "input_1", "class_name": "InputLayer", "inbound_nodes": [],
+               "config": {"batch_input_shape": [None, 6, 4], "input_dtype": "float32",
+                          "sparse": False, "name": "input_1"}}]
+    for layer in sequential["config"]:
+        layers.append({"name": layer["config"]["name"], "class_name": layer["class_name"],
+                       "config": layer["config"],
+                       "inbound_nodes": [[[layers[-1]["name"], 0, 0]]]})
+    functional = {"class_name": "Model", "config": {
+        "name": "model_1", "layers": layers, "input_layers": [["input_1", 0, 0]],
+        "output_layers": [[layers[-1]["name"], 0, 0]]}}
+    model = fastgate.load(FIXTURES / entry["file"], architecture=functional)
+    inputs, expected = _data(entry)
+    np.testing.assert_allclose(model.predict(inputs), expected[0], rtol=0, atol=ATOL)
+
+
+def test_keras1_time_distributed_dense_options(rng):
+    """Keras 1 TimeDistributed(Dense(output_dim, bias)) from its configuration alone."""
+    config = {"class_name": "Sequential", "config": [{"class_name": "TimeDistributed", "config": {
+        "name": "td", "batch_input_shape": [None, 5, 4], "layer": {"class_name": "Dense",
+                                                                    "config": {
+            "name": "dense_1", "output_dim": 3, "bias": False, "activation": "tanh",
+            "W_regularizer": None, "init": "glorot_uniform"}}}}]}
+    kernel = rng.normal(size=(4, 3)).astype(np.float32)
+    model = fastgate.importers.keras.from_config(config, {"td": [("dense_1_W:0", kernel)]})
+    x = rng.normal(size=(2, 5, 4)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x), np.tanh(x @ kernel), rtol=0, atol=1e-6)
