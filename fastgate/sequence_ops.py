@@ -561,6 +561,8 @@ class TimeDistributed:
                              f"each step's mask to the inner layer, which fastgate does not do")
         batch, steps = x.shape[:2]
         y, _ = self.layer.apply(x.reshape((batch * steps,) + x.shape[2:]), None)
+        if isinstance(y, tuple):  # Bidirectional gives a tuple, here of one output
+            (y,) = y
         return y.reshape((batch, steps) + y.shape[1:]), mask
 
     def _get_spec(self) -> dict[str, Any]:

@@ -126,13 +126,25 @@ def case_rnn_cells(rng):
 
 
 def case_time_distributed(rng):
-    # TimeDistributed of a Conv1D, a pooling, an LSTM and a Flatten over (B, T, L, C): each
-    # runs on every step alone.
+    # TimeDistributed of a Conv1D, a pooling, a Bidirectional, an LSTM and a Dense over
+    # (B, T, L, C): each runs on every step alone.
     model = keras.Sequential([
         keras.Input((4, 6, 3)), L.TimeDistributed(L.Conv1D(4, 3, activation="elu")),
-        L.TimeDistributed(L.MaxPooling1D(2)), L.TimeDistributed(L.LSTM(3)),
+        L.TimeDistributed(L.MaxPooling1D(2)),
+        L.TimeDistributed(L.Bidirectional(L.GRU(2, return_sequences=True))),
+        L.TimeDistributed(L.LSTM(3)),
         L.TimeDistributed(L.Dense(2, activation="softmax")), L.LSTM(2)])
     return model, [rng.normal(size=(3, 4, 6, 3)).astype(np.float32)]
+
+
+def _drops_mask_case(layer_factory):
+    # Keras 3: a layer without compute_mask drops the mask. Each of these leaves the shape
+    # as it is, so the LSTM after it differs only by reading the padded steps unmasked.
+    def case(rng):
+        model = keras.Sequential([keras.Input((None, 3)), L.Masking(0.0), layer_factory(),
+                                  L.LSTM(3)])
+        return model, [padded(rng, 4, 6, 3)]
+    return case
 
 
 CASES = {
@@ -145,6 +157,12 @@ CASES = {
     "rnn_cells": case_rnn_cells,
     "time_distributed": case_time_distributed,
 }
+for _name, _factory in {
+        "max_pooling": lambda: L.MaxPooling1D(1), "average_pooling": lambda: L.AveragePooling1D(
+            1), "zero_padding": lambda: L.ZeroPadding1D(0), "cropping": lambda: L.Cropping1D(0),
+        "up_sampling": lambda: L.UpSampling1D(1), "reshape": lambda: L.Reshape((-1, 3)),
+        "permute": lambda: L.Permute((1, 2))}.items():
+    CASES[f"{_name}_drops_mask"] = _drops_mask_case(_factory)
 
 
 class Saved:
