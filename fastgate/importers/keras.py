@@ -2,9 +2,12 @@
 
 Reads Keras 3 ``.keras`` archives, full-model ``.h5`` files written by Keras 3 and by
 Keras 2 / tf.keras, and weights-only files (``.weights.h5`` in either layout, with the
-architecture given as ``model.to_json()`` text or dict). The file reading is in
-:mod:`fastgate.importers.keras_hdf5`; this module translates a Keras configuration and its
-weights into fastgate ops, and computes nothing itself:
+architecture given as ``model.to_json()`` text or dict), of every Keras version: the file
+reading is in :mod:`fastgate.importers.keras_hdf5`, the conversion of Keras 1 and Keras
+2.0-2.2 configurations and weights to their modern form in
+:mod:`fastgate.importers.keras_legacy`; this module translates a Keras configuration and its
+weights into fastgate ops (:mod:`fastgate.ops`, :mod:`fastgate.sequence_ops`), and computes
+nothing itself:
 
 * kernels are already ``x @ W`` (fastgate's layout); gates are reordered with
   :data:`fastgate.layout.GATE_ORDERS` ``["keras"]`` (GRU ``z r h`` -> ``r z n``);
@@ -12,8 +15,10 @@ weights into fastgate ops, and computes nothing itself:
   recurrent bias is zero; GRU(``reset_after=True``) stores ``(2, 3H)``: input, recurrent;
 * Keras 2 CuDNNLSTM / CuDNNGRU weights (bias ``8H`` / flat ``6H``) are converted the way
   tf.keras' ``_convert_rnn_weights`` did (per-gate kernel re-layout, bias halves);
-* ``hard_sigmoid`` is ``0.2 x + 0.5`` in Keras 2 and ``x / 6 + 0.5`` in Keras 3: the saving
-  version decides (:mod:`fastgate.activations`).
+* ``hard_sigmoid`` is ``0.2 x + 0.5`` in Keras 1 and 2 and ``x / 6 + 0.5`` in Keras 3: the
+  saving version decides (:mod:`fastgate.activations`);
+* ``RNN(cell)`` is the layer of that cell; ``RNN(StackedRNNCells)`` runs its cells as
+  stacked layers (:class:`fastgate.sequence_ops.StackedRecurrent`).
 
 Supported: ``Sequential`` and functional models with one input whose layers each take one
 tensor (a chain, possibly with several outputs). Anything else raises
