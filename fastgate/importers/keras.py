@@ -159,7 +159,7 @@ def _recurrent(ctx: _Context, class_name: str, config: dict,
         reset_after = True
     elif "reset_after" in config:
         reset_after = bool(config["reset_after"])
-    else:  # Keras < 2.1 had no reset_after (False then); the bias shape decides
+    else:  # Keras < 2.1 had no reset_after (its GRU was False); the bias shape decides
         reset_after = use_bias and weights[2][1].shape in ((2, 3 * units), (6 * units,))
     kernel = weights[0][1]
     if kernel.ndim != 2 or kernel.shape[1] != gates * units:

@@ -20,9 +20,10 @@ tf.keras' ``preprocess_weights_for_loading``, which loads old files) did:
   (Theano convolves, TensorFlow correlates: Keras' ``convert_kernel``).
 
 A file without a ``keras_version`` attribute was written by Keras 1 (tf.keras assumes the
-same). A GRU whose configuration has no ``reset_after`` predates Keras 2.1, where the
-option appeared; its bias shape decides (``3H``: ``reset_after=False``), see
-:func:`fastgate.importers.keras._recurrent`.
+same). A GRU whose configuration has no ``reset_after`` predates the option (added in
+Keras 2.1, keras-team/keras pull request 9112 of January 2018, default False throughout
+Keras 2; tf.keras 2 made True the default); its bias shape decides (``3H``:
+``reset_after=False``), see :func:`fastgate.importers.keras._recurrent`.
 """
 
 from __future__ import annotations
