@@ -71,6 +71,8 @@ def test_manifest_covers_the_old_formats():
                 "no_keras_version", "theano_backend", "stacked_rnn_cells",
                 "batch_normalization", "layer_normalization", "average_pooling1d_same"}
     assert required <= covered, sorted(required - covered)
+    total = sum(path.stat().st_size for path in FIXTURES.iterdir())
+    assert total < 512 * 1024, f"fixtures take {total} bytes"
     with h5py.File(FIXTURES / "keras1_lstm_weights_only.h5", "r") as f:
         assert "keras_version" not in f.attrs
         names = [n.decode() for n in f["lstm_1"].attrs["weight_names"]]
