@@ -113,7 +113,7 @@ def saved_by(keras_version: Any, backend: Any, config: Any, *,
     if weights_attribute_missing:
         return SavedBy(None, backend, 1, "a weights file without keras_version is Keras 1's "
                                          "save_weights")
-    return SavedBy(None, backend, 3, "nothing older found in the configuration")
+    return SavedBy(None, backend, 3, "nothing in the file or its configuration says older")
 
 
 # ----------------------------------------------------------------------------- configs
