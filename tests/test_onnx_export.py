@@ -27,6 +27,7 @@ import fastgate  # noqa: E402
 import fastgate.export.onnx  # noqa: E402
 from conftest import assert_close, random_cell_weights, subprocess_env  # noqa: E402
 from fastgate.export.onnx import to_onnx_bytes  # noqa: E402
+import test_keras_sequence_layers as sequence_cases  # noqa: E402
 from test_keras_import import CASES, float_inputs, randomize, token_inputs  # noqa: E402
 
 ATOL = 1e-5
@@ -84,6 +85,22 @@ def test_keras_models_through_onnx_runtime(name, tmp_path):
         x[3, 0] = 4  # an empty row averages 0/0 = NaN (Keras too): keep every row non-empty
     feed = x.astype(np.int64) if x.dtype.kind == "i" else x
     got = ort_run(path.read_bytes(), {"input": feed})
+    assert_all_close(got, model.predict(x, verbose=0), f"{name}: ONNX Runtime vs Keras")
+    assert_all_close(got, fast.predict(x), f"{name}: ONNX Runtime vs fastgate")
+
+
+@pytest.mark.parametrize("name", list(sequence_cases.CASES))
+def test_keras_sequence_layers_through_onnx_runtime(name):
+    """Conv1D (causal, same, strides, groups), pooling, normalization, padding, cropping,
+    up-sampling, Reshape, Permute, TimeDistributed, RNN(cells) as ONNX ops."""
+    rng = np.random.default_rng(sum(map(ord, name)))
+    model, _ = sequence_cases.CASES[name](rng)
+    model = sequence_cases.randomize(model, seed=len(name))
+    fast = fastgate.from_keras(model)
+    shape = [BATCH] + [STEPS if d is None else d for d in fast.input_shape[1:]]
+    x = (sequence_cases.padded(rng, *shape) if len(shape) == 3
+         else rng.normal(size=shape).astype(np.float32))
+    got = ort_run(to_onnx_bytes(fast), {"input": x})
     assert_all_close(got, model.predict(x, verbose=0), f"{name}: ONNX Runtime vs Keras")
     assert_all_close(got, fast.predict(x), f"{name}: ONNX Runtime vs fastgate")
 

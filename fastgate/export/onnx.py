@@ -47,6 +47,7 @@ from ..layout import reorder_gates
 from ..model import MODEL_INPUT, Model, Node
 from ..ops import (Activation, Bidirectional, Dense, Embedding, Flatten, GlobalPooling1D,
                    Masking, Recurrent, RepeatVector)
+from .. import sequence_ops
 from . import protobuf
 
 __all__ = ["to_onnx", "to_onnx_bytes", "OPSETS"]
@@ -160,11 +161,19 @@ class _Graph:
         return self.one("Slice", [name, self.ints(-1), self.ints(_INT64_MIN), self.ints(axis),
                                   self.ints(-1)], hint)
 
-    def reduce(self, op_type: str, name: str, axis: int, keepdims: bool, hint: str) -> str:
+    def reduce(self, op_type: str, name: str, axis: int | Sequence[int], keepdims: bool,
+               hint: str) -> str:
+        axes = [axis] if isinstance(axis, int) else list(axis)
         # ReduceSum takes its axes as an input from opset 13, the others from opset 18
         if op_type == "ReduceSum" or self.opset >= 18:
-            return self.one(op_type, [name, self.ints(axis)], hint, keepdims=int(keepdims))
-        return self.one(op_type, [name], hint, axes=[axis], keepdims=int(keepdims))
+            return self.one(op_type, [name, self.ints(*axes)], hint, keepdims=int(keepdims))
+        return self.one(op_type, [name], hint, axes=axes, keepdims=int(keepdims))
+
+    def dims(self, name: str, start: int, end: int | None, hint: str) -> str:
+        """``Shape(name)[start:end]`` as a 1-D int64 tensor."""
+        shape = self.one("Shape", [name], f"{hint}_shape")
+        return self.one("Slice", [shape, self.ints(start), self.ints(
+            _INT64_MAX if end is None else end), self.ints(0)], hint)
 
     def cast(self, value: _Value, dtype: Any) -> _Value:
         dtype = np.dtype(dtype)
@@ -600,12 +609,152 @@ def _apply(g: _Graph, op: Any, source: _Tensor, where: str
         return [_Value(g.one("Flatten", [x.name], where, axis=1), 2, op.dtype)], [None]
     if isinstance(op, GlobalPooling1D):
         return [_pooling(g, op, source, where)], [None]
+    if isinstance(op, _SEQUENCE_OPS):
+        return _sequence_op(g, op, source, where)
     if isinstance(op, RepeatVector):
         x = g.cast(x, op.dtype)
         shape = g.ints(1, op.n, 1)
         repeated = g.one("Expand", [g.unsqueeze(x.name, 1, f"{where}_1"), shape], where)
         return [_Value(repeated, 3, op.dtype)], [None]
     raise UnsupportedLayerError(f"{type(op).__name__} has no ONNX export", layer=where)
+
+
+# -------------------------------------------------------------------- fastgate.sequence_ops
+_SEQUENCE_OPS = (sequence_ops.BatchNormalization, sequence_ops.LayerNormalization,
+                 sequence_ops.Conv1D, sequence_ops.Pooling1D, sequence_ops.ZeroPadding1D,
+                 sequence_ops.Cropping1D, sequence_ops.UpSampling1D, sequence_ops.Reshape,
+                 sequence_ops.Permute, sequence_ops.TimeDistributed,
+                 sequence_ops.StackedRecurrent)
+
+
+def _sequence_op(g: _Graph, op: Any, source: _Tensor, where: str
+                 ) -> tuple[list[_Value], list[str | None]]:
+    """An op of :mod:`fastgate.sequence_ops`: outputs and masks as ``op.apply`` gives them."""
+    if isinstance(op, sequence_ops.TimeDistributed):
+        return [_time_distributed(g, op, source, where)], [source.mask]
+    if isinstance(op, sequence_ops.StackedRecurrent):
+        return _stacked_recurrent(g, op, source, where)
+    x = g.cast(source.value, op.dtype)
+    if isinstance(op, sequence_ops.BatchNormalization):
+        return [_Value(g.one("Add", [g.one("Mul", [x.name, g.constant(
+            _along(op._scale, op.axis, x.rank), f"{where}_scale")], f"{where}_scaled"),
+            g.constant(_along(op._shift, op.axis, x.rank), f"{where}_shift")], where),
+            x.rank, op.dtype)], [source.mask]
+    if isinstance(op, sequence_ops.LayerNormalization):
+        return [_layer_normalization(g, op, x, where)], [source.mask]
+    if isinstance(op, (sequence_ops.Conv1D, sequence_ops.Pooling1D)):
+        return [_convolution(g, op, x, where)], [None]
+    if isinstance(op, sequence_ops.ZeroPadding1D):
+        pads = g.ints(0, op.before, 0, 0, op.after, 0)
+        return [_Value(g.one("Pad", [x.name, pads], where), 3, op.dtype)], [None]
+    if isinstance(op, sequence_ops.Cropping1D):
+        end = -op.after if op.after else _INT64_MAX
+        return [_Value(g.one("Slice", [x.name, g.ints(op.before), g.ints(end), g.ints(1)],
+                             where), 3, op.dtype)], [None]
+    if isinstance(op, sequence_ops.UpSampling1D):  # (B, T, C) -> (B, T, size, C) -> (B, T*size, C)
+        repeated = g.one("Expand", [g.unsqueeze(x.name, 2, f"{where}_4d"),
+                                    g.ints(1, 1, op.size, 1)], f"{where}_repeated")
+        shape = g.one("Concat", [g.dims(x.name, 0, 1, f"{where}_b"), g.ints(-1),
+                                 g.dims(x.name, 2, 3, f"{where}_c")], f"{where}_target", axis=0)
+        return [_Value(g.one("Reshape", [repeated, shape], where), 3, op.dtype)], [None]
+    if isinstance(op, sequence_ops.Reshape):  # 0: the batch axis as it is
+        target = g.ints(0, *op.target_shape)
+        return [_Value(g.one("Reshape", [x.name, target], where), 1 + len(op.target_shape),
+                       op.dtype)], [None]
+    return [_Value(g.transpose(x.name, (0,) + op.dims, where), x.rank, op.dtype)], [None]
+
+
+def _along(vector: np.ndarray, axis: int, rank: int) -> np.ndarray:
+    """``vector`` shaped to broadcast along ``axis`` of a rank-``rank`` tensor."""
+    shape = [1] * rank
+    shape[axis if axis > 0 else rank + axis] = vector.shape[0]
+    return vector.reshape(shape)
+
+
+def _layer_normalization(g: _Graph, op: Any, x: _Value, where: str) -> _Value:
+    axes = sorted(a if a > 0 else x.rank + a for a in op.axes)
+    mean = g.reduce("ReduceMean", x.name, axes, True, f"{where}_mean")
+    centered = g.one("Sub", [x.name, mean], f"{where}_centered")
+    variance = g.reduce("ReduceMean", g.one("Mul", [centered, centered], f"{where}_sq"),
+                        axes, True, f"{where}_variance")
+    root = g.one("Sqrt", [g.one("Add", [variance, g.constant(
+        np.array(op.epsilon, op.dtype), f"{where}_epsilon")], f"{where}_var_eps")],
+        f"{where}_root")
+    y = g.one("Div", [x.name if op.rms_scaling else centered, root], f"{where}_normalized")
+    # Keras' rms_scaling divides by the root of the variance and adds no beta
+    for label, array in (("gamma", op.gamma), ("beta", None if op.rms_scaling else op.beta)):
+        if array is not None:
+            constant = g.constant(_parameter(array, axes, x.rank, where), f"{where}_{label}")
+            y = g.one("Mul" if label == "gamma" else "Add", [y, constant], f"{where}_{label}_y")
+    return _Value(y, x.rank, op.dtype)
+
+
+def _parameter(array: np.ndarray, axes: list[int], rank: int, where: str) -> np.ndarray:
+    """A LayerNormalization gamma/beta (one size per normalized axis) shaped to broadcast."""
+    if array.ndim != len(axes):
+        raise UnsupportedLayerError(f"LayerNormalization parameters of shape {array.shape} "
+                                    f"for axes {axes}: expected one size per axis",
+                                    layer=where)
+    shape = [1] * rank
+    for axis, size in zip(axes, array.shape):
+        shape[axis] = size
+    return array.reshape(shape)
+
+
+def _convolution(g: _Graph, op: Any, x: _Value, where: str) -> _Value:
+    """Conv1D and Pooling1D on ``(B, C, T)``, as ONNX's Conv/MaxPool/AveragePool take it;
+    TensorFlow's "same" (the extra padding step at the end) is ONNX's ``SAME_UPPER``."""
+    channels_first = g.transpose(x.name, [0, 2, 1], f"{where}_bct")
+    if isinstance(op, sequence_ops.Pooling1D):
+        attributes: dict[str, Any] = {"kernel_shape": [op.pool_size], "strides": [op.strides]}
+        if op.padding == "same":
+            attributes["auto_pad"] = "SAME_UPPER"
+        op_type = "MaxPool" if op.mode == "max" else "AveragePool"
+        if op.mode == "average":
+            attributes["count_include_pad"] = 0
+        y = g.one(op_type, [channels_first], f"{where}_pooled", **attributes)
+        return _Value(g.transpose(y, [0, 2, 1], where), 3, op.dtype)
+    kernel = np.ascontiguousarray(op.kernel.transpose(2, 1, 0))  # (filters, C/groups, k)
+    inputs = [channels_first, g.constant(kernel, f"{where}_kernel")]
+    if op.bias is not None:
+        inputs.append(g.constant(op.bias, f"{where}_bias"))
+    attributes = {"kernel_shape": [op.kernel_size], "strides": [op.strides],
+                  "dilations": [op.dilation_rate], "group": op.groups}
+    if op.padding == "same":
+        attributes["auto_pad"] = "SAME_UPPER"
+    elif op.padding == "causal":
+        attributes["pads"] = [(op.kernel_size - 1) * op.dilation_rate, 0]
+    y = g.transpose(g.one("Conv", inputs, f"{where}_conv", **attributes), [0, 2, 1],
+                    f"{where}_btc")
+    return _Value(g.activation(y, op.activation, op.dtype, where), 3, op.dtype)
+
+
+def _time_distributed(g: _Graph, op: Any, source: _Tensor, where: str) -> _Value:
+    """The inner op on the ``B*T`` steps as one batch, reshaped back to ``(B, T, ...)``."""
+    x = source.value
+    merged = g.one("Reshape", [x.name, g.one("Concat", [g.ints(-1), g.dims(
+        x.name, 2, None, f"{where}_inner_dims")], f"{where}_merged_shape", axis=0)],
+        f"{where}_merged")
+    outputs, _ = _apply(g, op.layer, _Tensor(_Value(merged, x.rank - 1, x.dtype), None),
+                        f"{where}_inner")
+    y = outputs[0]
+    shape = g.one("Concat", [g.dims(x.name, 0, 2, f"{where}_bt"),
+                             g.dims(y.name, 1, None, f"{where}_out_dims")],
+                  f"{where}_split_shape", axis=0)
+    return _Value(g.one("Reshape", [y.name, shape], where), y.rank + 1, y.dtype)
+
+
+def _stacked_recurrent(g: _Graph, op: Any, source: _Tensor, where: str
+                       ) -> tuple[list[_Value], list[str | None]]:
+    """The cells as stacked Recurrent ops, all reading the same (reversed) mask."""
+    value, mask = source
+    if op.go_backwards:
+        value = _Value(g.reverse_time(value.name, 1, f"{where}_x_backwards"), value.rank,
+                       value.dtype)
+        mask = None if mask is None else g.reverse_time(mask, 1, f"{where}_mask_backwards")
+    for k, cell in enumerate(op.layers):
+        value = _keras_recurrent(g, cell, _Tensor(value, mask), f"{where}_cell{k}")[0][0]
+    return [value], [source.mask if op.return_sequences else None]
 
 
 def _input_spec(model: Model) -> tuple[np.dtype, list[int | str | None]]:
