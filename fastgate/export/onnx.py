@@ -24,7 +24,9 @@ What each object becomes:
   Keras' masks (``Embedding(mask_zero=True)``, ``Masking``) are exact for any mask: the valid
   steps of each sequence are gathered to its front (``TopK`` of the mask, stable), run with
   ``sequence_lens``, and gathered back to where Keras puts them (the previous output repeated
-  at a masked step, or zeros with ``zero_output_for_mask``).
+  at a masked step, or zeros with ``zero_output_for_mask``). The ops of
+  :mod:`fastgate.sequence_ops` become ONNX ``Conv``, ``MaxPool``, ``AveragePool`` (on
+  ``(B, C, T)``; TensorFlow's "same" is ``SAME_UPPER``) and plain tensor ops.
 
 What ONNX cannot express raises :class:`~fastgate.errors.UnsupportedLayerError` naming the
 layer: projected LSTMs (``proj_size``), recurrent activations outside the ONNX list (SELU,
