@@ -1031,7 +1031,43 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=1, metavar="K",
                       help="BLAS (and PyTorch) threads (1: these models are small)")
     demo.set_defaults(handler=command_demo)
+
+    serve = commands.add_parser(
+        "serve", parents=[debug], help="serve a model over HTTP (TF Serving REST API)",
+        description="Serve MODEL (.keras, .h5, .fastgate) over HTTP with micro-batching and "
+                    "batched streaming sessions: POST /v1/models/NAME:predict, /v1/sessions, "
+                    "GET /healthz, /metrics (NAME: the file's stem). Needs fastgate[serve]. "
+                    "SIGTERM answers the requests in flight, then exits 0.")
+    serve.add_argument("model", metavar="MODEL")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8501, help="TCP port (8501)")
+    serve.add_argument("--max-batch", type=int, default=64, metavar="N",
+                       help="most sequences in one batched pass (64)")
+    serve.add_argument("--max-wait-ms", type=float, default=2.0, metavar="MS",
+                       help="how long a request waits for others to batch with (2)")
+    serve.add_argument("--max-body", type=int, default=4 * 1024 * 1024, metavar="BYTES",
+                       help="largest request body; larger ones get 413 (4 MiB)")
+    serve.add_argument("--threads", type=int, default=1, metavar="K",
+                       help="fastgate kernel threads for each batched pass (1)")
+    serve.add_argument("--session-ttl", type=float, default=600.0, metavar="S",
+                       help="drop a session after S seconds without a step (600)")
+    serve.add_argument("--max-sessions", type=int, default=10_000, metavar="N",
+                       help="most live sessions (10000)")
+    serve.add_argument("--log-level", default="warning",
+                       choices=("critical", "error", "warning", "info", "debug"))
+    serve.set_defaults(handler=command_serve)
     return parser
+
+
+def command_serve(args: argparse.Namespace) -> int:
+    """``fastgate serve MODEL``: the HTTP server of :mod:`fastgate.serving.server`."""
+    from .serving.server import serve
+
+    return serve(args.model, host=args.host, port=args.port, max_batch=args.max_batch,
+                 max_wait_ms=args.max_wait_ms, max_body=args.max_body, threads=args.threads,
+                 ttl_s=args.session_ttl, max_sessions=args.max_sessions,
+                 log_level=args.log_level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1060,6 +1096,9 @@ def _message(error: BaseException) -> str:
     if isinstance(error, ImportError):
         name = getattr(error, "name", None) or "a package"
         hint = " (HDF5 Keras files need it: pip install h5py)" if name == "h5py" else ""
+        if name in ("uvicorn", "starlette"):
+            hint = ' (fastgate serve needs it: pip install "fastgate[serve]")'
+
         return f"this needs {name}, which is not installed{hint}"
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
         return f"{error.filename}: {error.strerror}"

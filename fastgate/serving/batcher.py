@@ -120,6 +120,8 @@ class Batcher:
                 f"max_wait_ms={self.max_wait_ms:g}, mixed lengths: {how}, {state})")
 
     def _outputs_with_steps(self) -> list[bool]:
+        """Which outputs have a steps axis (to cut the padding off); valid for the models
+        that are padded, whose ops all say it right in the streaming plan."""
         flags = self.model._plan.sequence_outputs
         return [ref[0] == MODEL_INPUT or flags[ref[0]][ref[1]] for ref in self.model.outputs]
 
@@ -184,7 +186,8 @@ class Batcher:
         """One forward pass over ``sequences``; each one's outputs, cut to its own length."""
         lengths = [x.shape[0] for x in sequences]
         longest = max(lengths)
-        if min(lengths) == longest:
+        padded = min(lengths) != longest
+        if not padded:
             batch = np.stack(sequences)
         else:   # padding (only with self.padding set: otherwise groups share one length)
             shape = (len(sequences), longest) + sequences[0].shape[1:]
@@ -196,7 +199,7 @@ class Batcher:
         outputs = predicted if isinstance(predicted, list) else [predicted]
         answers = []
         for row, length in enumerate(lengths):
-            parts = [np.array(y[row, :length] if steps else y[row])
+            parts = [np.array(y[row, :length] if padded and steps else y[row])
                      for y, steps in zip(outputs, self._sequence_outputs)]
             answers.append(parts if isinstance(predicted, list) else parts[0])
         return answers

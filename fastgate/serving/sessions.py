@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ConfigError, FastgateError, ShapeError
 from ..layers import as_array
-from ..model import MODEL_INPUT, Model
+from ..model import Model
 from ._coalesce import Coalescer
 
 __all__ = ["Sessions", "UnknownSessionError", "SessionLimitError"]
@@ -89,8 +89,6 @@ class Sessions:
         self._sessions: dict[str, _Session] = {}
         self._expired: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
-        self._sequence_outputs = [ref[0] == MODEL_INPUT or model._plan.sequence_outputs[
-            ref[0]][ref[1]] for ref in model.outputs]
         self._coalescer = Coalescer(self._run_batch, max_batch=max_batch,
                                     max_wait_ms=max_wait_ms, name=f"fastgate-sessions-{model.name}")
 
