@@ -87,9 +87,9 @@ def decode_npy(body: bytes) -> np.ndarray:
 
 
 def _listed(value: Any) -> Any:
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_listed(v) for v in value]
-    return value.tolist()
+    return value.tolist() if isinstance(value, np.ndarray) else value
 
 
 def encode_json(document: dict[str, Any]) -> bytes:
