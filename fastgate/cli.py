@@ -1096,7 +1096,7 @@ def _message(error: BaseException) -> str:
     if isinstance(error, ImportError):
         name = getattr(error, "name", None) or "a package"
         hint = " (HDF5 Keras files need it: pip install h5py)" if name == "h5py" else ""
-        if name in ("uvicorn", "starlette"):
+        if name in ("uvicorn", "httptools", "uvloop"):
             hint = ' (fastgate serve needs it: pip install "fastgate[serve]")'
 
         return f"this needs {name}, which is not installed{hint}"

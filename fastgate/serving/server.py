@@ -1,5 +1,5 @@
-"""``fastgate serve``: one model behind HTTP, in TF Serving's REST convention, on an ASGI
-server (Starlette routes on uvicorn; ``pip install "fastgate[serve]"``).
+"""``fastgate serve``: one model behind HTTP, in TF Serving's REST convention, as a plain
+ASGI application run by uvicorn (``pip install "fastgate[serve]"``).
 
 Endpoints (``NAME`` is the model file's stem):
 
@@ -7,6 +7,7 @@ Endpoints (``NAME`` is the model file's stem):
   (sequences may differ in length); or a binary ``.npy`` body ``(B, T, D)`` -> ``.npy``
   (``.npz`` for a model with several outputs). Every sequence goes through the
   :class:`~fastgate.serving.Batcher`, so concurrent requests share forward passes.
+  ``GET /v1/models/NAME``: the model's outputs and input shape.
 * ``POST /v1/sessions`` -> ``{"session": ID}``; ``POST /v1/sessions/ID:step``
   ``{"instances": [chunk]}`` -> ``{"predictions": [y]}`` (or a ``.npy`` chunk ``(T, D)``);
   ``DELETE /v1/sessions/ID``. Steps of different sessions share batched steps
@@ -15,14 +16,16 @@ Endpoints (``NAME`` is the model file's stem):
   batch-size histograms, live sessions).
 
 Bad input is a 400 ``{"error": message}`` with fastgate's message; a body over ``max_body``
-bytes a 413; an unknown or expired session a 404; too many sessions a 503.
+bytes a 413; an unknown or expired session, or an unknown route, a 404; a wrong method a
+405; too many sessions a 503.
+
+The application is written against the ASGI interface directly (no web framework): routing
+five paths needs none, and each request costs less Python without one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import signal
 import time
@@ -40,20 +43,19 @@ from .metrics import (LATENCY_BUCKETS, Counter, Histogram, render_counter,
 from .sessions import SessionLimitError, Sessions, UnknownSessionError
 from .wire import NPY_MAGIC, decode_instances, decode_npy, encode_json, encode_npy
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
-
-__all__ = ["create_app", "serve", "DEFAULT_MAX_BODY"]
+__all__ = ["create_app", "serve", "ServingApp", "DEFAULT_MAX_BODY"]
 
 #: The default limit of a request body, in bytes (4 MiB).
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 #: An over-limit body up to this size is read and dropped before the 413, so that the client
 #: (still sending) reads the answer instead of a reset connection; a bigger one is cut off.
 _DRAIN_LIMIT = 64 * 1024 * 1024
+_JSON = b"application/json"
 
 log = logging.getLogger("fastgate.serve")
+
+#: What a handler returns: status, body, media type.
+Answer = tuple[int, bytes, bytes]
 
 
 class HTTPError(Exception):
@@ -76,8 +78,8 @@ def _status_of(error: BaseException) -> int:
     return 500
 
 
-def _json(document: dict[str, Any], status: int = 200) -> Response:
-    return Response(encode_json(document), status_code=status, media_type="application/json")
+def _json(document: dict[str, Any], status: int = 200) -> Answer:
+    return status, encode_json(document), _JSON
 
 
 def _output_names(model: Model) -> list[str]:
@@ -88,8 +90,34 @@ def _output_names(model: Model) -> list[str]:
     return names
 
 
-class ModelServer:
-    """The state and handlers behind :func:`create_app`."""
+class _Request:
+    """What the handlers need of an ASGI request: method, path, headers and the body."""
+
+    __slots__ = ("method", "path", "headers", "receive")
+
+    def __init__(self, scope: dict, receive: Callable[[], Awaitable[dict]]) -> None:
+        self.method = scope["method"]
+        self.path = scope["path"]
+        self.headers = dict(scope.get("headers") or ())
+        self.receive = receive
+
+    async def chunks(self):
+        """The body's chunks as they arrive."""
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise HTTPError(400, "the client disconnected before sending the whole body")
+            yield message.get("body", b"")
+            if not message.get("more_body", False):
+                return
+
+
+class ServingApp:
+    """The ASGI application of ``fastgate serve``: ``await app(scope, receive, send)``.
+
+    Parameters are those of :func:`create_app`. Its batcher and session worker threads stop
+    at the ASGI lifespan shutdown, after the requests in flight are answered.
+    """
 
     def __init__(self, model: Model, name: str, *, max_batch: int, max_wait_ms: float,
                  max_body: int, ttl_s: float, max_sessions: int) -> None:
@@ -114,47 +142,99 @@ class ModelServer:
         if self.sessions is not None:
             self.sessions.close()
 
+    def __repr__(self) -> str:
+        return (f"ServingApp({self.name!r}, max_body={self.max_body}, "
+                f"{self.batcher!r}, {self.sessions!r})")
+
     # ------------------------------------------------------------------ plumbing
-    def instrument(self, route: str, handler: Callable[[Request], Awaitable[Response]]
-                   ) -> Callable[[Request], Awaitable[Response]]:
-        """``handler`` with its requests, errors and latency counted under ``route``."""
-        histogram = self.latency.setdefault(route, Histogram(LATENCY_BUCKETS))
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
 
-        @functools.wraps(handler)
-        async def counted(request: Request) -> Response:
-            started = time.perf_counter()
-            try:
-                response = await handler(request)
-            except Exception as error:
-                status = _status_of(error)
-                if status == 500:
-                    log.exception("%s failed", route)
-                    message = f"internal error: {type(error).__name__}: {error}"
-                else:
-                    message = str(error)
-                response = _json({"error": message}, status)
-            histogram.observe(time.perf_counter() - started)
-            self.requests.inc((route, str(response.status_code)))
-            if response.status_code >= 400:
-                self.errors.inc((route,))
-            return response
+    async def _lifespan(self, receive: Callable, send: Callable) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await asyncio.get_running_loop().run_in_executor(None, self.close)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
-        return counted
+    def _route(self, method: str, path: str) -> tuple[str, Callable, tuple]:
+        """``(route name, handler, arguments)`` for a request; 404 / 405 as errors."""
+        parts = path.strip("/").split("/")
+        routes: dict[str, tuple[str, Callable, tuple]] = {}
+        if parts == ["healthz"]:
+            routes = {"GET": ("healthz", self.healthz, ())}
+        elif parts == ["metrics"]:
+            routes = {"GET": ("metrics", self.metrics, ())}
+        elif parts == ["v1", "sessions"]:
+            routes = {"POST": ("session_create", self.create_session, ())}
+        elif len(parts) == 3 and parts[:2] == ["v1", "sessions"]:
+            target, _, verb = parts[2].rpartition(":")
+            routes = {"DELETE": ("session_delete", self.delete_session, (parts[2],))}
+            if verb == "step":
+                routes = {"POST": ("session_step", self.step_session, (target,))}
+        elif len(parts) == 3 and parts[:2] == ["v1", "models"]:
+            target, _, verb = parts[2].rpartition(":")
+            if verb == "predict" and target == self.name:
+                routes = {"POST": ("predict", self.predict, ())}
+            elif parts[2] == self.name:
+                routes = {"GET": ("model_status", self.model_status, ())}
+            else:
+                raise HTTPError(404, f"no model {target or parts[2]!r}: this server serves "
+                                     f"{self.name!r} (POST /v1/models/{self.name}:predict)")
+        if not routes:
+            raise HTTPError(404, f"no route {path!r}")
+        if method not in routes:
+            raise HTTPError(405, f"{path!r} takes {', '.join(routes)}, not {method}")
+        return routes[method]
 
-    async def read_body(self, request: Request) -> bytes:
+    async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
+        started = time.perf_counter()
+        request = _Request(scope, receive)
+        route = "unknown"
+        try:
+            route, handler, arguments = self._route(request.method, request.path)
+            status, body, media = await handler(request, *arguments)
+        except Exception as error:
+            status = _status_of(error)
+            if status == 500:
+                log.exception("%s %s failed", request.method, request.path)
+                message = f"internal error: {type(error).__name__}: {error}"
+            else:
+                message = str(error)
+            status, body, media = _json({"error": message}, status)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", media),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+        histogram = self.latency.get(route)
+        if histogram is None:
+            histogram = self.latency.setdefault(route, Histogram(LATENCY_BUCKETS))
+        histogram.observe(time.perf_counter() - started)
+        self.requests.inc((route, str(status)))
+        if status >= 400:
+            self.errors.inc((route,))
+
+    async def read_body(self, request: _Request) -> bytes:
         """The body, or a 413 :class:`HTTPError` past ``max_body`` (read and dropped up to
         ``_DRAIN_LIMIT`` so that the client gets the answer)."""
-        declared = request.headers.get("content-length")
+        declared = request.headers.get(b"content-length")
         if declared is not None and not declared.isdigit():
-            raise HTTPError(400, f"Content-Length {declared!r} is not a byte count")
+            raise HTTPError(400, f"Content-Length {declared.decode(errors='replace')!r} is not "
+                                 f"a byte count")
         too_big = HTTPError(413, f"the body exceeds {self.max_body} bytes (--max-body)")
         if declared is not None and int(declared) > self.max_body:
             if int(declared) <= _DRAIN_LIMIT:
-                async for _ in request.stream():
+                async for _ in request.chunks():
                     pass
             raise too_big
         chunks, size = [], 0
-        async for chunk in request.stream():
+        async for chunk in request.chunks():
             size += len(chunk)
             if size > self.max_body:
                 chunks = []
@@ -172,23 +252,16 @@ class ModelServer:
         return self.sessions
 
     # ------------------------------------------------------------------ handlers
-    async def healthz(self, request: Request) -> Response:
+    async def healthz(self, request: _Request) -> Answer:
         return _json({"status": "ok", "model": self.name,
                       "sessions": len(self.sessions) if self.sessions else 0})
 
-    async def model_status(self, request: Request) -> Response:
-        if request.path_params["target"] != self.name:
-            raise HTTPError(404, f"no model {request.path_params['target']!r}: this server "
-                                 f"serves {self.name!r}")
+    async def model_status(self, request: _Request) -> Answer:
         return _json({"model": self.name, "outputs": self.output_names,
                       "input_shape": list(self.model.input_shape or []),
                       "streaming": self.sessions is not None})
 
-    async def predict(self, request: Request) -> Response:
-        target = request.path_params["target"]
-        if target != f"{self.name}:predict":
-            raise HTTPError(404, f"no route {request.url.path!r}: this server answers POST "
-                                 f"/v1/models/{self.name}:predict")
+    async def predict(self, request: _Request) -> Answer:
         body = await self.read_body(request)
         binary = body.startswith(NPY_MAGIC)
         if binary:
@@ -217,29 +290,26 @@ class ModelServer:
                 raise HTTPError(_status_of(result), f"instance {index}: {result}")
         return self._answer(results, binary)
 
-    def _answer(self, results: list[Any], binary: bool) -> Response:
+    def _answer(self, results: list[Any], binary: bool) -> Answer:
         several = len(self.output_names) > 1
         if binary:
             columns = list(zip(*results)) if several else [results]
             data, media = encode_npy([np.stack(column) for column in columns])
-            return Response(data, media_type=media)
+            return 200, data, media.encode()
         if several:
             results = [dict(zip(self.output_names, (y.tolist() for y in parts)))
                        for parts in results]
         return _json({"predictions": results})
 
-    async def create_session(self, request: Request) -> Response:
+    async def create_session(self, request: _Request) -> Answer:
         return _json({"session": self._sessions().create()})
 
-    async def session(self, request: Request) -> Response:
+    async def delete_session(self, request: _Request, session_id: str) -> Answer:
+        self._sessions().delete(session_id)
+        return _json({"deleted": session_id})
+
+    async def step_session(self, request: _Request, session_id: str) -> Answer:
         sessions = self._sessions()
-        target = request.path_params["target"]
-        if request.method == "DELETE":
-            sessions.delete(target)
-            return _json({"deleted": target})
-        session_id, _, verb = target.rpartition(":")
-        if verb != "step":
-            raise HTTPError(404, f"no route {request.url.path!r}: POST /v1/sessions/ID:step")
         body = await self.read_body(request)
         binary = body.startswith(NPY_MAGIC)
         if binary:
@@ -253,7 +323,7 @@ class ModelServer:
         result = await sessions.step_async(session_id, chunk)
         return self._answer([result], binary)
 
-    async def metrics(self, request: Request) -> Response:
+    async def metrics(self, request: _Request) -> Answer:
         lines = render_counter("fastgate_requests_total", "HTTP requests by route and status.",
                                self.requests, ("route", "code"))
         lines += render_counter("fastgate_request_errors_total",
@@ -271,43 +341,21 @@ class ModelServer:
         lines += ["# HELP fastgate_sessions_live Live streaming sessions.",
                   "# TYPE fastgate_sessions_live gauge",
                   f"fastgate_sessions_live {len(self.sessions) if self.sessions else 0}"]
-        return Response("\n".join(lines) + "\n",
-                        media_type="text/plain; version=0.0.4; charset=utf-8")
+        return (200, ("\n".join(lines) + "\n").encode(),
+                b"text/plain; version=0.0.4; charset=utf-8")
 
 
 def create_app(model: Model, name: str, *, max_batch: int = 64, max_wait_ms: float = 2.0,
                max_body: int = DEFAULT_MAX_BODY, ttl_s: float = 600.0,
-               max_sessions: int = 10_000) -> Starlette:
+               max_sessions: int = 10_000) -> ServingApp:
     """The ASGI application that serves ``model`` as ``name`` (see the module docstring).
 
-    Its batcher and session worker threads stop when the application shuts down (ASGI
-    lifespan), after the requests in flight are answered.
+    ``max_batch`` and ``max_wait_ms`` configure its :class:`~fastgate.serving.Batcher` and
+    :class:`~fastgate.serving.Sessions`; ``ttl_s`` and ``max_sessions`` the sessions;
+    ``max_body`` is the largest request body in bytes.
     """
-    server = ModelServer(model, name, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                         max_body=max_body, ttl_s=ttl_s, max_sessions=max_sessions)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
-        try:
-            yield
-        finally:
-            server.close()
-
-    routes = [
-        Route("/v1/models/{target}", server.instrument("predict", server.predict),
-              methods=["POST"]),
-        Route("/v1/models/{target}", server.instrument("model_status", server.model_status),
-              methods=["GET"]),
-        Route("/v1/sessions", server.instrument("session_create", server.create_session),
-              methods=["POST"]),
-        Route("/v1/sessions/{target}", server.instrument("session", server.session),
-              methods=["POST", "DELETE"]),
-        Route("/healthz", server.instrument("healthz", server.healthz), methods=["GET"]),
-        Route("/metrics", server.instrument("metrics", server.metrics), methods=["GET"]),
-    ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.model_server = server
-    return app
+    return ServingApp(model, name, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                      max_body=max_body, ttl_s=ttl_s, max_sessions=max_sessions)
 
 
 def serve(model_path: str, *, host: str = "127.0.0.1", port: int = 8501, max_batch: int = 64,

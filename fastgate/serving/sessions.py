@@ -38,11 +38,56 @@ class SessionLimitError(FastgateError, RuntimeError):
 
 
 class _Session:
-    __slots__ = ("state", "last_used")
+    __slots__ = ("row", "last_used")
 
-    def __init__(self, state: tuple, now: float) -> None:
-        self.state = state
+    def __init__(self, row: int, now: float) -> None:
+        self.row = row
         self.last_used = now
+
+
+class _StateTable:
+    """The states of all live sessions: per state array of the model, one ``(capacity,
+    units)`` array whose row ``r`` belongs to the session holding row ``r``. A batched step
+    gathers its sessions' rows with one indexing per array and scatters the new states back
+    the same way. Grows by doubling up to ``limit`` rows; the caller holds the lock."""
+
+    def __init__(self, initial: tuple, limit: int) -> None:
+        self.initial = initial            # the model's initial_state(1)
+        self.limit = limit
+        self.arrays = tuple(tuple(np.empty((0,) + part.shape[1:], part.dtype) for part in entry)
+                            for entry in initial)
+        self.free: list[int] = []
+
+    @property
+    def capacity(self) -> int:
+        return self.arrays[0][0].shape[0] if self.arrays else 0
+
+    def allocate(self) -> int:
+        if not self.free:
+            old = self.capacity
+            new = min(self.limit, max(16, 2 * old))
+            self.arrays = tuple(tuple(np.concatenate([part, np.empty((new - old,)
+                                                                     + part.shape[1:],
+                                                                     part.dtype)])
+                                      for part in entry) for entry in self.arrays)
+            self.free = list(range(new - 1, old - 1, -1))
+        row = self.free.pop()
+        for entry, start in zip(self.arrays, self.initial):
+            for part, value in zip(entry, start):
+                part[row] = value[0]
+        return row
+
+    def release(self, row: int) -> None:
+        self.free.append(row)
+
+    def gather(self, rows: np.ndarray) -> tuple:
+        return tuple(tuple(part[rows] for part in entry) for entry in self.arrays)
+
+    def scatter(self, rows: np.ndarray, state: tuple, keep: np.ndarray) -> None:
+        """Store row ``k`` of ``state`` in row ``rows[k]`` where ``keep[k]``."""
+        for entry, new in zip(self.arrays, state):
+            for part, value in zip(entry, new):
+                part[rows[keep]] = value[keep]
 
 
 class Sessions:
@@ -56,7 +101,8 @@ class Sessions:
         A session that has not been stepped for this many seconds is dropped.
     max_sessions : int
         The most live sessions; :meth:`create` raises :class:`SessionLimitError` beyond.
-        Memory is bounded by ``max_sessions`` states (one ``(1, units)`` row per state array).
+        Memory is bounded by ``max_sessions`` states (one row of ``units`` values per state
+        array of the model).
     max_batch, max_wait_ms
         As for :class:`~fastgate.serving.Batcher`: the most sessions in one batched step, and
         how long the first waits for others.
@@ -86,7 +132,8 @@ class Sessions:
         self.model = model
         self.ttl_s = float(ttl_s)
         self.max_sessions = max_sessions
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()   # least recently used first
+        self._states = _StateTable(model.initial_state(1), max_sessions)
         self._expired: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self._coalescer = Coalescer(self._run_batch, max_batch=max_batch,
@@ -108,18 +155,20 @@ class Sessions:
 
     # ------------------------------------------------------------------ lifecycle
     def _evict_expired(self, now: float) -> None:
-        """Drop sessions idle for ``ttl_s`` (caller holds the lock)."""
-        stale = [sid for sid, session in self._sessions.items()
-                 if now - session.last_used > self.ttl_s]
-        for sid in stale:
+        """Drop sessions idle for ``ttl_s`` (caller holds the lock). ``_sessions`` is in
+        order of last use, so the idle ones are at its front."""
+        while self._sessions:
+            sid, session = next(iter(self._sessions.items()))
+            if now - session.last_used <= self.ttl_s:
+                break
             del self._sessions[sid]
+            self._states.release(session.row)
             self._expired[sid] = None
         while len(self._expired) > self.EXPIRED_MEMORY:
             self._expired.popitem(last=False)
 
     def create(self) -> str:
         """Start a session at the model's initial state; returns its id (random, 32 hex)."""
-        state = self.model.initial_state(1)
         now = time.monotonic()
         with self._lock:
             self._evict_expired(now)
@@ -128,15 +177,17 @@ class Sessions:
                                         f" delete one or wait for one to expire "
                                         f"({self.ttl_s:g} s without a step)")
             sid = secrets.token_hex(16)
-            self._sessions[sid] = _Session(state, now)
+            self._sessions[sid] = _Session(self._states.allocate(), now)
         return sid
 
     def delete(self, session_id: str) -> None:
         """End a session (raises :class:`UnknownSessionError` if it is not live)."""
         with self._lock:
             self._evict_expired(time.monotonic())
-            if self._sessions.pop(session_id, None) is None:
+            session = self._sessions.pop(session_id, None)
+            if session is None:
                 raise self._unknown(session_id)
+            self._states.release(session.row)
 
     def _unknown(self, session_id: Any) -> UnknownSessionError:
         if session_id in self._expired:
@@ -153,6 +204,7 @@ class Sessions:
             if session is None:
                 raise self._unknown(session_id)
             session.last_used = now
+            self._sessions.move_to_end(session_id)
 
     def close(self, timeout: float | None = None) -> None:
         """Run the queued steps, then stop the worker thread."""
@@ -230,29 +282,31 @@ class Sessions:
         if not members:
             return
         try:
-            answers = self._step([items[k][1] for k in members], sessions)
+            answers = self._step([items[k] for k in members], sessions)
         except Exception:
             answers = []
             for k, session in zip(members, sessions):
                 try:
-                    answers.extend(self._step([items[k][1]], [session]))
+                    answers.extend(self._step([items[k]], [session]))
                 except Exception as error:
                     answers.append(error)
         for k, answer in zip(members, answers):
             results[k] = answer
 
-    def _step(self, chunks: list[np.ndarray], sessions: list[_Session]) -> list[Any]:
-        """``Model.step`` on the stacked chunks and states; stores each new state."""
-        state = tuple(tuple(np.concatenate(parts) for parts in zip(*entries))
-                      for entries in zip(*(s.state for s in sessions)))
-        predicted, new_state = self.model.step(np.stack(chunks), state)
+    def _step(self, items: list[tuple[str, np.ndarray]], sessions: list[_Session]) -> list[Any]:
+        """``Model.step`` on the stacked chunks and states; stores the new states of the
+        sessions still live (one deleted or expired meanwhile may have given its row away)."""
+        with self._lock:
+            rows = np.array([session.row for session in sessions])
+            state = self._states.gather(rows)
+        predicted, new_state = self.model.step(np.stack([chunk for _, chunk in items]), state)
+        with self._lock:
+            live = np.array([self._sessions.get(sid) is session
+                             for (sid, _), session in zip(items, sessions)])
+            self._states.scatter(rows, new_state, live)
         outputs = predicted if isinstance(predicted, list) else [predicted]
         answers = []
-        now = time.monotonic()
-        for row, session in enumerate(sessions):
-            session.state = tuple(tuple(part[row:row + 1].copy() for part in entry)
-                                  for entry in new_state)
-            session.last_used = now
+        for row in range(len(sessions)):
             parts = [np.array(y[row]) for y in outputs]
             answers.append(parts if isinstance(predicted, list) else parts[0])
         return answers
