@@ -288,3 +288,16 @@ def test_models_that_cannot_stream_are_refused(rng):
         Sessions(backwards)
     with pytest.raises(ConfigError, match="ttl_s"):
         Sessions(lstm_model(rng), ttl_s=0)
+
+
+def test_import_fastgate_imports_neither_serving_nor_a_web_server(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    code = ("import sys, fastgate; loaded = [m for m in ('fastgate.serving', 'uvicorn', "
+            "'httptools', 'uvloop') if m in sys.modules]; print(loaded)")
+    result = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, FastgateError, ShapeError
-from ..layers import as_array
+from .._validation import as_array
 from ..model import Model
 from ._coalesce import Coalescer
 
