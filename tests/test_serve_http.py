@@ -347,3 +347,78 @@ def test_sigterm_answers_the_requests_in_flight_and_exits_0(tmp_path, rng):
                                    rtol=0, atol=ATOL)
     with pytest.raises(OSError):          # and it is gone
         request(server.port, "GET", "/healthz", timeout=2)
+
+
+# ----------------------------------------------------------------------------- in-process
+def call_app(app, method, path, body=b""):
+    """``(status, content type, body)`` of one request to the ASGI ``app``, without a socket."""
+    import asyncio
+
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path,
+             "headers": [(b"content-length", str(len(body)).encode())]}
+    asyncio.run(app(scope, receive, send))
+    headers = dict(sent[0]["headers"])
+    return sent[0]["status"], headers[b"content-type"], sent[1]["body"]
+
+
+def test_several_outputs_answer_one_object_per_instance_or_an_npz(rng):
+    from fastgate.serving.server import create_app
+
+    lstm = Recurrent(fastgate.LSTM.random(WIDTH, UNITS, batch_first=True),
+                     return_sequences=True, return_state=True)
+    dense = Dense((rng.standard_normal((UNITS, OUT)) / np.sqrt(UNITS)).astype(np.float32))
+    model = fastgate.Model([("lstm", lstm, (-1, 0)), ("head", dense, (0, 0))],
+                           [(1, 0), (0, 1)])
+    app = create_app(model, "two")
+    try:
+        x = rng.standard_normal((2, 5, WIDTH)).astype(np.float32)
+        expected = model.predict(x)
+        status, media, data = call_app(app, "POST", "/v1/models/two:predict",
+                                       json.dumps({"instances": x.tolist()}).encode())
+        assert status == 200 and media == b"application/json"
+        answer = json.loads(data)["predictions"]
+        assert [sorted(a) for a in answer] == [["head", "lstm:1"]] * 2
+        for k in range(2):
+            np.testing.assert_allclose(answer[k]["head"], expected[0][k], rtol=0, atol=ATOL)
+            np.testing.assert_allclose(answer[k]["lstm:1"], expected[1][k], rtol=0, atol=ATOL)
+        buffer = io.BytesIO()
+        np.save(buffer, x)
+        status, media, data = call_app(app, "POST", "/v1/models/two:predict",
+                                       buffer.getvalue())
+        assert status == 200 and media == b"application/x-npz"
+        with np.load(io.BytesIO(data)) as arrays:
+            np.testing.assert_allclose(arrays["output_0"], expected[0], rtol=0, atol=ATOL)
+            np.testing.assert_allclose(arrays["output_1"], expected[1], rtol=0, atol=ATOL)
+        status, _, data = call_app(app, "GET", "/v1/models/two:predict")
+        assert status == 405 and b"takes POST" in json.loads(data)["error"].encode()
+        status, _, data = call_app(app, "PUT", "/healthz")
+        assert status == 405
+    finally:
+        app.close()
+
+
+def test_a_model_that_cannot_stream_still_predicts_and_says_why_sessions_fail(rng):
+    from fastgate.serving.server import create_app
+
+    lstm = Recurrent(fastgate.LSTM.random(WIDTH, UNITS, batch_first=True), go_backwards=True)
+    model = fastgate.Model([("lstm", lstm, (-1, 0))], [(0, 0)])
+    app = create_app(model, "backwards")
+    try:
+        x = rng.standard_normal((6, WIDTH)).astype(np.float32)
+        status, _, data = call_app(app, "POST", "/v1/models/backwards:predict",
+                                   json.dumps({"instances": [x.tolist()]}).encode())
+        assert status == 200
+        np.testing.assert_allclose(json.loads(data)["predictions"][0],
+                                   model.predict(x[None])[0], rtol=0, atol=ATOL)
+        status, _, data = call_app(app, "POST", "/v1/sessions")
+        assert status == 400 and "go_backwards" in json.loads(data)["error"]
+    finally:
+        app.close()
