@@ -313,6 +313,7 @@ def test_metrics_count_requests_errors_and_latency(served):
     assert latency[float("inf")] >= 1 and list(latency.values()) == sorted(latency.values())
     assert "# TYPE fastgate_batch_size histogram" in text
     assert re.search(r"^fastgate_sessions_live \d+$", text, re.M)
+    assert re.search(r"^fastgate_requests_in_flight 1$", text, re.M)    # the scrape itself
 
 
 # ----------------------------------------------------------------------------- shutdown
@@ -320,8 +321,8 @@ def test_sigterm_answers_the_requests_in_flight_and_exits_0(tmp_path, rng):
     model = make_model(seed=5)
     path = tmp_path / "slow.fastgate"
     model.save(path)
-    # a 1.5 s batching window keeps the requests in flight when SIGTERM arrives
-    server = Server(path, "--max-wait-ms", 1500)
+    # a 3 s batching window keeps the requests in flight when SIGTERM arrives
+    server = Server(path, "--max-wait-ms", 3000)
     inputs = [rng.standard_normal((int(rng.integers(1, 9)), WIDTH)).astype(np.float32)
               for _ in range(6)]
     results = [None] * len(inputs)
@@ -334,7 +335,11 @@ def test_sigterm_answers_the_requests_in_flight_and_exits_0(tmp_path, rng):
     try:
         for thread in threads:
             thread.start()
-        time.sleep(0.5)
+        deadline = time.monotonic() + TIMEOUT    # until the server holds all six (+ /metrics)
+        holding = f"fastgate_requests_in_flight {len(inputs) + 1}\n"
+        while holding not in server.metrics():
+            assert time.monotonic() < deadline, "the requests did not reach the server"
+            time.sleep(0.02)
         server.process.send_signal(signal.SIGTERM)
         for thread in threads:
             thread.join(timeout=TIMEOUT)

@@ -133,6 +133,7 @@ class ServingApp:
             self.sessions_error = ""
         except ConfigError as error:    # the model cannot stream: predict still works
             self.sessions, self.sessions_error = None, str(error)
+        self.in_flight = 0     # requests received and not yet answered (event loop only)
         self.requests = Counter()
         self.errors = Counter()
         self.latency: dict[str, Histogram] = {}
@@ -194,6 +195,13 @@ class ServingApp:
         return routes[method]
 
     async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
+        self.in_flight += 1
+        try:
+            await self._answer_request(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer_request(self, scope: dict, receive: Callable, send: Callable) -> None:
         started = time.perf_counter()
         request = _Request(scope, receive)
         route = "unknown"
@@ -338,7 +346,11 @@ class ServingApp:
         lines += render_histogram("fastgate_batch_size",
                                   "Sequences per batched forward pass (predict) or per "
                                   "batched step (session_step).", batches)
-        lines += ["# HELP fastgate_sessions_live Live streaming sessions.",
+        lines += ["# HELP fastgate_requests_in_flight Requests received and not yet answered "
+                  "(this one included).",
+                  "# TYPE fastgate_requests_in_flight gauge",
+                  f"fastgate_requests_in_flight {self.in_flight}",
+                  "# HELP fastgate_sessions_live Live streaming sessions.",
                   "# TYPE fastgate_sessions_live gauge",
                   f"fastgate_sessions_live {len(self.sessions) if self.sessions else 0}"]
         return (200, ("\n".join(lines) + "\n").encode(),
