@@ -126,19 +126,26 @@ class ServingApp:
         self.model, self.name, self.max_body = model, name, max_body
         self.output_names = _output_names(model)
         self.batcher = Batcher(model, max_batch=max_batch, max_wait_ms=max_wait_ms)
+        self.sessions: Sessions | None = None
+        self.sessions_error = ""
         try:
-            self.sessions: Sessions | None = Sessions(
-                model, ttl_s=ttl_s, max_sessions=max_sessions, max_batch=max_batch,
-                max_wait_ms=max_wait_ms)
-            self.sessions_error = ""
+            model.initial_state(1)
         except ConfigError as error:    # the model cannot stream: predict still works
-            self.sessions, self.sessions_error = None, str(error)
+            self.sessions_error = str(error)
+        else:
+            try:
+                self.sessions = Sessions(model, ttl_s=ttl_s, max_sessions=max_sessions,
+                                         max_batch=max_batch, max_wait_ms=max_wait_ms)
+            except BaseException:
+                self.batcher.close()
+                raise
         self.in_flight = 0     # requests received and not yet answered (event loop only)
         self.requests = Counter()
         self.errors = Counter()
         self.latency: dict[str, Histogram] = {}
 
     def close(self) -> None:
+        """Answer what the batcher and the sessions hold, then stop their worker threads."""
         self.batcher.close()
         if self.sessions is not None:
             self.sessions.close()
