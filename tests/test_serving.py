@@ -301,3 +301,24 @@ def test_import_fastgate_imports_neither_serving_nor_a_web_server(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
+def test_token_sessions_and_a_bad_chunk_failing_alone(rng):
+    embedding = Embedding(rng.standard_normal((30, WIDTH)).astype(np.float32), mask_zero=True)
+    lstm = Recurrent(fastgate.LSTM.random(WIDTH, UNITS, batch_first=True),
+                     return_sequences=True)
+    model = fastgate.Model([("embed", embedding, (-1, 0)), ("lstm", lstm, (0, 0)),
+                            ("head", head(rng), (1, 0))], [(2, 0)])
+    ids = rng.integers(0, 30, size=(6, 12))
+    with Sessions(model, max_wait_ms=50) as sessions:
+        sids = [sessions.create() for _ in range(6)]
+        chunks = [ids[k, :7] for k in range(6)]
+        chunks[2] = np.array([1, 2, 99])          # out of the vocabulary: fails alone
+        first = call_concurrently(lambda k: sessions.step(sids[k], chunks[k]), list(range(6)))
+        assert isinstance(first[2], fastgate.InputError) and "[0, 30)" in str(first[2])
+        second = call_concurrently(lambda k: sessions.step(sids[k], ids[k, 7:]),
+                                   [0, 1, 3, 4, 5])
+    expected = model.predict(ids)
+    for k, later in zip([0, 1, 3, 4, 5], second):
+        np.testing.assert_allclose(np.concatenate([first[k], later]), expected[k], rtol=0,
+                                   atol=ATOL)
