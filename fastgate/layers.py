@@ -314,7 +314,13 @@ class RecurrentLayer:
         mask = None
         if lengths is not None:
             mask = self._lengths_mask(lengths, steps, batch)
-        out, h_n, c_n = self.forward(x, h0, c0, mask=mask, batch_major=self.batch_first)
+            if self._plan is not None and current_backend() == "compiled":
+                out, h_n, c_n = self._run_ragged(x, h0, c0, lengths, mask)
+            else:
+                out, h_n, c_n = self.forward(x, h0, c0, mask=mask,
+                                             batch_major=self.batch_first)
+        else:
+            out, h_n, c_n = self.forward(x, h0, c0, mask=mask, batch_major=self.batch_first)
         if unbatched:
             out = out[0] if self.batch_first else out[:, 0]
             h_n = h_n[:, 0]
@@ -392,6 +398,32 @@ class RecurrentLayer:
         out = self._run_compiled(x, steps, batch, h0, c0, mask, batch_major,
                                  hold_masked_output)
         return out, h0, c0
+
+    def _run_ragged(self, x: np.ndarray, h0: np.ndarray, c0: np.ndarray | None,
+                    lengths: ArrayLike, mask: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The compiled forward pass of sequences of ``lengths`` (``mask`` their valid
+        steps): sorted longest first, so that step ``t`` computes only the sequences still
+        running (the active batch shrinks as they end), then put back in their order."""
+        lengths = np.asarray(lengths).astype(np.int64)
+        order = np.argsort(-lengths, kind="stable")
+        batch_axis = 0 if self.batch_first else 1
+        sorted_already = bool(np.all(order == np.arange(len(order))))
+        if not sorted_already:
+            x = np.take(x, order, axis=batch_axis)
+            mask = mask[:, order]
+            h0 = np.ascontiguousarray(h0[:, order])
+            c0 = None if c0 is None else np.ascontiguousarray(c0[:, order])
+        steps = mask.shape[0]
+        active_rows = np.count_nonzero(mask, axis=1).astype(np.intp)
+        out = self._plan.forward(np.ascontiguousarray(x), h0, c0,
+                                 np.ascontiguousarray(mask, dtype=np.uint8), self.batch_first,
+                                 False, 0, False, None, active_rows)
+        if sorted_already:
+            return out, h0, c0
+        inverse = np.argsort(order)
+        return (np.take(out, inverse, axis=batch_axis), h0[:, inverse],
+                None if c0 is None else c0[:, inverse])
 
     def _run_compiled(self, x: np.ndarray, steps: int, batch: int, h0: np.ndarray,
                       c0: np.ndarray | None, mask: np.ndarray | None, batch_major: bool,

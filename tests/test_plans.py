@@ -253,3 +253,36 @@ def test_the_blas_shim_loads_only_when_a_plan_uses_it(tmp_path):
     assert (mode, source) == ("estimate", "estimate")
     uses_blas = fastgate._kernels.recurrent.isa() == "base"
     assert blas_loaded == str(uses_blas)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_ragged_batches_shrink_the_active_batch_and_match_the_oracle(cell):
+    """With lengths, the sequences run sorted longest first, each step computing only the
+    ones still running; outputs and states come back in the caller's order."""
+    rng = np.random.default_rng(3)
+    weights = random_cell_weights(cell, 6, 20, num_layers=2, bidirectional=True, rng=rng,
+                                  scale=0.25, dtype=np.float32)
+    layer = LAYERS[cell](weights, bidirectional=True, batch_first=True)
+    x = rng.normal(size=(9, 12, 6)).astype(np.float32)
+    lengths = np.array([3, 12, 0, 7, 7, 1, 12, 5, 9])
+    state = rng.normal(0, 0.5, size=(4, 9, 20)).astype(np.float32)
+    state = (state, state.copy()) if cell == "lstm" else state
+    with fastgate.use_backend("python"):
+        expected_out, expected_state = layer(x, state=state, lengths=lengths)
+    out, final = layer(x, state=state, lengths=lengths)
+    assert_close(out, expected_out, np.float32, what="outputs")
+    for actual, expected in zip(*(((f,) if cell != "lstm" else f)
+                                  for f in (final, expected_state))):
+        assert_close(actual, expected, np.float32, what="final state")
+
+
+def test_active_rows_must_agree_with_the_mask():
+    layer, x, _ = build(dict(cell="gru", hidden=8, batch=3, steps=4), np.float32)
+    h0 = np.zeros((1, 3, 8), np.float32)
+    mask = np.ones((4, 3), np.uint8)
+    with pytest.raises(ValueError, match="beyond active_rows"):
+        layer._plan.forward(x, h0, None, mask, False, False, 0, True, None,
+                            np.array([3, 3, 2, 3], np.intp))
+    with pytest.raises(ValueError, match="with a mask"):
+        layer._plan.forward(x, h0, None, None, False, False, 0, True, None,
+                            np.array([3, 3, 3, 3], np.intp))

@@ -42,6 +42,9 @@ typedef struct {
     void *cell_out;                 /* (B, H) workspace: o * act(c) / r * h */
     void *gate_buffer;              /* (B, H) workspace: z of a GRU reset-before */
     const unsigned char *mask;      /* (T, B) valid steps, or NULL */
+    const ptrdiff_t *active_rows;   /* (T,): with rows sorted by length, longest first, the
+                                       valid rows of step t are [0, active_rows[t]): the
+                                       product and cells skip the others; or NULL */
     void *out;                      /* output rows, already offset to this direction */
     ptrdiff_t out_width;
     ptrdiff_t block_begin;          /* with block_end > 0: compute only the hidden blocks */

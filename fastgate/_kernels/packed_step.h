@@ -459,6 +459,7 @@ struct FG_NAME(step_state) {
     const FG_T *step_x;               /* x_t */
     FG_T *h_previous, *h_next;
     ptrdiff_t hp_stride, hn_stride;   /* between their batch rows */
+    ptrdiff_t row_end;                /* this step computes rows [row_begin, row_end) */
 };
 
 #define FG_IS_VALID(st, b) ((st)->valid == NULL || (st)->valid[b])
@@ -739,8 +740,8 @@ static FG_TARGET void FG_NAME(gates_pass)(const FG_NAME(pass_context) *x,
         const FG_T *panel = recurrent + jb * x->panel_size;
         const FG_T *panel_u = recurrent + x->blocks * x->panel_size + jb * x->panel_u_size;
         const FG_NAME(cell_block) block = FG_NAME(block_at)(x, jb, 0);
-        for (b = x->row_begin; b < x->row_end; b += rows) {
-            rows = x->row_end - b < x->mr ? x->row_end - b : x->mr;
+        for (b = x->row_begin; b < st->row_end; b += rows) {
+            rows = st->row_end - b < x->mr ? st->row_end - b : x->mr;
             x->tile_gates(rows, st->step_x + b * x->x_stride, x->x_stride, x->K1, panel,
                           st->h_previous + b * st->hp_stride, st->hp_stride, K2, panel_u,
                           tile);
@@ -765,8 +766,8 @@ static FG_TARGET void FG_NAME(candidate_pass)(const FG_NAME(pass_context) *x,
         const FG_T *panel_u = recurrent_new + x->blocks * x->panel_new_size
                               + jb * x->panel_u_new_size;
         const FG_NAME(cell_block) block = FG_NAME(block_at)(x, jb, 2 * x->H);
-        for (b = x->row_begin; b < x->row_end; b += rows) {
-            rows = x->row_end - b < mr ? x->row_end - b : mr;
+        for (b = x->row_begin; b < st->row_end; b += rows) {
+            rows = st->row_end - b < mr ? st->row_end - b : mr;
             FG_NAME(tile_g1)(rows, st->step_x + b * x->x_stride, x->x_stride, x->K1, panel,
                              (const FG_T *)d->cell_out + b * x->H, x->H, x->H, panel_u, tile);
             (block.wn == FG_W ? x->candidate_full : x->candidate_partial)(x, st, tile, FG_W, b,
@@ -787,8 +788,8 @@ static FG_TARGET void FG_NAME(projection_pass)(const FG_NAME(pass_context) *x,
     for (jb = 0; jb < out_blocks; jb++) {
         const FG_T *panel = (const FG_T *)d->projection + jb * x->H * FG_W;
         const ptrdiff_t j0 = jb * FG_W, wn = x->P - j0 < FG_W ? x->P - j0 : FG_W;
-        for (b = x->row_begin; b < x->row_end; b += rows) {
-            rows = x->row_end - b < mr ? x->row_end - b : mr;
+        for (b = x->row_begin; b < st->row_end; b += rows) {
+            rows = st->row_end - b < mr ? st->row_end - b : mr;
             FG_NAME(tile_g1)(rows, NULL, 0, 0, NULL, cell_out + b * x->H, x->H, x->H, panel,
                              tile);
             for (r = 0; r < rows; r++)
@@ -852,6 +853,10 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(begin_step)(const FG_NAME(pass_context) 
     st->step_input = x->precomputed ? (const FG_T *)d->projected_input
                                       + st->t * d->step_stride * x->GH : NULL;
     st->step_x = (const FG_T *)d->input + st->t * d->step_stride * x->D;
+    st->row_end = x->row_end;   /* the active batch shrinks as sorted sequences end */
+    if (d->active_rows != NULL && d->active_rows[st->t] < st->row_end)
+        st->row_end = d->active_rows[st->t] > x->row_begin ? d->active_rows[st->t]
+                                                            : x->row_begin;
     if (d->mask == NULL) {
         st->h_next = (FG_T *)d->out + st->t * d->step_stride * d->out_width;
         st->hn_stride = d->batch_stride * d->out_width;

@@ -68,6 +68,7 @@ cdef extern from "fused.h" nogil:
         void *cell_out
         void *gate_buffer
         const unsigned char *mask
+        const Py_ssize_t *active_rows
         void *out
         Py_ssize_t out_width
         Py_ssize_t block_begin, block_end
@@ -289,6 +290,19 @@ cdef inline Py_ssize_t _packed_size(Py_ssize_t rows, Py_ssize_t gates, Py_ssize_
     return rows * gates * ((units + width - 1) // width) * width
 
 
+cdef bint _rows_prefix_valid(const Py_ssize_t *active, const unsigned char *mask,
+                             Py_ssize_t steps, Py_ssize_t batch) noexcept nogil:
+    # whether every step t has active[t] in [0, batch] and no valid row beyond it
+    cdef Py_ssize_t t, b
+    for t in range(steps):
+        if active[t] < 0 or active[t] > batch:
+            return False
+        for b in range(active[t], batch):
+            if mask[t * batch + b]:
+                return False
+    return True
+
+
 cdef inline bint _is_c_array(object array, int ndim, int typenum):
     # an ndarray (not a subclass) of ndim dimensions and dtype typenum, C-contiguous
     return (type(array) is cnp.ndarray
@@ -460,7 +474,7 @@ cdef class LayerPlan:
         return y, ((h, c) if self.cell == FG_CELL_LSTM else h)
 
     def forward(self, x, h_state, c_state, mask, bint batch_major, bint hold_masked_output,
-                int num_threads=0, bint zero_state=False, plan=None):
+                int num_threads=0, bint zero_state=False, plan=None, active_rows=None):
         """Run the layer on ``x`` ``(T, B, D)`` (``(B, T, D)`` if ``batch_major``); returns
         the outputs, in ``x``'s layout.
 
@@ -471,11 +485,14 @@ cdef class LayerPlan:
         is finite. ``num_threads`` threads split the batch (0, in every entry: the process's
         setting, :func:`fastgate.set_num_threads`). ``plan`` forces a plan, a tuple as
         :meth:`estimate` returns (``ValueError`` if the kernel cannot run it); by default
-        the planner chooses (:mod:`fastgate.plans`).
+        the planner chooses (:mod:`fastgate.plans`). ``active_rows``, with a mask whose
+        valid rows at step ``t`` are ``[0, active_rows[t])`` (sequences sorted by length,
+        longest first), is that ``(T,)`` intp array: then a step computes only those rows.
         """
         cdef cnp.npy_intp dims[3]
         cdef Py_ssize_t steps, batch
         cdef const unsigned char *mask_pointer = NULL
+        cdef const Py_ssize_t *active_pointer = NULL
         if not self._is_input(x, 3):
             raise ValueError(f"forward: x must be a C-contiguous {self.dtype} array (., ., "
                              f"{self.input_size})")
@@ -494,10 +511,19 @@ cdef class LayerPlan:
                 raise ValueError("forward: mask must be a C-contiguous (steps, batch) uint8 "
                                  "array")
             mask_pointer = <const unsigned char *> cnp.PyArray_DATA(<cnp.ndarray> mask)
+        if active_rows is not None:
+            if (mask is None or not _is_c_array(active_rows, 1, cnp.NPY_INTP)
+                    or cnp.PyArray_DIMS(<cnp.ndarray> active_rows)[0] != steps):
+                raise ValueError("forward: active_rows must be a C-contiguous (steps,) intp "
+                                 "array, with a mask")
+            active_pointer = <const Py_ssize_t *> cnp.PyArray_DATA(<cnp.ndarray> active_rows)
+            if not _rows_prefix_valid(active_pointer, mask_pointer, steps, batch):
+                raise ValueError("forward: the mask has valid rows beyond active_rows")
         out = cnp.PyArray_EMPTY(3, dims, self.typenum, 0)
         self._call(cnp.PyArray_DATA(<cnp.ndarray> x), steps, batch, batch_major, h_state,
                    c_state, mask_pointer, hold_masked_output,
-                   cnp.PyArray_DATA(<cnp.ndarray> out), num_threads, zero_state, plan)
+                   cnp.PyArray_DATA(<cnp.ndarray> out), num_threads, zero_state, plan,
+                   active_pointer)
         return out
 
     cdef inline tuple _zero_state(self, Py_ssize_t batch, bint flat=False):
@@ -561,7 +587,8 @@ cdef class LayerPlan:
     cdef int _call(self, void *x, Py_ssize_t steps, Py_ssize_t batch, bint batch_major,
                    object h_state, object c_state, const unsigned char *mask,
                    bint hold_masked_output, void *out, int num_threads,
-                   bint zero_state, object forced=None) except -1:
+                   bint zero_state, object forced=None,
+                   const Py_ssize_t *active=NULL) except -1:
         # the plan of the call (forced, measured or estimated), then the kernel
         cdef CallPlan call
         if steps == 0 or batch == 0:
@@ -577,15 +604,16 @@ cdef class LayerPlan:
             if (planning_mode == PLAN_MEASURE
                     and _work(self, steps, batch) >= MEASURE_MIN_WORK):
                 call = self._measured(call, x, steps, batch, batch_major, h_state, c_state,
-                                      mask, hold_masked_output, out, num_threads, zero_state)
+                                      mask, hold_masked_output, out, num_threads, zero_state,
+                                      active)
         return self._execute(call, x, steps, batch, batch_major, h_state, c_state, mask,
-                             hold_masked_output, out, zero_state)
+                             hold_masked_output, out, zero_state, active)
 
     cdef CallPlan _measured(self, CallPlan estimate, void *x, Py_ssize_t steps,
                             Py_ssize_t batch, bint batch_major, object h_state,
                             object c_state, const unsigned char *mask,
                             bint hold_masked_output, void *out, int num_threads,
-                            bint zero_state) except *:
+                            bint zero_state, const Py_ssize_t *active) except *:
         # The cached plan of this shape class, or the fastest candidate timed on this call's
         # input (states copied, outputs overwritten by the real run after), within
         # max(MEASURE_BUDGET, 5 calls of the estimate).
@@ -607,7 +635,7 @@ cdef class LayerPlan:
             c = c_state.copy() if c_state is not None else None
             began = perf_counter()
             self._execute(_plan_from_tuple(candidate), x, steps, batch, batch_major, h, c,
-                          mask, hold_masked_output, out, zero_state)
+                          mask, hold_masked_output, out, zero_state, active)
             timings.append((perf_counter() - began, candidate))
             if len(timings) == 1:
                 budget = max(MEASURE_BUDGET, 5 * timings[0][0])
@@ -620,7 +648,7 @@ cdef class LayerPlan:
     cdef int _execute(self, CallPlan call, void *x, Py_ssize_t steps, Py_ssize_t batch,
                       bint batch_major, object h_state, object c_state,
                       const unsigned char *mask, bint hold_masked_output, void *out,
-                      bint zero_state) except -1:
+                      bint zero_state, const Py_ssize_t *active) except -1:
         # the checked arrays' pointers to the kernel, without the GIL
         cdef void *h = cnp.PyArray_DATA(<cnp.ndarray> h_state)
         cdef void *c = (cnp.PyArray_DATA(<cnp.ndarray> c_state) if self.cell == FG_CELL_LSTM
@@ -633,11 +661,11 @@ cdef class LayerPlan:
             if self.is_double:
                 status = _run(self, <double *> x, steps, batch, batch_major, <double *> h,
                               <double *> c, mask, hold_masked_output, <double *> out,
-                              zero_state, call)
+                              zero_state, call, active)
             else:
                 status = _run(self, <float *> x, steps, batch, batch_major, <float *> h,
                               <float *> c, mask, hold_masked_output, <float *> out,
-                              zero_state, call)
+                              zero_state, call, active)
         if status:
             raise MemoryError()
         return 0
@@ -816,7 +844,7 @@ cdef inline void _gemm(blas_int m, blas_int n, blas_int k, const floating *a,
 cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
               bint batch_major, floating *h, floating *c, const unsigned char *mask,
               bint hold_masked_output, floating *out, bint zero_state,
-              CallPlan call) noexcept nogil:
+              CallPlan call, const Py_ssize_t *active) noexcept nogil:
     # The layer over checked arrays: x (steps * batch, input_size) rows, h and c
     # (entries, batch, width / hidden), out (steps * batch, out_width) rows, rows addressed
     # as fg_direction says, by the plan `call`. Returns 1 if the workspace cannot be
@@ -850,6 +878,7 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
     layer_buffers = projection_buffer + (rows * gates_width if projecting else 0)
     _direction_constants(plan, &direction_args, steps, batch, batch_major, mask,
                          hold_masked_output, workspace)
+    direction_args.active_rows = active
 
     layer_input = x
     for layer in range(plan.num_layers):
