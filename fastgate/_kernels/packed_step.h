@@ -267,10 +267,12 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vsigmoidf)(FG_NAME(vec) x)
 /* ------------------------------------------------------------------------ cell epilogues */
 /* Every cell family's equations are written once, below, on vectors of W units, for R = 1
  * or 2 batch rows at once (the rows' long dependency chains, exp / division / exp, are
- * independent: side by side they keep both FMA pipes busy). `full` (a constant) says the
- * block has W units; otherwise only the first wn lanes are read and written. The callers
- * (cells_tile) instantiate each with the default activations as constants (tanh,
- * sigmoid: vtanhf / vsigmoidf inline) and once with run-time codes. */
+ * independent: side by side they keep both FMA pipes busy; the loops over rows and gates
+ * are unrolled by pragmas, which GCC does not do by itself here: -4% instructions at S7).
+ * `full` (a constant) says the block has W units; otherwise only the first wn lanes are
+ * read and written. Each is instantiated with the default activations as constants (tanh,
+ * sigmoid: vtanhf / vsigmoidf inline, the cells_*_fast epilogues) and once with run-time
+ * codes (cells_*_any). */
 
 /* lanes [0, wn) of p, the others 0 (full: all W lanes) */
 FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vload_n)(const FG_T *p, ptrdiff_t wn,
@@ -346,16 +348,22 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_cells)(const int R, const int full,
     const ptrdiff_t wn = block->wn;
     V pre[2][4], cell[2];
     int gate, r;
+#pragma GCC unroll 2
     for (r = 0; r < R; r++)
+#pragma GCC unroll 4
         for (gate = 0; gate < 4; gate++)
             pre[r][gate] = FG_NAME(pre_activation)(rows, block, r, gate, full);
+#pragma GCC unroll 2
     for (r = 0; r < R; r++)
         cell[r] = FG_NAME(vactivate)(rec_act, pre[r][1]) * FG_NAME(vload_n)(rows->c[r], wn, full)
                   + FG_NAME(vactivate)(rec_act, pre[r][0]) * FG_NAME(vactivate)(act, pre[r][2]);
+#pragma GCC unroll 2
     for (r = 0; r < R; r++)
         FG_NAME(vstore_n)(rows->c[r], cell[r], wn, full);
+#pragma GCC unroll 2
     for (r = 0; r < R; r++)
         cell[r] = FG_NAME(vactivate)(rec_act, pre[r][3]) * FG_NAME(vactivate)(act, cell[r]);
+#pragma GCC unroll 2
     for (r = 0; r < R; r++)
         FG_NAME(vstore_n)(rows->h[r], cell[r], wn, full);
 }
@@ -372,6 +380,7 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_cells)(const int R, const int full, 
     const ptrdiff_t wn = block->wn, H = block->hidden;
     V reset, update, candidate, input_n, recurrent_n;
     int r;
+#pragma GCC unroll 2
     for (r = 0; r < R; r++) {
         const FG_T *input = rows->input[r];
         reset = FG_NAME(vactivate)(rec_act, FG_NAME(pre_activation)(rows, block, r, 0, full));
@@ -397,6 +406,7 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_reset_cells)(const int R, const int 
     FG_NAME(vec) reset, update;
     int r;
     (void)act;
+#pragma GCC unroll 2
     for (r = 0; r < R; r++) {
         reset = FG_NAME(vactivate)(rec_act, FG_NAME(pre_activation)(rows, block, r, 0, full));
         update = FG_NAME(vactivate)(rec_act, FG_NAME(pre_activation)(rows, block, r, 1, full));
@@ -416,6 +426,7 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(single_gate_cells)(const int R, const in
     FG_NAME(vec) state, z;
     int r;
     (void)rec_act;
+#pragma GCC unroll 2
     for (r = 0; r < R; r++) {
         state = FG_NAME(vactivate)(act, FG_NAME(pre_activation)(rows, block, r, 0, full));
         if (rows->z[r] != NULL) {
