@@ -262,6 +262,7 @@ def json_edits(draw, document):
     return document
 
 
+@pytest.mark.slow
 def test_mutated_keras_configuration(seeds, tmp_path):
     """The Keras model config (config.json of .keras, to_json()) with values replaced."""
     data, suffix = seeds["model.keras"]
