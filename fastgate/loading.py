@@ -6,7 +6,9 @@ The format is recognised from the file's content first, its extension second:
 * Keras: ``.keras`` archives, ``.h5`` / ``.hdf5`` full models, ``.weights.h5`` weights with an
   architecture: :func:`fastgate.importers.keras.load_keras`;
 * PyTorch: ``.pt`` / ``.pth`` / ``.bin`` / ``.safetensors``:
-  :func:`fastgate.importers.torch.from_torch`.
+  :func:`fastgate.importers.torch.from_torch`;
+* ONNX: ``.onnx``, or a file that starts like a serialized ``ModelProto``:
+  :func:`fastgate.importers.onnx.from_onnx`.
 """
 
 from __future__ import annotations
@@ -32,22 +34,37 @@ def _is_torch_zip(path: str | os.PathLike) -> bool:
         return False
 
 
+def _is_onnx(path: str | os.PathLike, name: str) -> bool:
+    if name.endswith(".onnx"):
+        return True
+    if name.endswith(_TORCH_EXTENSIONS + _KERAS_EXTENSIONS + (".fastgate",)):
+        return False
+    from .importers.protobuf import looks_like_onnx
+
+    try:
+        with open(path, "rb") as handle:
+            return looks_like_onnx(handle.read(2))
+    except OSError:
+        return False
+
+
 def load(path: str | os.PathLike, architecture: Any = None) -> Any:
-    """Load a model or layer from a fastgate, Keras or PyTorch file.
+    """Load a model or layer from a fastgate, Keras, PyTorch or ONNX file.
 
     Parameters
     ----------
     path : str or PathLike
         ``.fastgate`` (saved by fastgate), ``.keras`` / ``.h5`` / ``.weights.h5`` (Keras), or
-        ``.pt`` / ``.pth`` / ``.safetensors`` (PyTorch).
+        ``.pt`` / ``.pth`` / ``.safetensors`` (PyTorch), or ``.onnx``.
     architecture : str or dict, optional
         For Keras weights-only files: the model's ``to_json()`` text or dict.
 
     Returns
     -------
     Model or layer
-        Keras files give a :class:`fastgate.Model` (call ``.predict(x)``); a ``.fastgate``
-        file gives back whatever was saved.
+        Keras files give a :class:`fastgate.Model` (call ``.predict(x)``); ONNX files an
+        :class:`fastgate.OnnxModel` (``.run(output_names, input_feed)``, ``.predict(x)``); a
+        ``.fastgate`` file gives back whatever was saved.
 
     Raises
     ------
@@ -68,6 +85,14 @@ def load(path: str | os.PathLike, architecture: Any = None) -> Any:
                                     path=path)
         return load_native(path)
 
+    if _is_onnx(path, name):
+        if architecture is not None:
+            raise WeightFormatError("architecture= only applies to Keras weights files",
+                                    path=path)
+        from .importers.onnx import from_onnx
+
+        return from_onnx(path)
+
     from .importers.keras_hdf5 import is_hdf5
 
     torch_like = name.endswith(_TORCH_EXTENSIONS) or _is_torch_zip(path)
@@ -86,5 +111,6 @@ def load(path: str | os.PathLike, architecture: Any = None) -> Any:
     if name.endswith(".fastgate"):
         return load_native(path)  # reports what is wrong with the archive
     raise WeightFormatError("unknown file format: expected .fastgate, a Keras file (.keras, "
-                            ".h5, .weights.h5) or a PyTorch file (.pt, .pth, .safetensors)",
+                            ".h5, .weights.h5), a PyTorch file (.pt, .pth, .safetensors) or "
+                            ".onnx",
                             path=path)

@@ -1,0 +1,699 @@
+"""Import ONNX models: ``fastgate.from_onnx(path | bytes)`` and ``fastgate.load("m.onnx")``.
+
+The file is read by fastgate's own protobuf reader (:mod:`fastgate.importers.protobuf`; no
+``onnx`` package at run time). The graph is then
+
+1. folded: every node whose inputs are all constants (initializers, ``Constant`` nodes, or
+   what earlier folding produced) is computed once, at load;
+2. mapped: each remaining node becomes one step of an :class:`OnnxModel`. ``LSTM``, ``GRU``
+   and ``RNN`` run on fastgate's recurrent layers (the compiled kernels: never op by op in
+   Python); ``Gemm`` / ``MatMul`` on constant weights become :class:`fastgate.Dense`,
+   ``Gather`` on a constant table a :class:`fastgate.Embedding`; the shape plumbing that
+   exporters put around them (``Shape``, ``Gather``, ``Concat``, ``Slice``...) runs as the
+   small NumPy functions of :mod:`fastgate.importers.onnx_ops`.
+
+Anything else (``Loop``, ``Scan``, unknown ops, other domains) raises
+:class:`~fastgate.errors.UnsupportedLayerError` naming the op type and the node.
+
+The recurrent ops follow the ONNX spec and ONNX Runtime (the reference the tests compare
+against): gate orders through :data:`fastgate.GATE_ORDERS` ``["onnx"]`` (LSTM ``i, o, f, c``;
+GRU ``z, r, h``), ``direction``, ``layout``, ``sequence_lens``, ``initial_h`` /
+``initial_c``, ``linear_before_reset`` and the activations fastgate's kernels compute.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, DTypeError, InputError, ShapeError, UnsupportedLayerError
+from ..errors import WeightFormatError
+from ..layers import GRU, LSTM, SimpleRNN
+from ..layout import GATE_COUNT, CellWeights, reorder_gates
+from ..ops import Dense, Embedding
+from .onnx_ops import NUMPY_OPS
+from .protobuf import (TENSOR_DTYPES, GraphProto, NodeProto, OnnxModelProto, ValueInfo,
+                       dtype_name, parse_model, read_model)
+
+__all__ = ["from_onnx", "OnnxModel", "OnnxRecurrent"]
+
+_RECURRENT_OPS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
+_LAYER_CLASSES = {"lstm": LSTM, "gru": GRU, "rnn": SimpleRNN}
+#: Activations per direction in the ONNX ``activations`` attribute, and their defaults.
+_DEFAULT_ACTIVATIONS = {"lstm": ("Sigmoid", "Tanh", "Tanh"), "gru": ("Sigmoid", "Tanh"),
+                        "rnn": ("Tanh",)}
+#: Which ONNX activations take alpha / beta, and their defaults when the attribute runs out:
+#: ONNX Runtime's table (rnn_helpers.cc), the reference the tests compare against; ScaledTanh
+#: and Affine default to 0.
+_ACTIVATION_PARAMETERS = {
+    "affine": (True, True), "relu": (False, False), "leakyrelu": (True, False),
+    "thresholdedrelu": (True, False), "tanh": (False, False), "scaledtanh": (True, True),
+    "sigmoid": (False, False), "hardsigmoid": (True, True), "elu": (True, False),
+    "softsign": (False, False), "softplus": (False, False)}
+_ACTIVATION_DEFAULTS = {"leakyrelu": (0.01, 0.0), "hardsigmoid": (0.2, 0.5), "elu": (1.0, 0.0)}
+_SUPPORTED_DOMAINS = ("", "ai.onnx")
+_LOOP_OPS = ("Loop", "Scan")
+
+
+# --------------------------------------------------------------------------- activations
+def _activation_specs(node: NodeProto, cell: str, directions: int
+                      ) -> list[tuple[tuple[str, float, float], ...]]:
+    """Per direction, the ONNX activations as ``(lowercase name, alpha, beta)``: alphas and
+    betas are consumed in order by the activations that take them (ONNX Runtime's rule)."""
+    per_direction = len(_DEFAULT_ACTIVATIONS[cell])
+    names = node.attributes.get("activations")
+    if names is None:
+        names = list(_DEFAULT_ACTIVATIONS[cell]) * directions
+    if len(names) != per_direction * directions:
+        raise WeightFormatError(f"{node.op_type} with {directions} direction(s) needs "
+                                f"{per_direction * directions} activations, got {names}",
+                                layer=node.name)
+    alphas = list(node.attributes.get("activation_alpha", []))
+    betas = list(node.attributes.get("activation_beta", []))
+    specs = []
+    for name in names:
+        lowered = str(name).lower()
+        if lowered not in _ACTIVATION_PARAMETERS:
+            raise UnsupportedLayerError(f"{node.op_type}: unknown activation {name!r}; ONNX "
+                                        f"defines {sorted(_ACTIVATION_PARAMETERS)}",
+                                        layer=node.name)
+        takes_alpha, takes_beta = _ACTIVATION_PARAMETERS[lowered]
+        default_alpha, default_beta = _ACTIVATION_DEFAULTS.get(lowered, (0.0, 0.0))
+        alpha = (alphas.pop(0) if alphas else default_alpha) if takes_alpha else 0.0
+        beta = (betas.pop(0) if betas else default_beta) if takes_beta else 0.0
+        specs.append((lowered, float(np.float32(alpha)), float(np.float32(beta))))
+    return [tuple(specs[k * per_direction:(k + 1) * per_direction]) for k in range(directions)]
+
+
+def _same(value: float, target: float) -> bool:
+    return np.float32(value) == np.float32(target)
+
+
+def fastgate_activation(name: str, alpha: float, beta: float) -> str | None:
+    """The fastgate activation that computes ONNX activation ``name(alpha, beta)``, or
+    ``None`` if fastgate has none."""
+    if name in ("sigmoid", "tanh", "relu", "softsign", "softplus"):
+        return name
+    if name == "hardsigmoid" and _same(beta, 0.5):
+        if _same(alpha, 0.2):
+            return "hard_sigmoid_keras2"
+        if _same(alpha, 1 / 6):
+            return "hard_sigmoid"
+    if name == "elu" and _same(alpha, 1.0):
+        return "elu"
+    if name in ("leakyrelu", "thresholdedrelu") and _same(alpha, 0.0):
+        return "relu"
+    if name == "scaledtanh" and _same(alpha, 1.0) and _same(beta, 1.0):
+        return "tanh"
+    if name == "affine" and _same(alpha, 1.0) and _same(beta, 0.0):
+        return "linear"
+    return None
+
+
+def _layer_activations(node: NodeProto, cell: str, specs: tuple) -> dict[str, str]:
+    """The layer options computing one direction's ONNX activations (f, g[, h])."""
+    names = []
+    for name, alpha, beta in specs:
+        mapped = fastgate_activation(name, alpha, beta)
+        if mapped is None:
+            raise UnsupportedLayerError(
+                f"{node.op_type}: activation {name}(alpha={alpha:g}, beta={beta:g}) is not "
+                f"supported by fastgate's kernels", layer=node.name)
+        names.append(mapped)
+    if cell == "rnn":
+        return {"activation": names[0]}
+    if cell == "lstm" and names[1] != names[2]:
+        raise UnsupportedLayerError(
+            f"LSTM: different cell (g={names[1]}) and output (h={names[2]}) activations are "
+            f"not supported by fastgate's kernels", layer=node.name)
+    return {"recurrent_activation": names[0], "activation": names[1]}
+
+
+# ------------------------------------------------------------------------ recurrent ops
+class OnnxRecurrent:
+    """An ONNX ``LSTM`` / ``GRU`` / ``RNN`` node, run by fastgate recurrent layers.
+
+    ``layers`` holds ``(layer, reverse)`` pairs: one bidirectional layer, or one layer per
+    direction, a reverse one reading each sequence from its last valid step (when the two
+    directions of a bidirectional node use different activations, or for
+    ``direction="reverse"``). Called with the node's inputs ``(X, sequence_lens, initial_h,
+    initial_c)``, it returns ``[Y, Y_h, Y_c]`` (``Y_c`` for LSTM only) in the node's layout.
+    """
+
+    def __init__(self, cell: str, layers: Sequence[tuple[Any, bool]], *, layout: int,
+                 direction: str, name: str = "") -> None:
+        self.cell = cell
+        self.layers = list(layers)
+        self.layout = int(layout)
+        self.direction = direction
+        self.name = name
+        first = self.layers[0][0]
+        self.hidden_size = first.hidden_size
+        self.input_size = first.input_size
+        self.dtype = first.dtype
+        self.num_directions = 2 if direction == "bidirectional" else 1
+
+    def __repr__(self) -> str:
+        layers = ", ".join(repr(layer) + (" reversed" if reverse else "")
+                           for layer, reverse in self.layers)
+        return (f"OnnxRecurrent({self.cell.upper()}, direction={self.direction!r}, "
+                f"layout={self.layout}, layers=[{layers}])")
+
+    def _state(self, value: Any, batch: int, what: str) -> np.ndarray | None:
+        """``initial_h`` / ``initial_c`` as ``(directions, B, H)``, or None (zeros)."""
+        if value is None:
+            return None
+        array = np.asarray(value)
+        if self.layout == 1:
+            array = array.transpose(1, 0, 2) if array.ndim == 3 else array
+        expected = (self.num_directions, batch, self.hidden_size)
+        if array.shape != expected:
+            shown = expected if self.layout == 0 else (batch, self.num_directions,
+                                                       self.hidden_size)
+            raise ShapeError(f"{self.cell.upper()} node {self.name!r}: {what} must have shape "
+                             f"{shown}, got {np.asarray(value).shape}")
+        if not array.any():   # zeros: the layers' faster zero-state path
+            return None
+        return np.ascontiguousarray(array, dtype=self.dtype)
+
+    def __call__(self, x: Any, sequence_lens: Any = None, initial_h: Any = None,
+                 initial_c: Any = None) -> list[np.ndarray | None]:
+        x = np.asarray(x)
+        if x.ndim != 3 or x.shape[2] != self.input_size:
+            layout = "(T, B, D)" if self.layout == 0 else "(B, T, D)"
+            raise ShapeError(f"{self.cell.upper()} node {self.name!r}: X must be {layout} with "
+                             f"D={self.input_size}, got shape {x.shape}")
+        batch, steps = (x.shape[1], x.shape[0]) if self.layout == 0 else x.shape[:2]
+        h0 = self._state(initial_h, batch, "initial_h")
+        c0 = self._state(initial_c, batch, "initial_c") if self.cell == "lstm" else None
+        lengths = None
+        if sequence_lens is not None:
+            lengths = np.asarray(sequence_lens)
+            if lengths.shape != (batch,) or lengths.dtype.kind not in "iu":
+                raise ShapeError(f"{self.cell.upper()} node {self.name!r}: sequence_lens must "
+                                 f"be ({batch},) integers, got {lengths.dtype} {lengths.shape}")
+            if np.all(lengths == steps):
+                lengths = None
+        outputs, finals = [], []
+        for k, (layer, reverse) in enumerate(self.layers):
+            rows = slice(k, k + layer.num_directions) if len(self.layers) > 1 else slice(None)
+            state = self._layer_state(h0, c0, rows, batch, layer)
+            layer_x = _reverse_steps(x, lengths, self.layout) if reverse else x
+            out, final = layer(layer_x, state, lengths)
+            if reverse:
+                out = _reverse_steps(out, lengths, self.layout)
+            outputs.append(out)
+            finals.append(final)
+        return self._onnx_outputs(outputs, finals, steps, batch)
+
+    def _layer_state(self, h0: np.ndarray | None, c0: np.ndarray | None, rows: slice,
+                     batch: int, layer: Any) -> Any:
+        if h0 is None and c0 is None:
+            return None
+        shape = (layer.num_directions, batch, self.hidden_size)
+        h = np.zeros(shape, self.dtype) if h0 is None else h0[rows]
+        if self.cell != "lstm":
+            return h
+        return h, (np.zeros(shape, self.dtype) if c0 is None else c0[rows])
+
+    def _onnx_outputs(self, outputs: list, finals: list, steps: int, batch: int) -> list:
+        out = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)
+        dirs, hidden = self.num_directions, self.hidden_size
+        if self.cell == "lstm":
+            h_n = np.concatenate([final[0] for final in finals], axis=0)
+            c_n = np.concatenate([final[1] for final in finals], axis=0)
+        else:
+            h_n, c_n = np.concatenate(finals, axis=0), None
+        if self.layout == 0:   # (T, B, dirs*H) -> (T, dirs, B, H)
+            y = out.reshape(steps, batch, dirs, hidden).transpose(0, 2, 1, 3)
+        else:                  # (B, T, dirs*H) -> (B, T, dirs, H); states (B, dirs, H)
+            y = out.reshape(batch, steps, dirs, hidden)
+            h_n = h_n.transpose(1, 0, 2)
+            c_n = None if c_n is None else c_n.transpose(1, 0, 2)
+        return [y, h_n, c_n] if self.cell == "lstm" else [y, h_n]
+
+
+def _reverse_steps(x: np.ndarray, lengths: np.ndarray | None, layout: int) -> np.ndarray:
+    """``x`` with each sequence's valid steps in reverse order (padding stays in place); its
+    own inverse."""
+    time_axis = 0 if layout == 0 else 1
+    if lengths is None:
+        return np.ascontiguousarray(np.flip(x, axis=time_axis))
+    steps = x.shape[time_axis]
+    t = np.arange(steps)[:, None]
+    lengths = lengths.astype(np.int64)[None, :]
+    source = np.where(t < lengths, lengths - 1 - t, t)          # (T, B)
+    batch_index = np.arange(x.shape[1 - time_axis])[None, :]
+    if layout == 0:
+        return x[source, batch_index]
+    return x[batch_index.T, source.T]
+
+
+def _recurrent_weights(node: NodeProto, cell: str, constants: dict, directions: int
+                       ) -> tuple[list[CellWeights], int, np.dtype]:
+    """Per direction, the node's ``W``, ``R``, ``B`` in fastgate's layout; hidden size; dtype."""
+    names = node.inputs + [""] * (8 - len(node.inputs))
+    if not names[1] or not names[2]:
+        raise WeightFormatError(f"{node.op_type} has no W or R input", layer=node.name)
+    gates = GATE_COUNT[cell]
+    w, r = np.asarray(constants[names[1]]), np.asarray(constants[names[2]])
+    if w.dtype not in (np.float32, np.float64):
+        raise UnsupportedLayerError(f"{node.op_type}: weights of type {w.dtype} are not "
+                                    f"supported (float32 and float64 are)", layer=node.name)
+    hidden = node.attributes.get("hidden_size", r.shape[-1] if r.ndim == 3 else -1)
+    if w.ndim != 3 or w.shape[:2] != (directions, gates * hidden):
+        raise ShapeError(f"{node.op_type} node {node.name!r}: W must be ({directions}, "
+                         f"{gates}*{hidden}, input_size), got {w.shape}")
+    if r.shape != (directions, gates * hidden, hidden):
+        raise ShapeError(f"{node.op_type} node {node.name!r}: R must be "
+                         f"{(directions, gates * hidden, hidden)}, got {r.shape}")
+    b = (np.asarray(constants[names[3]], w.dtype) if names[3]
+         else np.zeros((directions, 2 * gates * hidden), w.dtype))
+    if b.shape != (directions, 2 * gates * hidden):
+        raise ShapeError(f"{node.op_type} node {node.name!r}: B must be "
+                         f"{(directions, 2 * gates * hidden)}, got {b.shape}")
+    weights = []
+    for d in range(directions):
+        gh = gates * hidden
+        weights.append(CellWeights(
+            reorder_gates(w[d].T, cell, "onnx"), reorder_gates(r[d].T, cell, "onnx"),
+            reorder_gates(b[d, :gh], cell, "onnx"), reorder_gates(b[d, gh:], cell, "onnx")))
+    return weights, hidden, w.dtype
+
+
+def _check_lstm_extras(node: NodeProto, constants: dict, directions: int, hidden: int) -> None:
+    """Refuse the LSTM options fastgate's kernels do not compute (non-zero peepholes,
+    input_forget) and the clip option of every cell."""
+    if node.attributes.get("clip") is not None:
+        raise UnsupportedLayerError(f"{node.op_type}: the clip attribute is not supported by "
+                                    f"fastgate's kernels", layer=node.name)
+    if node.op_type != "LSTM":
+        return
+    if node.attributes.get("input_forget", 0):
+        raise UnsupportedLayerError("LSTM: input_forget=1 is not supported by fastgate's "
+                                    "kernels", layer=node.name)
+    if len(node.inputs) > 7 and node.inputs[7]:
+        peepholes = np.asarray(constants[node.inputs[7]])
+        if peepholes.shape != (directions, 3 * hidden):
+            raise ShapeError(f"LSTM node {node.name!r}: P must be {(directions, 3 * hidden)}, "
+                             f"got {peepholes.shape}")
+        if peepholes.any():
+            raise UnsupportedLayerError("LSTM: peepholes (a non-zero P input) are not "
+                                        "supported by fastgate's kernels", layer=node.name)
+
+
+def build_recurrent(node: NodeProto, constants: dict) -> OnnxRecurrent:
+    """The :class:`OnnxRecurrent` computing an ``LSTM`` / ``GRU`` / ``RNN`` node."""
+    cell = _RECURRENT_OPS[node.op_type]
+    direction = node.attributes.get("direction", "forward")
+    if direction not in ("forward", "reverse", "bidirectional"):
+        raise WeightFormatError(f"{node.op_type}: direction must be forward, reverse or "
+                                f"bidirectional, got {direction!r}", layer=node.name)
+    directions = 2 if direction == "bidirectional" else 1
+    layout = node.attributes.get("layout", 0)
+    if layout not in (0, 1):
+        raise WeightFormatError(f"{node.op_type}: layout must be 0 or 1, got {layout}",
+                                layer=node.name)
+    weights, hidden, dtype = _recurrent_weights(node, cell, constants, directions)
+    _check_lstm_extras(node, constants, directions, hidden)
+    options = [_layer_activations(node, cell, specs)
+               for specs in _activation_specs(node, cell, directions)]
+    if cell == "gru":
+        for option in options:
+            option["reset_after"] = bool(node.attributes.get("linear_before_reset", 0))
+    layer_class = _LAYER_CLASSES[cell]
+    batch_first = layout == 1
+    if directions == 2 and options[0] == options[1]:
+        layers = [(layer_class(weights, bidirectional=True, dtype=dtype,
+                               batch_first=batch_first, **options[0]), False)]
+    else:
+        reverse_flags = [direction == "reverse"] if directions == 1 else [False, True]
+        layers = [(layer_class([w], dtype=dtype, batch_first=batch_first, **option), reverse)
+                  for w, option, reverse in zip(weights, options, reverse_flags)]
+    return OnnxRecurrent(cell, layers, layout=layout, direction=direction, name=node.name)
+
+
+class _RuntimeWeightsRecurrent:
+    """A recurrent node whose weights (W, R, B or P) are graph inputs, not constants: its
+    layers are built from the weights of a call, and kept while later calls pass the same."""
+
+    def __init__(self, node: NodeProto) -> None:
+        self.node = node
+        self._weights: tuple | None = None
+        self._recurrent: OnnxRecurrent | None = None
+
+    def __repr__(self) -> str:
+        return f"{self.node.op_type} (weights given at run time)"
+
+    def __call__(self, x: Any, w: Any, r: Any, b: Any = None, sequence_lens: Any = None,
+                 initial_h: Any = None, initial_c: Any = None, p: Any = None) -> list:
+        weights = tuple(None if v is None else np.asarray(v) for v in (w, r, b, p))
+        if self._recurrent is None or not all(
+                (old is None and new is None) or (old is not None and new is not None
+                                                  and np.array_equal(old, new))
+                for old, new in zip(self._weights, weights)):
+            names = [name or "" for name in (self.node.inputs + [""] * 8)[:8]]
+            constants = {names[k]: value for k, value in zip((1, 2, 3, 7), weights)
+                         if value is not None}
+            recurrent = build_recurrent(self.node, constants)
+            self._weights, self._recurrent = weights, recurrent
+        return self._recurrent(x, sequence_lens, initial_h, initial_c)
+
+
+# ----------------------------------------------------------------------- mapped ops
+class _DenseStep:
+    """``Gemm`` / ``MatMul`` with constant weights as a :class:`fastgate.Dense`."""
+
+    def __init__(self, dense: Dense) -> None:
+        self.dense = dense
+
+    def __call__(self, x: Any) -> list:
+        return [self.dense(x)]
+
+    def __repr__(self) -> str:
+        return repr(self.dense)
+
+
+class _EmbeddingStep:
+    """``Gather`` (axis 0) on a constant table as a :class:`fastgate.Embedding`; negative
+    ids count from the end, as ONNX says."""
+
+    def __init__(self, embedding: Embedding) -> None:
+        self.embedding = embedding
+
+    def __call__(self, ids: Any) -> list:
+        ids = np.asarray(ids)
+        if ids.dtype.kind == "i" and ids.size and ids.min() < 0:
+            ids = np.where(ids < 0, ids + self.embedding.num_embeddings, ids)
+        return [self.embedding(ids)]
+
+    def __repr__(self) -> str:
+        return repr(self.embedding)
+
+
+def _dense_step(node: NodeProto, constants: dict) -> _DenseStep | None:
+    """A Dense for a Gemm / MatMul whose weights (and bias) are constant floats, else None."""
+    names = node.inputs + ["", ""]
+    if names[0] in constants or names[1] not in constants:
+        return None
+    kernel = np.asarray(constants[names[1]])
+    if kernel.ndim != 2 or kernel.dtype not in (np.float32, np.float64):
+        return None
+    if node.op_type == "MatMul":
+        return _DenseStep(Dense(kernel, dtype=kernel.dtype))
+    attributes = node.attributes
+    if attributes.get("transA", 0):
+        return None
+    if attributes.get("transB", 0):
+        kernel = kernel.T
+    kernel = kernel * np.asarray(attributes.get("alpha", 1.0), kernel.dtype)
+    bias = None
+    if names[2] and attributes.get("beta", 1.0) != 0.0:
+        if names[2] not in constants:
+            return None
+        c = np.asarray(constants[names[2]], kernel.dtype)
+        if c.size not in (1, kernel.shape[1]) or (c.ndim == 2 and c.shape[0] != 1) \
+                or c.ndim > 2:
+            return None   # a per-row C: the general Gemm
+        bias = np.broadcast_to(c.reshape(-1), (kernel.shape[1],)) \
+            * np.asarray(attributes.get("beta", 1.0), kernel.dtype)
+    return _DenseStep(Dense(kernel, bias, dtype=kernel.dtype))
+
+
+def _embedding_step(node: NodeProto, constants: dict) -> _EmbeddingStep | None:
+    data_name, ids_name = (node.inputs + ["", ""])[:2]
+    if node.attributes.get("axis", 0) != 0 or data_name not in constants \
+            or ids_name in constants:
+        return None
+    table = np.asarray(constants[data_name])
+    if table.ndim != 2 or table.dtype not in (np.float32, np.float64):
+        return None
+    return _EmbeddingStep(Embedding(table, dtype=table.dtype))
+
+
+class _NumpyStep:
+    """One of :data:`fastgate.importers.onnx_ops.NUMPY_OPS` run on a node's inputs."""
+
+    def __init__(self, node: NodeProto, opset: int) -> None:
+        self.node, self.opset = node, opset
+        self.function = NUMPY_OPS[node.op_type]
+
+    def __call__(self, *inputs: Any) -> list:
+        return self.function(self.node, list(inputs), self.opset)
+
+    def __repr__(self) -> str:
+        return self.node.op_type
+
+
+# --------------------------------------------------------------------------- the model
+class _Step:
+    __slots__ = ("name", "op_type", "function", "inputs", "outputs")
+
+    def __init__(self, name: str, op_type: str, function: Callable, inputs: list[str],
+                 outputs: list[str]) -> None:
+        self.name, self.op_type, self.function = name, op_type, function
+        self.inputs, self.outputs = inputs, outputs
+
+
+class OnnxModel:
+    """An ONNX graph as fastgate runs it: folded constants, then an ordered list of steps.
+
+    Called like ``onnxruntime.InferenceSession``: ``model.run(output_names, input_feed)``
+    returns a list of arrays (``output_names=None``: every output). ``input_names`` and
+    ``output_names`` list the graph's inputs and outputs; a model with one input also has
+    ``predict(x)`` (one array for one output, else a list). Batch and time axes may take any
+    size; the other dimensions the file fixes are checked.
+
+    Build with :func:`fastgate.from_onnx` or :func:`fastgate.load`.
+    """
+
+    def __init__(self, steps: list[_Step], constants: dict[str, np.ndarray],
+                 inputs: list[ValueInfo], outputs: list[ValueInfo], *, name: str = "",
+                 producer: str = "", opset: int = 0) -> None:
+        self.steps = steps
+        self.constants = constants
+        self.inputs = inputs
+        self.outputs = outputs
+        self.name = name
+        self.producer = producer
+        self.opset = opset
+        self.input_names = [info.name for info in inputs]
+        self.output_names = [info.name for info in outputs]
+        self._schedules: dict[tuple[str, ...], list[_Step]] = {}
+
+    def __repr__(self) -> str:
+        ops = ", ".join(step.op_type for step in self.steps)
+        return (f"OnnxModel({self.name!r}, inputs={self.input_names}, "
+                f"outputs={self.output_names}, steps=[{ops}])")
+
+    def summary(self) -> str:
+        """The graph as fastgate maps it: one line per step (node, op, what runs it)."""
+        lines = [f"ONNX model {self.name!r} (producer {self.producer or '?'}, opset "
+                 f"{self.opset}), {len(self.constants)} constants after folding"]
+        for info in self.inputs:
+            lines.append(f"  input  {info.name}: {dtype_name(info.elem_type)} {info.shape}")
+        for step in self.steps:
+            lines.append(f"  {step.op_type:<10} {step.name or '-'}: {step.function!r}  "
+                         f"({', '.join(step.inputs)}) -> ({', '.join(step.outputs)})")
+        for info in self.outputs:
+            lines.append(f"  output {info.name}: {dtype_name(info.elem_type)} {info.shape}")
+        return "\n".join(lines)
+
+    def _schedule(self, wanted: tuple[str, ...]) -> list[_Step]:
+        """The steps needed for outputs ``wanted``, in order (cached)."""
+        schedule = self._schedules.get(wanted)
+        if schedule is None:
+            needed = set(wanted)
+            schedule = []
+            for step in reversed(self.steps):
+                if needed.intersection(step.outputs):
+                    schedule.append(step)
+                    needed.update(name for name in step.inputs if name)
+            schedule.reverse()
+            self._schedules[wanted] = schedule
+        return schedule
+
+    def _feed_value(self, info: ValueInfo, value: Any) -> np.ndarray:
+        target = np.dtype(TENSOR_DTYPES.get(info.elem_type, "<f4")).newbyteorder("=")
+        array = np.asarray(value)
+        if array.dtype.kind not in "biuf":
+            raise DTypeError(f"input {info.name!r} must hold real numbers, got dtype "
+                             f"{array.dtype}")
+        if target.kind in "iu" and array.dtype.kind == "f":
+            if not np.all(np.mod(array, 1) == 0):
+                raise DTypeError(f"input {info.name!r} holds integers ({target}), got "
+                                 f"non-integral floats")
+        array = array.astype(target, copy=False)
+        if info.shape is not None:
+            if array.ndim != len(info.shape) or any(
+                    isinstance(want, int) and want >= 0 and got != want
+                    for want, got in zip(info.shape, array.shape)):
+                shown = tuple(d if isinstance(d, int) else "*" for d in info.shape)
+                raise ShapeError(f"input {info.name!r}: expected shape {shown} (* = any), got "
+                                 f"{array.shape}")
+        return array
+
+    def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any]
+            ) -> list[np.ndarray]:
+        """Compute ``output_names`` (``None``: all) from ``input_feed`` ``{name: array}``,
+        as ``onnxruntime.InferenceSession.run`` does."""
+        wanted = tuple(self.output_names if output_names is None else output_names)
+        unknown = [name for name in wanted if name not in self.output_names]
+        if unknown:
+            raise ConfigError(f"unknown output names {unknown}; the model's outputs are "
+                              f"{self.output_names}")
+        if not isinstance(input_feed, dict):
+            raise InputError(f"input_feed must be a dict {{name: array}}, got "
+                             f"{type(input_feed).__name__}")
+        extra = set(input_feed) - set(self.input_names)
+        missing = [name for name in self.input_names if name not in input_feed]
+        if extra or missing:
+            raise InputError(f"input_feed: missing {missing}, unknown {sorted(extra)}; the "
+                             f"model's inputs are {self.input_names}")
+        values = dict(self.constants)
+        for info in self.inputs:
+            values[info.name] = self._feed_value(info, input_feed[info.name])
+        for step in self._schedule(wanted):
+            arguments = [values[name] if name else None for name in step.inputs]
+            try:
+                results = step.function(*arguments)
+            except (ShapeError, InputError) as error:
+                raise type(error)(f"node {step.name!r} ({step.op_type}): {error}") from error
+            for name, value in zip(step.outputs, results):
+                if name:
+                    values[name] = value
+        return [np.array(values[name]) if name in self.constants
+                else np.ascontiguousarray(values[name]) for name in wanted]
+
+    def predict(self, x: Any) -> np.ndarray | list[np.ndarray]:
+        """Run a one-input model on ``x``: its output, or a list of its outputs."""
+        if len(self.input_names) != 1:
+            raise ConfigError(f"predict() needs a model with one input; this one has "
+                              f"{self.input_names}: use run(None, {{name: array, ...}})")
+        results = self.run(None, {self.input_names[0]: x})
+        return results[0] if len(results) == 1 else results
+
+    __call__ = predict
+
+
+# ----------------------------------------------------------------------------- import
+def _loop_message(node: NodeProto) -> str:
+    return (f"{node.op_type} node {node.name!r}: the exporter fell back to a loop of "
+            f"elementwise ops instead of an LSTM/GRU/RNN op, and fastgate does not run "
+            f"{node.op_type}. To avoid it: export the nn.LSTM / nn.GRU / nn.RNN module itself "
+            f"(not a cell called in a Python loop, not torch.jit.script), from a model in "
+            f"eval() mode; with tf2onnx, use Keras LSTM/GRU layers with their default "
+            f"options so that its rewriters match them")
+
+
+def _map_node(node: NodeProto, constants: dict, opset: int) -> tuple[Callable, list[str]]:
+    """What runs a node that could not be folded, and the names of the inputs it reads."""
+    names = node.inputs + [""] * 7
+    if node.op_type in _RECURRENT_OPS:   # X, sequence_lens, initial_h, initial_c
+        if all(names[k] in constants for k in (1, 2, 3, 7) if names[k]):
+            return build_recurrent(node, constants), [names[k] for k in (0, 4, 5, 6)]
+        return _RuntimeWeightsRecurrent(node), [names[k] for k in (0, 1, 2, 3, 4, 5, 6, 7)]
+    if node.op_type in ("Gemm", "MatMul"):
+        dense = _dense_step(node, constants)
+        if dense is not None:
+            return dense, [names[0]]
+    elif node.op_type == "Gather":
+        embedding = _embedding_step(node, constants)
+        if embedding is not None:
+            return embedding, [names[1]]
+    return _NumpyStep(node, opset), list(node.inputs)
+
+
+def _check_node(node: NodeProto, model: OnnxModelProto) -> None:
+    if node.domain not in _SUPPORTED_DOMAINS:
+        raise UnsupportedLayerError(f"op {node.domain}.{node.op_type} (node {node.name!r}) is "
+                                    f"not in the standard ONNX domain; fastgate runs only "
+                                    f"standard ops", layer=node.name)
+    if node.op_type in _LOOP_OPS:
+        raise UnsupportedLayerError(_loop_message(node), layer=node.name)
+    if node.op_type not in NUMPY_OPS and node.op_type not in _RECURRENT_OPS:
+        raise UnsupportedLayerError(
+            f"op {node.op_type} (node {node.name!r}) is not supported; fastgate runs LSTM, "
+            f"GRU, RNN and {', '.join(sorted(NUMPY_OPS))}", layer=node.name)
+
+
+def build_model(model: OnnxModelProto, path: Any = None) -> OnnxModel:
+    """Fold and map a decoded model (see the module docstring)."""
+    graph: GraphProto = model.graph
+    opset = model.opset_import.get("", model.opset_import.get("ai.onnx", 0))
+    if graph.has_sparse_initializers:
+        raise UnsupportedLayerError("sparse initializers are not supported", path=path)
+    constants: dict[str, np.ndarray] = dict(graph.initializers)
+    inputs = [info for info in graph.inputs if info.name not in constants]
+    available = set(constants) | {info.name for info in inputs}
+    steps: list[_Step] = []
+    for node in graph.nodes:
+        _check_node(node, model)
+        missing = [name for name in node.inputs if name and name not in available]
+        if missing:
+            raise WeightFormatError(f"node {node.name!r} ({node.op_type}) reads {missing}, "
+                                    f"which no earlier node, input or initializer produces",
+                                    path=path, layer=node.name)
+        present = [name for name in node.inputs if name]
+        try:
+            if node.op_type not in _RECURRENT_OPS and all(n in constants for n in present):
+                results = NUMPY_OPS[node.op_type](
+                    node, [constants[n] if n else None for n in node.inputs], opset)
+                constants.update((n, np.asarray(v)) for n, v in zip(node.outputs, results)
+                                 if n)
+            else:
+                function, step_inputs = _map_node(node, constants, opset)
+                steps.append(_Step(node.name, node.op_type, function, step_inputs,
+                                   list(node.outputs)))
+        except WeightFormatError as error:
+            if error.path is not None:
+                raise
+            raise type(error)(str(error), path=path) from error
+        except (ShapeError, InputError, ConfigError, KeyError, IndexError, TypeError) as error:
+            raise WeightFormatError(f"node {node.name!r} ({node.op_type}): {error}",
+                                    path=path, layer=node.name) from error
+        available.update(name for name in node.outputs if name)
+    for info in graph.outputs:
+        if info.name not in available:
+            raise WeightFormatError(f"graph output {info.name!r} is produced by no node",
+                                    path=path)
+    return OnnxModel(steps, constants, inputs, list(graph.outputs), name=graph.name,
+                     producer=model.producer_name, opset=opset)
+
+
+def from_onnx(source: str | os.PathLike | bytes) -> OnnxModel:
+    """Load an ONNX model (a ``.onnx`` file, or its bytes) into an :class:`OnnxModel`.
+
+    Parameters
+    ----------
+    source : str, path-like or bytes
+        The file (external data is read from its folder, and only from there), or the
+        serialized ``ModelProto`` (then without external data).
+
+    Returns
+    -------
+    OnnxModel
+        ``model.run(output_names, input_feed)`` like ONNX Runtime; ``model.predict(x)`` for a
+        one-input model.
+
+    Raises
+    ------
+    WeightFormatError
+        The file is malformed, truncated, or claims sizes it does not hold.
+    UnsupportedLayerError
+        An op (or op option) fastgate does not run: the message names the op and the node.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        path = "<bytes>"
+        model = parse_model(bytes(source), path, None)
+    elif isinstance(source, (str, os.PathLike)):
+        path = source
+        if not os.path.isfile(source):
+            raise WeightFormatError("no such file", path=source)
+        model = read_model(source)
+    else:
+        raise WeightFormatError(f"from_onnx needs a path or bytes, got "
+                                f"{type(source).__name__}")
+    return build_model(model, path)
