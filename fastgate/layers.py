@@ -128,6 +128,9 @@ class RecurrentLayer:
             self.proj_size = 0
         self.output_size = width = self.proj_size or hidden
         self.num_layers = len(weights) // dirs
+        self.peepholes = first.peephole is not None
+        if self.peepholes and self.cell != "lstm":
+            raise ConfigError(f"{name}: only LSTM has peepholes")
 
         checked = []
         for k, entry in enumerate(weights):
@@ -137,6 +140,9 @@ class RecurrentLayer:
             if (w.projection is None) != (self.proj_size == 0):
                 raise ConfigError(f"{where}: projection must be given for every layer and "
                                   f"direction or for none")
+            if (w.peephole is None) == self.peepholes:
+                raise ConfigError(f"{where}: peephole must be given for every layer and "
+                                  f"direction or for none")
             in_width = self.input_size if layer == 0 else dirs * width
             expected = {
                 "input_kernel": (in_width, gates * hidden),
@@ -144,6 +150,7 @@ class RecurrentLayer:
                 "input_bias": (gates * hidden,),
                 "recurrent_bias": (gates * hidden,),
                 "projection": (hidden, self.proj_size),
+                "peephole": (3 * hidden,),
             }
             arrays = {}
             for field, shape in expected.items():
@@ -170,7 +177,7 @@ class RecurrentLayer:
             return None
         cell = _CELL_CODES[self.cell]
         return [kernels.prepare(cell, self.reset_after, w.input_kernel, w.recurrent_kernel,
-                                w.input_bias, w.recurrent_bias, w.projection)
+                                w.input_bias, w.recurrent_bias, w.projection, w.peephole)
                 for w in self.weights]
 
     def _call_plan(self) -> Any:
@@ -239,6 +246,8 @@ class RecurrentLayer:
             parts.append(f"num_layers={self.num_layers}")
         if self.proj_size:
             parts.append(f"proj_size={self.proj_size}")
+        if self.peepholes:
+            parts.append("peepholes=True")
         defaults = {"bidirectional": False, "activation": "tanh",
                     "recurrent_activation": "sigmoid", "reset_after": True,
                     "batch_first": False}

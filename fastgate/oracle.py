@@ -16,6 +16,9 @@ LSTM (Hochreiter & Schmidhuber 1997, with forget gate; PyTorch ``nn.LSTM``)::
     c' = f * c + i * g
     h' = o * act(c')                 (with projection: h' = (o * act(c')) W_hr)
 
+    with peepholes p (Gers & Schmidhuber 2000; ONNX ``P``), i and f also add p_i * c and
+    p_f * c to their pre-activations, and o adds p_o * c'.
+
 GRU (Cho et al. 2014; PyTorch ``nn.GRU``)::
 
     r = rec_act(x W_r + b_ir + h U_r + b_hr)
@@ -50,9 +53,14 @@ def lstm_cell(x: np.ndarray, h: np.ndarray, c: np.ndarray, w: CellWeights,
     """One LSTM step: ``(x, h, c) -> (h', c')``."""
     gates = x @ w.input_kernel + w.input_bias + h @ w.recurrent_kernel + w.recurrent_bias
     i, f, g, o = np.split(gates, 4, axis=-1)
-    i, f, g, o = rec_act(i), rec_act(f), act(g), rec_act(o)
+    if w.peephole is not None:
+        p_i, p_f, p_o = np.split(w.peephole, 3)
+        i, f = i + p_i * c, f + p_f * c
+    i, f, g = rec_act(i), rec_act(f), act(g)
     c_new = f * c + i * g
-    h_new = o * act(c_new)
+    if w.peephole is not None:
+        o = o + p_o * c_new
+    h_new = rec_act(o) * act(c_new)
     if w.projection is not None:
         h_new = h_new @ w.projection
     return h_new, c_new

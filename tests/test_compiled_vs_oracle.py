@@ -73,6 +73,7 @@ def configurations(draw):
         initial_state=draw(st.booleans()),
         hold_masked_output=draw(st.booleans()),
         seed=draw(st.integers(0, 2**32 - 1)),
+        peepholes=cell == "lstm" and draw(st.booleans()),
     )
     return config
 
@@ -107,6 +108,9 @@ def build(config):
         # exp(0) = 1: with zero-mean weights an LSTM's state would grow by one a step, and
         # exp of it explode. A bias of -2 makes exp(pre-activation) ~ 0.14 instead.
         weights = [w._replace(input_bias=w.input_bias - dtype(2)) for w in weights]
+    if config.get("peepholes"):   # ONNX's P: weights on c for the i, f, o gates
+        weights = [w._replace(peephole=rng.normal(0, 1, 3 * config["hidden_size"])
+                              .astype(dtype)) for w in weights]
     options = dict(bidirectional=config["bidirectional"], activation=config["activation"],
                    dtype=dtype, batch_first=config["batch_first"])
     if cell != "rnn":
@@ -200,6 +204,9 @@ CORNERS = [
     dict(cell="rnn", activation="relu", num_layers=3, bidirectional=True),
     dict(cell="lstm", steps=0),
     dict(cell="lstm", batch=1, steps=1, input_size=1, hidden_size=1),
+    dict(cell="lstm", peepholes=True, bidirectional=True, num_layers=2),
+    dict(cell="lstm", peepholes=True, proj_size=4, hidden_size=33, activation="relu"),
+    dict(cell="lstm", peepholes=True, batch=1, hidden_size=40, masking=False),
 ]
 
 
@@ -232,6 +239,7 @@ SPLIT_CASES = [
     dict(cell="lstm", hidden_size=80, num_layers=2, bidirectional=True),
     dict(cell="gru", hidden_size=90, masking=True, entry="forward"),
     dict(cell="lstm", hidden_size=90, initial_state=True, steps=1),
+    dict(cell="lstm", hidden_size=96, peepholes=True, initial_state=True),
 ]
 
 

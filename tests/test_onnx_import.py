@@ -158,6 +158,17 @@ def test_float64_against_the_oracle_and_float32_onnxruntime(op):
         np.testing.assert_allclose(a, b, rtol=0, atol=ATOL)
 
 
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_lstm_peepholes(direction):
+    dirs = 2 if direction == "bidirectional" else 1
+    peepholes = np.random.default_rng(7).uniform(-1, 1, (dirs, 15))
+    model = recurrent_model("LSTM", direction=direction, with_lengths=True, with_h0=True,
+                            with_c0=True, peepholes=peepholes)
+    assert_same_as_ort(model, feeds(model, batch=5, steps=6))
+    zero = recurrent_model("LSTM", direction=direction, peepholes=np.zeros((dirs, 15)))
+    assert_same_as_ort(zero, feeds(zero))
+
+
 def test_batch_and_steps_are_dynamic():
     model = fastgate.from_onnx(recurrent_model("LSTM", with_h0=True).SerializeToString())
     for batch, steps in ((1, 1), (7, 3), (2, 20)):
@@ -195,7 +206,7 @@ BACKEND_CASES = [
     "test_simple_rnn_batchwise", "test_simple_rnn_reverse", "test_simple_rnn_bidirectional",
 ]
 #: Cases whose options fastgate's kernels do not compute yet: refused, never approximated.
-REFUSED_BACKEND_CASES = {"test_lstm_with_peepholes": "peepholes"}
+REFUSED_BACKEND_CASES: dict[str, str] = {}
 
 
 def test_every_backend_node_case_is_listed():

@@ -38,6 +38,7 @@ typedef struct {
     const void *recurrent;          /* packed [W; U] (GRU reset-before: the r and z gates) */
     const void *recurrent_new;      /* packed [W_n; U_n] of a GRU reset-before, else NULL */
     const void *projection;         /* packed W_hr of a projected LSTM, else NULL */
+    const void *peephole;           /* (3H,): LSTM peephole weights on c for i, f, o, or NULL */
     void *h;                        /* (B, P): initial state in, final state out */
     void *c;                        /* (B, H): LSTM cell state, updated in place */
     void *h_spare;                  /* (B, P) workspace: the other half of h's double buffer */

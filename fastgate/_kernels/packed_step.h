@@ -357,16 +357,20 @@ static FG_TARGET void FG_NAME(lstm_tile_f)(ptrdiff_t rows, const FG_T *restrict 
 }
 
 /* LSTM:  i, f, g, o = rec_act(.), rec_act(.), act(.), rec_act(.)  of  x W + b + h U
- *        c' = f * c + i * g;   h' = o * act(c')      (h' before the projection) */
+ *        c' = f * c + i * g;   h' = o * act(c')      (h' before the projection)
+ * With peepholes p (ONNX's P; `peephole` points at this block's p_i, gates `hidden` apart):
+ *        i and f also add p_i * c and p_f * c, and o adds p_o * c' (the new c). */
 static FG_TARGET void FG_NAME(lstm_epilogue)(const FG_T *restrict tile,
                                              const FG_T *restrict input,
                                              const FG_T *restrict bias, ptrdiff_t hidden,
                                              ptrdiff_t wn, int act, int rec_act,
+                                             const FG_T *restrict peephole,
                                              FG_T *restrict c, FG_T *restrict h)
 {
     FG_T gates[4 * FG_W], cell[FG_W];
     ptrdiff_t gate, w;
-    if (sizeof(FG_T) == 4 && wn == FG_W && act == FG_TANH && rec_act == FG_SIGMOID) {
+    if (sizeof(FG_T) == 4 && wn == FG_W && act == FG_TANH && rec_act == FG_SIGMOID
+            && peephole == NULL) {
         FG_NAME(lstm_block_f)(tile, input, bias, hidden, c, h);
         return;
     }
@@ -374,6 +378,11 @@ static FG_TARGET void FG_NAME(lstm_epilogue)(const FG_T *restrict tile,
         FG_NAME(pre_activation)(gates + gate * FG_W, tile + gate * FG_W,
                                 input != NULL ? input + gate * hidden : NULL,
                                 bias + gate * hidden, wn);
+    if (peephole != NULL)
+        for (w = 0; w < wn; w++) {
+            gates[w] += peephole[w] * c[w];
+            gates[FG_W + w] += peephole[hidden + w] * c[w];
+        }
     if (wn == FG_W) {
         FG_ACTIVATE(rec_act, gates, 2 * FG_W);
     } else {
@@ -381,11 +390,14 @@ static FG_TARGET void FG_NAME(lstm_epilogue)(const FG_T *restrict tile,
         FG_ACTIVATE(rec_act, gates + FG_W, wn);
     }
     FG_ACTIVATE(act, gates + 2 * FG_W, wn);
-    FG_ACTIVATE(rec_act, gates + 3 * FG_W, wn);
     for (w = 0; w < wn; w++) {
         cell[w] = gates[FG_W + w] * c[w] + gates[w] * gates[2 * FG_W + w];
         c[w] = cell[w];
     }
+    if (peephole != NULL)
+        for (w = 0; w < wn; w++)
+            gates[3 * FG_W + w] += peephole[2 * hidden + w] * cell[w];
+    FG_ACTIVATE(rec_act, gates + 3 * FG_W, wn);
     FG_ACTIVATE(act, cell, wn);
     for (w = 0; w < wn; w++)
         h[w] = gates[3 * FG_W + w] * cell[w];
@@ -589,6 +601,7 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
     const FG_T *recurrent = (const FG_T *)d->recurrent;
     const FG_T *recurrent_new = (const FG_T *)d->recurrent_new;
     const FG_T *projection = (const FG_T *)d->projection;
+    const FG_T *peephole = (const FG_T *)d->peephole;
     FG_T *c = (FG_T *)d->c;
     FG_T *cell_out = (FG_T *)d->cell_out;   /* (B, H) */
     FG_T *z_buffer = (FG_T *)d->gate_buffer;  /* (B, H) */
@@ -607,7 +620,7 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
     FG_T tile[24 * FG_W];
     ptrdiff_t s, t, t_previous = -1, b, r, rows, jb, j0, wn;
     /* the LSTM cells of whole tiles at once (default activations) */
-    const int fast_lstm = d->cell == FG_CELL_LSTM
+    const int fast_lstm = d->cell == FG_CELL_LSTM && peephole == NULL
                           && d->act == FG_TANH && d->rec_act == FG_SIGMOID;
 
     if (precomputed && !d->input_projected) {
@@ -686,7 +699,7 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
                     if (d->cell == FG_CELL_LSTM)
                         FG_NAME(lstm_epilogue)(
                             row_tile, row_input, bias + j0, H, wn, d->act, d->rec_act,
-                            c + (b + r) * H + j0,
+                            peephole != NULL ? peephole + j0 : NULL, c + (b + r) * H + j0,
                             (projection != NULL ? cell_out + (b + r) * H
                                                 : h_next + (b + r) * hn_stride) + j0);
                     else if (d->cell == FG_CELL_GRU)

@@ -18,7 +18,8 @@ Anything else (``Loop``, ``Scan``, unknown ops, other domains) raises
 The recurrent ops follow the ONNX spec and ONNX Runtime (the reference the tests compare
 against): gate orders through :data:`fastgate.GATE_ORDERS` ``["onnx"]`` (LSTM ``i, o, f, c``;
 GRU ``z, r, h``), ``direction``, ``layout``, ``sequence_lens``, ``initial_h`` /
-``initial_c``, ``linear_before_reset`` and the activations fastgate's kernels compute.
+``initial_c``, peepholes ``P``, ``linear_before_reset`` and the activations fastgate's
+kernels compute.
 """
 
 from __future__ import annotations
@@ -283,25 +284,31 @@ def _recurrent_weights(node: NodeProto, cell: str, constants: dict, directions: 
     return weights, hidden, w.dtype
 
 
-def _check_lstm_extras(node: NodeProto, constants: dict, directions: int, hidden: int) -> None:
-    """Refuse the LSTM options fastgate's kernels do not compute (non-zero peepholes,
-    input_forget) and the clip option of every cell."""
+def _check_unsupported_options(node: NodeProto) -> None:
+    """Refuse the options fastgate's kernels do not compute: clip and input_forget."""
     if node.attributes.get("clip") is not None:
         raise UnsupportedLayerError(f"{node.op_type}: the clip attribute is not supported by "
                                     f"fastgate's kernels", layer=node.name)
-    if node.op_type != "LSTM":
-        return
-    if node.attributes.get("input_forget", 0):
+    if node.op_type == "LSTM" and node.attributes.get("input_forget", 0):
         raise UnsupportedLayerError("LSTM: input_forget=1 is not supported by fastgate's "
                                     "kernels", layer=node.name)
-    if len(node.inputs) > 7 and node.inputs[7]:
-        peepholes = np.asarray(constants[node.inputs[7]])
-        if peepholes.shape != (directions, 3 * hidden):
-            raise ShapeError(f"LSTM node {node.name!r}: P must be {(directions, 3 * hidden)}, "
-                             f"got {peepholes.shape}")
-        if peepholes.any():
-            raise UnsupportedLayerError("LSTM: peepholes (a non-zero P input) are not "
-                                        "supported by fastgate's kernels", layer=node.name)
+
+
+def _peepholes(node: NodeProto, constants: dict, directions: int, hidden: int, dtype: Any
+               ) -> list[np.ndarray] | None:
+    """Per direction, the LSTM's ``P`` (ONNX order i, o, f) in fastgate's order (i, f, o);
+    ``None`` without one, or when it is all zeros (the same equations)."""
+    name = (node.inputs + [""] * 8)[7]
+    if node.op_type != "LSTM" or not name:
+        return None
+    peepholes = np.asarray(constants[name], dtype)
+    if peepholes.shape != (directions, 3 * hidden):
+        raise ShapeError(f"LSTM node {node.name!r}: P must be {(directions, 3 * hidden)}, "
+                         f"got {peepholes.shape}")
+    if not peepholes.any():
+        return None
+    by_gate = dict(zip("iof", np.split(peepholes, 3, axis=1)))
+    return list(np.concatenate([by_gate["i"], by_gate["f"], by_gate["o"]], axis=1))
 
 
 def build_recurrent(node: NodeProto, constants: dict) -> OnnxRecurrent:
@@ -317,7 +324,10 @@ def build_recurrent(node: NodeProto, constants: dict) -> OnnxRecurrent:
         raise WeightFormatError(f"{node.op_type}: layout must be 0 or 1, got {layout}",
                                 layer=node.name)
     weights, hidden, dtype = _recurrent_weights(node, cell, constants, directions)
-    _check_lstm_extras(node, constants, directions, hidden)
+    _check_unsupported_options(node)
+    peepholes = _peepholes(node, constants, directions, hidden, dtype)
+    if peepholes is not None:
+        weights = [w._replace(peephole=p) for w, p in zip(weights, peepholes)]
     options = [_layer_activations(node, cell, specs)
                for specs in _activation_specs(node, cell, directions)]
     if cell == "gru":
