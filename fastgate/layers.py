@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 
 from . import oracle
-from .activations import activation_code, canonical_name
+from .activations import activation_code, activation_parameters, canonical_name
 from .backend import backend, compiled_module, current_backend
 from .errors import ConfigError, DTypeError, ShapeError
 from .layout import GATE_COUNT, CellWeights
@@ -86,13 +86,23 @@ class RecurrentLayer:
     def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
                  activation: str = "tanh", recurrent_activation: str = "sigmoid",
                  reset_after: bool = True, dtype: Any = np.float32,
-                 batch_first: bool = False) -> None:
+                 batch_first: bool = False, cell_activation: str | None = None,
+                 clip: float | None = None, input_forget: bool = False) -> None:
         self.dtype = _as_float_dtype(dtype)
         self.bidirectional = bool(bidirectional)
         self.batch_first = bool(batch_first)
         self.activation = canonical_name(activation)
         self.recurrent_activation = canonical_name(recurrent_activation)
         self.reset_after = bool(reset_after)
+        self.cell_activation = (self.activation if cell_activation is None
+                                else canonical_name(cell_activation))
+        if clip is not None:
+            clip = float(clip)
+            if not clip >= 0:
+                raise ConfigError(f"{type(self).__name__}: clip must be a number >= 0 (or "
+                                  f"None), got {clip!r}")
+        self.clip = clip
+        self.input_forget = bool(input_forget)
         self.num_directions = 2 if self.bidirectional else 1
         self.weights = self._validate_weights(weights)
         self._prepared = self._prepare_kernel_weights()
@@ -188,7 +198,9 @@ class RecurrentLayer:
             return None
         return kernels.LayerPlan(_CELL_CODES[self.cell], self._activation_codes,
                                  self.reset_after, self._prepared, self.num_directions,
-                                 self.output_size, self.batch_first)
+                                 self.output_size, self.batch_first,
+                                 np.inf if self.clip is None else self.clip,
+                                 self.input_forget)
 
     @classmethod
     def random(cls, input_size: int, hidden_size: int, *, num_layers: int = 1,
@@ -229,6 +241,13 @@ class RecurrentLayer:
             config["recurrent_activation"] = self.recurrent_activation
         if self.cell == "gru":
             config["reset_after"] = self.reset_after
+        # ONNX's options, only when used
+        if self.cell == "lstm" and self.cell_activation != self.activation:
+            config["cell_activation"] = self.cell_activation
+        if self.clip is not None:
+            config["clip"] = self.clip
+        if self.input_forget:
+            config["input_forget"] = True
         return config
 
     @property
@@ -409,7 +428,9 @@ class RecurrentLayer:
             out, h_n, c_n = oracle.forward(
                 self.cell, x_tm, self.weights, bidirectional=self.bidirectional, h0=h0, c0=c0,
                 activation=self.activation, recurrent_activation=self.recurrent_activation,
-                reset_after=self.reset_after, mask=mask, hold_masked_output=hold_masked_output)
+                reset_after=self.reset_after, mask=mask, hold_masked_output=hold_masked_output,
+                cell_activation=self.cell_activation, clip=self.clip,
+                input_forget=self.input_forget)
             if out.shape[0] != steps:  # no steps: the oracle loop never ran
                 out = np.zeros((steps, batch, width), self.dtype)
             out = out.transpose(1, 0, 2) if batch_major else out
@@ -483,11 +504,15 @@ class RecurrentLayer:
         return self._plan.step(x, state, 0, flat_state)
 
     @property
-    def _activation_codes(self) -> tuple[int, int]:
+    def _activation_codes(self) -> tuple[tuple[int, float, float], ...]:
+        """``(code, alpha, beta)`` of the activation, the recurrent activation and the cell
+        state's activation, as the kernels read them."""
         codes = self.__dict__.get("_codes")
         if codes is None:
-            codes = self._codes = (activation_code(self.activation),
-                                   activation_code(self.recurrent_activation))
+            codes = self._codes = tuple(
+                (activation_code(name),) + activation_parameters(name)
+                for name in (self.activation, self.recurrent_activation,
+                             self.cell_activation))
         return codes
 
 
@@ -510,6 +535,15 @@ class LSTM(RecurrentLayer):
         The dtype of the weights, inputs and outputs.
     batch_first : bool
         Inputs and outputs are ``(B, T, ...)`` instead of ``(T, B, ...)``.
+    cell_activation : str, optional
+        The activation of the cell state in ``h' = o * cell_activation(c')``; ``activation``
+        if omitted (ONNX lets them differ).
+    clip : float, optional
+        ONNX's cell clip: each gate's pre-activation is clamped to ``[-clip, clip]``.
+    input_forget : bool
+        ONNX's coupled gates: ``f = 1 - i``.
+
+    Peepholes (ONNX's ``P``) are weights: ``CellWeights.peephole``.
 
     Call with ``out, (h_n, c_n) = lstm(x, state=(h0, c0), lengths=None)``; see
     :meth:`RecurrentLayer.__call__`.
@@ -519,10 +553,13 @@ class LSTM(RecurrentLayer):
 
     def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
                  activation: str = "tanh", recurrent_activation: str = "sigmoid",
-                 dtype: Any = np.float32, batch_first: bool = False) -> None:
+                 dtype: Any = np.float32, batch_first: bool = False,
+                 cell_activation: str | None = None, clip: float | None = None,
+                 input_forget: bool = False) -> None:
         super().__init__(weights, bidirectional=bidirectional, activation=activation,
                          recurrent_activation=recurrent_activation, dtype=dtype,
-                         batch_first=batch_first)
+                         batch_first=batch_first, cell_activation=cell_activation,
+                         clip=clip, input_forget=input_forget)
 
 
 @serializable
@@ -534,6 +571,8 @@ class GRU(RecurrentLayer):
     (PyTorch, Keras ``reset_after=True``, ONNX ``linear_before_reset=1``), ``False`` before it
     (Cho et al. 2014, Keras ``reset_after=False``).
 
+    ``clip`` is ONNX's (see :class:`LSTM`).
+
     Call with ``out, h_n = gru(x, state=h0, lengths=None)``.
     """
 
@@ -542,10 +581,10 @@ class GRU(RecurrentLayer):
     def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
                  activation: str = "tanh", recurrent_activation: str = "sigmoid",
                  reset_after: bool = True, dtype: Any = np.float32,
-                 batch_first: bool = False) -> None:
+                 batch_first: bool = False, clip: float | None = None) -> None:
         super().__init__(weights, bidirectional=bidirectional, activation=activation,
                          recurrent_activation=recurrent_activation, reset_after=reset_after,
-                         dtype=dtype, batch_first=batch_first)
+                         dtype=dtype, batch_first=batch_first, clip=clip)
 
 
 @serializable
@@ -554,7 +593,7 @@ class SimpleRNN(RecurrentLayer):
 
     Parameters are those of :class:`LSTM` with a single gate, no projection and no
     recurrent activation; ``activation`` defaults to ``"tanh"`` (PyTorch's
-    ``nonlinearity="relu"`` is ``activation="relu"``).
+    ``nonlinearity="relu"`` is ``activation="relu"``); ``clip`` is ONNX's (see :class:`LSTM`).
 
     Call with ``out, h_n = rnn(x, state=h0, lengths=None)``.
     """
@@ -563,6 +602,6 @@ class SimpleRNN(RecurrentLayer):
 
     def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
                  activation: str = "tanh", dtype: Any = np.float32,
-                 batch_first: bool = False) -> None:
+                 batch_first: bool = False, clip: float | None = None) -> None:
         super().__init__(weights, bidirectional=bidirectional, activation=activation,
-                         dtype=dtype, batch_first=batch_first)
+                         dtype=dtype, batch_first=batch_first, clip=clip)

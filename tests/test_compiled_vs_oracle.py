@@ -46,10 +46,16 @@ def require_compiled():
         f"{available!r}); build it with `pip install -e .` before running these tests")
 
 
+#: ONNX's parametrised activations (fastgate.activations.PARAMETRIC_ACTIVATIONS).
+PARAMETRISED = ["leaky_relu(alpha=0.2)", "thresholded_relu(alpha=0.1)",
+                "scaled_tanh(alpha=1.5, beta=0.7)", "affine(alpha=0.8, beta=0.1)",
+                "hard_sigmoid(alpha=0.3, beta=0.4)", "elu(alpha=0.6)"]
+
+
 @st.composite
 def configurations(draw):
     cell = draw(st.sampled_from(["lstm", "gru", "rnn"]))
-    names = sorted(ACTIVATIONS)
+    names = sorted(ACTIVATIONS) + PARAMETRISED
     activation = draw(st.sampled_from(names))
     recurrent_activation = draw(st.sampled_from(names)) if cell != "rnn" else "sigmoid"
     hidden = draw(st.integers(1, 64))
@@ -74,6 +80,12 @@ def configurations(draw):
         hold_masked_output=draw(st.booleans()),
         seed=draw(st.integers(0, 2**32 - 1)),
         peepholes=cell == "lstm" and draw(st.booleans()),
+        # ONNX's options
+        clip=draw(st.sampled_from([None, None, 0.5, 2.0])),
+        input_forget=cell == "lstm" and draw(st.booleans()),
+        cell_activation=draw(st.sampled_from([None, "tanh", "relu", "softsign",
+                                              "scaled_tanh(alpha=1.5, beta=0.7)"]))
+        if cell == "lstm" else None,
     )
     return config
 
@@ -117,6 +129,11 @@ def build(config):
         options["recurrent_activation"] = config["recurrent_activation"]
     if cell == "gru":
         options["reset_after"] = config["reset_after"]
+    if config.get("clip") is not None:
+        options["clip"] = config["clip"]
+    if cell == "lstm":
+        options["input_forget"] = config.get("input_forget", False)
+        options["cell_activation"] = config.get("cell_activation")
     layer = LAYERS[cell](weights, **options)
 
     shape = ((batch, steps) if config["batch_first"] else (steps, batch)) + (
@@ -207,6 +224,13 @@ CORNERS = [
     dict(cell="lstm", peepholes=True, bidirectional=True, num_layers=2),
     dict(cell="lstm", peepholes=True, proj_size=4, hidden_size=33, activation="relu"),
     dict(cell="lstm", peepholes=True, batch=1, hidden_size=40, masking=False),
+    dict(cell="lstm", clip=0.5, input_forget=True, cell_activation="relu", bidirectional=True),
+    dict(cell="lstm", clip=0.7, batch=9, hidden_size=40, masking=False, initial_state=False),
+    dict(cell="gru", clip=0.5, reset_after=False, activation="leaky_relu(alpha=0.2)"),
+    dict(cell="gru", clip=0.5, batch=9, hidden_size=32, masking=False),
+    dict(cell="rnn", clip=0.6, activation="scaled_tanh(alpha=1.5, beta=0.7)", batch=9),
+    dict(cell="lstm", recurrent_activation="hard_sigmoid(alpha=0.3, beta=0.4)",
+         activation="affine(alpha=0.8, beta=0.1)", cell_activation="elu(alpha=0.6)"),
 ]
 
 
@@ -240,6 +264,8 @@ SPLIT_CASES = [
     dict(cell="gru", hidden_size=90, masking=True, entry="forward"),
     dict(cell="lstm", hidden_size=90, initial_state=True, steps=1),
     dict(cell="lstm", hidden_size=96, peepholes=True, initial_state=True),
+    dict(cell="lstm", hidden_size=96, clip=0.5, input_forget=True, cell_activation="relu"),
+    dict(cell="gru", hidden_size=100, clip=0.5, activation="thresholded_relu(alpha=0.1)"),
 ]
 
 

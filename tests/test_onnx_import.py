@@ -110,6 +110,47 @@ def test_activations(op, activations, alpha, beta):
     assert_same_as_ort(model, feeds(model))
 
 
+PARAMETRISED_CASES = [
+    ("LSTM", ["HardSigmoid", "Tanh", "Tanh"], [0.3], [0.4]),
+    ("LSTM", ["Sigmoid", "Tanh", "Relu"], None, None),               # h differs from g
+    ("LSTM", ["Sigmoid", "ScaledTanh", "Affine"], [1.5, 0.8], [0.7, 0.1]),
+    ("LSTM", ["Sigmoid", "Elu", "LeakyRelu"], [0.5, 0.2], None),
+    ("LSTM", ["Sigmoid", "ThresholdedRelu", "Tanh"], [0.3], None),
+    ("GRU", ["Sigmoid", "LeakyRelu"], None, None),                   # default alpha 0.01
+    ("GRU", ["HardSigmoid", "ScaledTanh"], [0.25, 1.2], [0.45, 0.9]),
+    ("RNN", ["Elu"], [0.7], None),
+    ("RNN", ["ThresholdedRelu"], None, None),                        # ORT's default alpha: 0
+    ("RNN", ["Affine"], [0.5], [0.2]),
+]
+
+
+@pytest.mark.parametrize("op, activations, alpha, beta", PARAMETRISED_CASES)
+def test_parametrised_activations(op, activations, alpha, beta):
+    test_activations(op, activations, alpha, beta)
+
+
+@pytest.mark.parametrize("clip", [0.5, 1.5])
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_clip(op, clip):
+    # ORT clamps every gate's pre-activation (peepholes included), not the LSTM cell state
+    model = recurrent_model(op, direction="bidirectional", with_lengths=True, clip=clip)
+    inputs = feeds(model, batch=4, steps=9)
+    inputs["X"] *= 3
+    assert_same_as_ort(model, inputs)
+
+
+@pytest.mark.parametrize("peepholes", [False, True])
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_lstm_input_forget_and_clip(direction, peepholes):
+    # input_forget: f = 1 - i
+    dirs = 2 if direction == "bidirectional" else 1
+    p = np.random.default_rng(3).uniform(-1, 1, (dirs, 15)) if peepholes else None
+    for attributes in ({"input_forget": 1}, {"input_forget": 1, "clip": 0.8}):
+        model = recurrent_model("LSTM", direction=direction, with_h0=True, with_c0=True,
+                                peepholes=p, **attributes)
+        assert_same_as_ort(model, feeds(model, batch=3, steps=7))
+
+
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
 def test_bidirectional_with_different_activations_per_direction(op):
     per_direction = {"LSTM": (["Sigmoid", "Tanh", "Tanh"], ["HardSigmoid", "Relu", "Relu"]),
@@ -183,6 +224,24 @@ def test_gate_orders_of_onnx_are_iofc_and_zrh():
     assert fastgate.GATE_ORDERS["onnx"] == {"lstm": "iofg", "gru": "zrn", "rnn": "h"}
 
 
+@pytest.mark.parametrize("batch", [1, 9])   # the fused vector cells and the general ones
+def test_every_option_at_once_float64_matches_the_oracle(batch):
+    model = recurrent_model("LSTM", direction="bidirectional", with_lengths=True,
+                            with_h0=True, with_c0=True, dtype=np.float64, clip=1.1,
+                            input_forget=1, peepholes=np.full((2, 15), 0.3),
+                            activations=["HardSigmoid", "ScaledTanh", "Softsign"] * 2,
+                            activation_alpha=[0.3, 1.2, 0.25, 0.9],
+                            activation_beta=[0.45, 0.8, 0.5, 1.1])
+    inputs = feeds(model, batch=batch, steps=8)
+    ours = fastgate.from_onnx(model.SerializeToString())
+    assert len(ours.steps[0].function.layers) == 2
+    got = ours.run(None, inputs)
+    with fastgate.use_backend("python"):
+        expected = ours.run(None, inputs)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
 # ------------------------------------------------------------ ONNX's backend node tests
 @functools.lru_cache(maxsize=None)
 def backend_node_cases():
@@ -229,3 +288,19 @@ def test_onnx_backend_node_cases(name):
     assert len(got) == len(expected)
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=0, atol=ATOL)
+
+
+def test_onnx_options_survive_save_and_pickle(tmp_path):
+    import pickle
+
+    weights = fastgate.LSTM.random(3, 4).weights
+    weights = [w._replace(peephole=np.linspace(-1, 1, 12)) for w in weights]
+    layer = fastgate.LSTM(weights, clip=0.9, input_forget=True, cell_activation="relu",
+                          activation="scaled_tanh(alpha=1.5, beta=0.7)")
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    expected = layer(x)[0]
+    layer.save(tmp_path / "l.fastgate")
+    for copy in (fastgate.load(tmp_path / "l.fastgate"), pickle.loads(pickle.dumps(layer))):
+        assert repr(copy) == repr(layer)
+        np.testing.assert_array_equal(copy(x)[0], expected)
+    assert "clip=0.9" in repr(layer) and "peepholes=True" in repr(layer)

@@ -23,6 +23,7 @@ allocation happens inside the time loop.
 
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.math cimport INFINITY
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_RawFree, PyMem_RawMalloc
 
 cimport numpy as cnp
@@ -57,6 +58,11 @@ cdef extern from "fused.h" nogil:
         Py_ssize_t out_width
         Py_ssize_t block_begin, block_end
         int synchronize
+        int cell_act
+        double act_alpha, act_beta, rec_alpha, rec_beta, cell_alpha, cell_beta
+        int clipping
+        double clip
+        int input_forget
     int fg_isa()
     Py_ssize_t fg_block_width(int is_double)
     Py_ssize_t fg_tile_rows(int gates)
@@ -286,7 +292,10 @@ cdef class LayerPlan:
     """
     cdef readonly tuple prepared
     cdef readonly object dtype
-    cdef int cell, act, rec_act, typenum
+    cdef int cell, act, rec_act, cell_act, typenum
+    # the activations' parameters (parametrised activations), ONNX's clip and input_forget
+    cdef double act_alpha, act_beta, rec_alpha, rec_beta, cell_alpha, cell_beta, clip
+    cdef bint input_forget
     cdef bint reset_after, batch_first, is_double
     cdef Py_ssize_t num_directions, num_layers, entries, input_size, hidden, width, out_width
     cdef Py_ssize_t gate_count
@@ -299,8 +308,9 @@ cdef class LayerPlan:
         self.pointers = NULL
         self.recurrent_finite = NULL
 
-    def __init__(self, int cell, tuple activation_codes, bint reset_after, prepared,
-                 int num_directions, Py_ssize_t width, bint batch_first):
+    def __init__(self, int cell, tuple activations, bint reset_after, prepared,
+                 int num_directions, Py_ssize_t width, bint batch_first,
+                 double clip=float("inf"), bint input_forget=False):
         cdef PreparedWeights weights
         cdef Py_ssize_t k, layer, in_width, gates_width, block
         self.prepared = tuple(prepared)
@@ -308,7 +318,12 @@ cdef class LayerPlan:
         if num_directions not in (1, 2) or self.entries == 0 or self.entries % num_directions:
             raise ValueError("LayerPlan: bad number of weight entries")
         self.cell = cell
-        self.act, self.rec_act = activation_codes
+        # (code, alpha, beta) of the activation, the recurrent one and the cell state's
+        (self.act, self.act_alpha, self.act_beta), \
+            (self.rec_act, self.rec_alpha, self.rec_beta), \
+            (self.cell_act, self.cell_alpha, self.cell_beta) = activations
+        self.clip = clip
+        self.input_forget = input_forget
         self.reset_after = reset_after
         self.batch_first = batch_first
         self.num_directions = num_directions
@@ -569,6 +584,16 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
     direction_args.cell = plan.cell
     direction_args.act = plan.act
     direction_args.rec_act = plan.rec_act
+    direction_args.cell_act = plan.cell_act
+    direction_args.act_alpha = plan.act_alpha
+    direction_args.act_beta = plan.act_beta
+    direction_args.rec_alpha = plan.rec_alpha
+    direction_args.rec_beta = plan.rec_beta
+    direction_args.cell_alpha = plan.cell_alpha
+    direction_args.cell_beta = plan.cell_beta
+    direction_args.clipping = plan.clip < INFINITY
+    direction_args.clip = plan.clip
+    direction_args.input_forget = plan.input_forget
     direction_args.reset_after = plan.reset_after
     direction_args.hold_masked_output = hold_masked_output
     direction_args.steps = steps

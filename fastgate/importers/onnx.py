@@ -18,8 +18,9 @@ Anything else (``Loop``, ``Scan``, unknown ops, other domains) raises
 The recurrent ops follow the ONNX spec and ONNX Runtime (the reference the tests compare
 against): gate orders through :data:`fastgate.GATE_ORDERS` ``["onnx"]`` (LSTM ``i, o, f, c``;
 GRU ``z, r, h``), ``direction``, ``layout``, ``sequence_lens``, ``initial_h`` /
-``initial_c``, peepholes ``P``, ``linear_before_reset`` and the activations fastgate's
-kernels compute.
+``initial_c``, peepholes ``P``, ``clip``, ``input_forget``, ``linear_before_reset`` and every
+activation of the spec with its ``activation_alpha`` / ``activation_beta`` (ONNX Runtime's
+rule of consuming them).
 """
 
 from __future__ import annotations
@@ -92,44 +93,48 @@ def _same(value: float, target: float) -> bool:
     return np.float32(value) == np.float32(target)
 
 
-def fastgate_activation(name: str, alpha: float, beta: float) -> str | None:
-    """The fastgate activation that computes ONNX activation ``name(alpha, beta)``, or
-    ``None`` if fastgate has none."""
+def fastgate_activation(name: str, alpha: float, beta: float) -> str:
+    """The fastgate activation (:mod:`fastgate.activations`) computing ONNX activation
+    ``name(alpha, beta)`` (lowercase name): a plain one where the parameters make it one,
+    else a parametrised one."""
     if name in ("sigmoid", "tanh", "relu", "softsign", "softplus"):
         return name
-    if name == "hardsigmoid" and _same(beta, 0.5):
-        if _same(alpha, 0.2):
+    if name == "hardsigmoid":
+        if _same(beta, 0.5) and _same(alpha, 0.2):
             return "hard_sigmoid_keras2"
-        if _same(alpha, 1 / 6):
+        if _same(beta, 0.5) and _same(alpha, 1 / 6):
             return "hard_sigmoid"
-    if name == "elu" and _same(alpha, 1.0):
-        return "elu"
-    if name in ("leakyrelu", "thresholdedrelu") and _same(alpha, 0.0):
-        return "relu"
-    if name == "scaledtanh" and _same(alpha, 1.0) and _same(beta, 1.0):
-        return "tanh"
-    if name == "affine" and _same(alpha, 1.0) and _same(beta, 0.0):
+        return f"hard_sigmoid(alpha={alpha!r}, beta={beta!r})"
+    if name == "elu":
+        return "elu" if _same(alpha, 1.0) else f"elu(alpha={alpha!r})"
+    if name == "leakyrelu":
+        return "relu" if _same(alpha, 0.0) else f"leaky_relu(alpha={alpha!r})"
+    if name == "thresholdedrelu":
+        return "relu" if _same(alpha, 0.0) else f"thresholded_relu(alpha={alpha!r})"
+    if name == "scaledtanh":
+        if _same(alpha, 1.0) and _same(beta, 1.0):
+            return "tanh"
+        return f"scaled_tanh(alpha={alpha!r}, beta={beta!r})"
+    if _same(alpha, 1.0) and _same(beta, 0.0):   # affine
         return "linear"
-    return None
+    return f"affine(alpha={alpha!r}, beta={beta!r})"
 
 
-def _layer_activations(node: NodeProto, cell: str, specs: tuple) -> dict[str, str]:
-    """The layer options computing one direction's ONNX activations (f, g[, h])."""
-    names = []
-    for name, alpha, beta in specs:
-        mapped = fastgate_activation(name, alpha, beta)
-        if mapped is None:
-            raise UnsupportedLayerError(
-                f"{node.op_type}: activation {name}(alpha={alpha:g}, beta={beta:g}) is not "
-                f"supported by fastgate's kernels", layer=node.name)
-        names.append(mapped)
+def _layer_options(node: NodeProto, cell: str, specs: tuple) -> dict[str, Any]:
+    """The layer options computing one direction's ONNX activations (f, g[, h]), clip and
+    input_forget."""
+    names = [fastgate_activation(*spec) for spec in specs]
     if cell == "rnn":
-        return {"activation": names[0]}
-    if cell == "lstm" and names[1] != names[2]:
-        raise UnsupportedLayerError(
-            f"LSTM: different cell (g={names[1]}) and output (h={names[2]}) activations are "
-            f"not supported by fastgate's kernels", layer=node.name)
-    return {"recurrent_activation": names[0], "activation": names[1]}
+        options: dict[str, Any] = {"activation": names[0]}
+    else:
+        options = {"recurrent_activation": names[0], "activation": names[1]}
+    if cell == "lstm":
+        options["cell_activation"] = names[2]
+        options["input_forget"] = bool(node.attributes.get("input_forget", 0))
+    clip = node.attributes.get("clip")
+    if clip is not None:
+        options["clip"] = float(clip)
+    return options
 
 
 # ------------------------------------------------------------------------ recurrent ops
@@ -284,16 +289,6 @@ def _recurrent_weights(node: NodeProto, cell: str, constants: dict, directions: 
     return weights, hidden, w.dtype
 
 
-def _check_unsupported_options(node: NodeProto) -> None:
-    """Refuse the options fastgate's kernels do not compute: clip and input_forget."""
-    if node.attributes.get("clip") is not None:
-        raise UnsupportedLayerError(f"{node.op_type}: the clip attribute is not supported by "
-                                    f"fastgate's kernels", layer=node.name)
-    if node.op_type == "LSTM" and node.attributes.get("input_forget", 0):
-        raise UnsupportedLayerError("LSTM: input_forget=1 is not supported by fastgate's "
-                                    "kernels", layer=node.name)
-
-
 def _peepholes(node: NodeProto, constants: dict, directions: int, hidden: int, dtype: Any
                ) -> list[np.ndarray] | None:
     """Per direction, the LSTM's ``P`` (ONNX order i, o, f) in fastgate's order (i, f, o);
@@ -324,11 +319,10 @@ def build_recurrent(node: NodeProto, constants: dict) -> OnnxRecurrent:
         raise WeightFormatError(f"{node.op_type}: layout must be 0 or 1, got {layout}",
                                 layer=node.name)
     weights, hidden, dtype = _recurrent_weights(node, cell, constants, directions)
-    _check_unsupported_options(node)
     peepholes = _peepholes(node, constants, directions, hidden, dtype)
     if peepholes is not None:
         weights = [w._replace(peephole=p) for w, p in zip(weights, peepholes)]
-    options = [_layer_activations(node, cell, specs)
+    options = [_layer_options(node, cell, specs)
                for specs in _activation_specs(node, cell, directions)]
     if cell == "gru":
         for option in options:
@@ -616,6 +610,35 @@ def _map_node(node: NodeProto, constants: dict, opset: int) -> tuple[Callable, l
     return _NumpyStep(node, opset), list(node.inputs)
 
 
+#: Ops whose output is all zeros when their (first) input is.
+_ZERO_PRESERVING = {"Identity", "Slice", "Squeeze", "Unsqueeze", "Reshape", "Transpose", "Cast",
+                    "Expand", "Flatten", "Gather"}
+
+
+def _makes_zeros(node: NodeProto, constants: dict, zeros: set[str]) -> bool:
+    """Whether a run-time node always outputs zeros (exporters build zero initial states
+    from the input's batch size: Shape -> ... -> ConstantOfShape / Expand -> Slice)."""
+    if node.op_type == "ConstantOfShape":
+        value = node.attributes.get("value")
+        return value is None or not np.asarray(value).any()
+
+    def is_zero(name: str) -> bool:
+        return name in zeros or (name in constants and constants[name].dtype.kind == "f"
+                                 and not constants[name].any())
+
+    if node.op_type in _ZERO_PRESERVING and node.inputs:
+        return is_zero(node.inputs[0])
+    return node.op_type == "Concat" and all(is_zero(name) for name in node.inputs if name)
+
+
+def _skip_zero_states(step_inputs: list[str], zeros: set[str]) -> list[str]:
+    """A recurrent step's inputs with the initial states known to be zeros left out (the
+    same as absent), so that the subgraph building them is not run."""
+    states = (2, 3) if len(step_inputs) == 4 else (5, 6)
+    return ["" if k in states and name in zeros else name
+            for k, name in enumerate(step_inputs)]
+
+
 def _check_node(node: NodeProto, model: OnnxModelProto) -> None:
     if node.domain not in _SUPPORTED_DOMAINS:
         raise UnsupportedLayerError(f"op {node.domain}.{node.op_type} (node {node.name!r}) is "
@@ -639,6 +662,7 @@ def build_model(model: OnnxModelProto, path: Any = None) -> OnnxModel:
     inputs = [info for info in graph.inputs if info.name not in constants]
     available = set(constants) | {info.name for info in inputs}
     steps: list[_Step] = []
+    zeros: set[str] = set()   # run-time values known to be all zeros
     for node in graph.nodes:
         _check_node(node, model)
         missing = [name for name in node.inputs if name and name not in available]
@@ -655,6 +679,10 @@ def build_model(model: OnnxModelProto, path: Any = None) -> OnnxModel:
                                  if n)
             else:
                 function, step_inputs = _map_node(node, constants, opset)
+                if node.op_type in _RECURRENT_OPS:
+                    step_inputs = _skip_zero_states(step_inputs, zeros)
+                elif _makes_zeros(node, constants, zeros):
+                    zeros.update(name for name in node.outputs if name)
                 steps.append(_Step(node.name, node.op_type, function, step_inputs,
                                    list(node.outputs)))
         except WeightFormatError as error:
