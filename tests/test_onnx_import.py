@@ -304,3 +304,11 @@ def test_onnx_options_survive_save_and_pickle(tmp_path):
         assert repr(copy) == repr(layer)
         np.testing.assert_array_equal(copy(x)[0], expected)
     assert "clip=0.9" in repr(layer) and "peepholes=True" in repr(layer)
+
+
+@pytest.mark.parametrize("opset", [7, 9, 14, 22])
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_recurrent_op_versions(op, opset):
+    model = recurrent_model(op, direction="bidirectional", with_lengths=True, with_h0=True,
+                            opset=opset)
+    assert_same_as_ort(model, feeds(model, batch=2, steps=4))
