@@ -15,6 +15,7 @@ oracle (:mod:`fastgate.oracle`) is the fallback and the definition of correctnes
 
 from __future__ import annotations
 
+from ._version import __version__
 from .backend import available_backends, backend, use_backend
 from .errors import (BackendError, ConfigError, DTypeError, FastgateError, InputError, ShapeError,
                      UnsupportedLayerError, WeightFormatError)
@@ -30,8 +31,6 @@ from .importers.torch import from_torch
 from .importers.onnx import OnnxModel, from_onnx
 from .serialization import save
 from .threads import get_num_threads, set_num_threads
-
-__version__ = "0.1.0"
 
 __all__ = [
     # layers and models

@@ -317,3 +317,21 @@ def test_onnx_is_recognised_by_content_and_extension(tmp_path, model_bytes):
     (tmp_path / "empty.onnx").write_bytes(b"")
     with pytest.raises(WeightFormatError, match="no graph"):
         fastgate.load(tmp_path / "empty.onnx")
+
+
+def test_cli_inspect_shows_the_graph_as_fastgate_maps_it(tmp_path, capsys):
+    from fastgate.cli import main
+
+    path = tmp_path / "plumbing.onnx"
+    path.write_bytes(plumbing_model(17).SerializeToString())
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "format:    ONNX (IR version" in out and "opset ai.onnx 17" in out
+    assert "GRU" in out and "OnnxRecurrent(GRU" in out and "Dense(in_features=5" in out
+    assert "zrn -> rzn" in out and "reset_after" in out
+    lstm = tmp_path / "lstm.onnx"
+    lstm.write_bytes(recurrent_model("LSTM", clip=0.5, input_forget=1,
+                                     peepholes=np.ones((1, 15))).SerializeToString())
+    assert main(["inspect", str(lstm)]) == 0
+    out = capsys.readouterr().out
+    assert "peepholes clip=0.5 input_forget" in out and "iofg -> ifgo" in out

@@ -493,16 +493,22 @@ class OnnxModel:
                 f"outputs={self.output_names}, steps=[{ops}])")
 
     def summary(self) -> str:
-        """The graph as fastgate maps it: one line per step (node, op, what runs it)."""
+        """The graph as fastgate maps it: one line per step it runs (node, op, what runs
+        it, inputs -> outputs)."""
+        schedule = self._schedule(tuple(self.output_names))
         lines = [f"ONNX model {self.name!r} (producer {self.producer or '?'}, opset "
                  f"{self.opset}), {len(self.constants)} constants after folding"]
         for info in self.inputs:
             lines.append(f"  input  {info.name}: {dtype_name(info.elem_type)} {info.shape}")
-        for step in self.steps:
+        for step in schedule:
             lines.append(f"  {step.op_type:<10} {step.name or '-'}: {step.function!r}  "
                          f"({', '.join(step.inputs)}) -> ({', '.join(step.outputs)})")
         for info in self.outputs:
             lines.append(f"  output {info.name}: {dtype_name(info.elem_type)} {info.shape}")
+        skipped = len(self.steps) - len(schedule)
+        if skipped:
+            lines.append(f"  ({skipped} more nodes are never run: no output needs them, e.g. "
+                         f"they built zero initial states)")
         return "\n".join(lines)
 
     def _schedule(self, wanted: tuple[str, ...]) -> list[_Step]:
