@@ -314,6 +314,11 @@ def test_onnx_is_recognised_by_content_and_extension(tmp_path, model_bytes):
     (tmp_path / "model.data").write_bytes(model_bytes)
     for name in ("model.bin.onnx", "model.data"):
         assert isinstance(fastgate.load(tmp_path / name), fastgate.OnnxModel)
+    from fastgate import formats
+
+    assert formats.detect_format(tmp_path / "model.data") == formats.ONNX
+    (tmp_path / "model.pt").write_bytes(model_bytes)   # another framework's extension wins
+    assert formats.detect_format(tmp_path / "model.pt") != formats.ONNX
     (tmp_path / "empty.onnx").write_bytes(b"")
     with pytest.raises(WeightFormatError, match="no graph"):
         fastgate.load(tmp_path / "empty.onnx")
