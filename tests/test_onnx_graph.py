@@ -107,7 +107,7 @@ def test_exporter_plumbing_matches_onnxruntime(opset):
     for a, b in zip(ours.run(None, {"X": x}), expected):
         np.testing.assert_allclose(a, b, rtol=0, atol=ATOL)
     mapped = {step.op_type: type(step.function).__name__ for step in ours.steps}
-    assert mapped["GRU"] == "OnnxRecurrent" and mapped["MatMul"] == "_DenseStep"
+    assert mapped["GRU"] == "OnnxRecurrent" and mapped["MatMul"] == "OnnxDenseStep"
     assert ours.run(["Y_h"], {"X": x})[0].shape == (1, 3, 5)   # only what is asked is run
 
 
@@ -134,7 +134,7 @@ def test_gather_on_a_table_is_an_embedding_with_negative_ids():
         [helper.make_tensor_value_info("vectors", F, ["B", "T", 3])], [const("table", table)]),
         opset_imports=[helper.make_opsetid("", 13)])
     ours = fastgate.from_onnx(model.SerializeToString())
-    assert type(ours.steps[0].function).__name__ == "_EmbeddingStep"
+    assert type(ours.steps[0].function).__name__ == "OnnxEmbeddingStep"
     ids = np.array([[0, 6, -1], [3, -7, 2]])
     np.testing.assert_array_equal(ours.predict(ids), table[ids])
     with pytest.raises(fastgate.InputError):
@@ -340,3 +340,31 @@ def test_cli_inspect_shows_the_graph_as_fastgate_maps_it(tmp_path, capsys):
     assert main(["inspect", str(lstm)]) == 0
     out = capsys.readouterr().out
     assert "peepholes clip=0.5 input_forget" in out and "iofg -> ifgo" in out
+
+
+def test_an_imported_model_saves_in_fastgate_format_and_pickles(tmp_path, capsys):
+    import pickle
+
+    from fastgate.cli import main
+
+    source = tmp_path / "plumbing.onnx"
+    source.write_bytes(plumbing_model(13).SerializeToString())
+    model = fastgate.load(source)
+    x = np.random.default_rng(3).standard_normal((2, 6, 4)).astype(np.float32)
+    expected = model.run(None, {"X": x})
+    assert main(["convert", str(source), str(tmp_path / "m.fastgate")]) == 0
+    for copy in (fastgate.load(tmp_path / "m.fastgate"), pickle.loads(pickle.dumps(model))):
+        assert isinstance(copy, fastgate.OnnxModel)
+        assert copy.input_names == model.input_names
+        for a, b in zip(copy.run(None, {"X": x}), expected):
+            np.testing.assert_array_equal(a, b)
+    weights_as_inputs = recurrent_model("GRU")
+    moved = [i for i in weights_as_inputs.graph.initializer]
+    weights_as_inputs.graph.input.extend(
+        helper.make_tensor_value_info(t.name, F, list(t.dims)) for t in moved)
+    del weights_as_inputs.graph.initializer[:]
+    runtime = fastgate.from_onnx(weights_as_inputs.SerializeToString())
+    copy = pickle.loads(pickle.dumps(runtime))
+    feed = {"X": np.ones((2, 1, 3), np.float32)}
+    feed.update((t.name, numpy_helper.to_array(t)) for t in moved)
+    np.testing.assert_array_equal(copy.run(None, feed)[0], runtime.run(None, feed)[0])

@@ -26,6 +26,7 @@ rule of consuming them).
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -35,6 +36,7 @@ from ..errors import WeightFormatError
 from ..layers import GRU, LSTM, SimpleRNN
 from ..layout import GATE_COUNT, CellWeights, reorder_gates
 from ..ops import Dense, Embedding
+from ..serialization import save, serializable
 from .onnx_ops import NUMPY_OPS
 from .protobuf import (TENSOR_DTYPES, GraphProto, NodeProto, OnnxModelProto, ValueInfo,
                        dtype_name, parse_model, read_model)
@@ -138,6 +140,7 @@ def _layer_options(node: NodeProto, cell: str, specs: tuple) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------ recurrent ops
+@serializable
 class OnnxRecurrent:
     """An ONNX ``LSTM`` / ``GRU`` / ``RNN`` node, run by fastgate recurrent layers.
 
@@ -160,6 +163,15 @@ class OnnxRecurrent:
         self.input_size = first.input_size
         self.dtype = first.dtype
         self.num_directions = 2 if direction == "bidirectional" else 1
+
+    def _get_spec(self) -> dict[str, Any]:
+        return {"cell": self.cell, "layers": [[layer, reverse] for layer, reverse in self.layers],
+                "layout": self.layout, "direction": self.direction, "name": self.name}
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "OnnxRecurrent":
+        return cls(spec["cell"], [(layer, bool(reverse)) for layer, reverse in spec["layers"]],
+                   layout=spec["layout"], direction=spec["direction"], name=spec["name"])
 
     def __repr__(self) -> str:
         layers = ", ".join(repr(layer) + (" reversed" if reverse else "")
@@ -339,7 +351,22 @@ def build_recurrent(node: NodeProto, constants: dict) -> OnnxRecurrent:
     return OnnxRecurrent(cell, layers, layout=layout, direction=direction, name=node.name)
 
 
-class _RuntimeWeightsRecurrent:
+def _node_spec(node: NodeProto) -> dict[str, Any]:
+    return {"op_type": node.op_type, "name": node.name, "inputs": node.inputs,
+            "outputs": node.outputs, "attributes": node.attributes}
+
+
+def _node_from_spec(spec: dict[str, Any], allowed: Any) -> NodeProto:
+    if spec.get("op_type") not in allowed:
+        raise WeightFormatError(f"unknown ONNX op {spec.get('op_type')!r} in a saved model")
+    return NodeProto(op_type=spec["op_type"], name=str(spec["name"]),
+                     inputs=[str(n) for n in spec["inputs"]],
+                     outputs=[str(n) for n in spec["outputs"]],
+                     attributes=dict(spec["attributes"]))
+
+
+@serializable
+class OnnxRuntimeWeightsRecurrent:
     """A recurrent node whose weights (W, R, B or P) are graph inputs, not constants: its
     layers are built from the weights of a call, and kept while later calls pass the same."""
 
@@ -347,31 +374,55 @@ class _RuntimeWeightsRecurrent:
         self.node = node
         self._weights: tuple | None = None
         self._recurrent: OnnxRecurrent | None = None
+        self._lock = threading.Lock()   # calls from several threads share the cache
 
     def __repr__(self) -> str:
         return f"{self.node.op_type} (weights given at run time)"
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {"node": self.node}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["node"])
+
+    def _get_spec(self) -> dict[str, Any]:
+        return {"node": _node_spec(self.node)}
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "OnnxRuntimeWeightsRecurrent":
+        return cls(_node_from_spec(spec["node"], _RECURRENT_OPS))
+
     def __call__(self, x: Any, w: Any, r: Any, b: Any = None, sequence_lens: Any = None,
                  initial_h: Any = None, initial_c: Any = None, p: Any = None) -> list:
         weights = tuple(None if v is None else np.asarray(v) for v in (w, r, b, p))
-        if self._recurrent is None or not all(
-                (old is None and new is None) or (old is not None and new is not None
-                                                  and np.array_equal(old, new))
-                for old, new in zip(self._weights, weights)):
-            names = [name or "" for name in (self.node.inputs + [""] * 8)[:8]]
-            constants = {names[k]: value for k, value in zip((1, 2, 3, 7), weights)
-                         if value is not None}
-            recurrent = build_recurrent(self.node, constants)
-            self._weights, self._recurrent = weights, recurrent
-        return self._recurrent(x, sequence_lens, initial_h, initial_c)
+        with self._lock:
+            recurrent = self._recurrent
+            if recurrent is None or not all(
+                    (old is None and new is None) or (old is not None and new is not None
+                                                      and np.array_equal(old, new))
+                    for old, new in zip(self._weights, weights)):
+                names = [name or "" for name in (self.node.inputs + [""] * 8)[:8]]
+                constants = {names[k]: value for k, value in zip((1, 2, 3, 7), weights)
+                             if value is not None}
+                recurrent = build_recurrent(self.node, constants)
+                self._weights, self._recurrent = weights, recurrent
+        return recurrent(x, sequence_lens, initial_h, initial_c)
 
 
 # ----------------------------------------------------------------------- mapped ops
-class _DenseStep:
+@serializable
+class OnnxDenseStep:
     """``Gemm`` / ``MatMul`` with constant weights as a :class:`fastgate.Dense`."""
 
     def __init__(self, dense: Dense) -> None:
         self.dense = dense
+
+    def _get_spec(self) -> dict[str, Any]:
+        return {"dense": self.dense}
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "OnnxDenseStep":
+        return cls(spec["dense"])
 
     def __call__(self, x: Any) -> list:
         return [self.dense(x)]
@@ -380,12 +431,20 @@ class _DenseStep:
         return repr(self.dense)
 
 
-class _EmbeddingStep:
+@serializable
+class OnnxEmbeddingStep:
     """``Gather`` (axis 0) on a constant table as a :class:`fastgate.Embedding`; negative
     ids count from the end, as ONNX says."""
 
     def __init__(self, embedding: Embedding) -> None:
         self.embedding = embedding
+
+    def _get_spec(self) -> dict[str, Any]:
+        return {"embedding": self.embedding}
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "OnnxEmbeddingStep":
+        return cls(spec["embedding"])
 
     def __call__(self, ids: Any) -> list:
         ids = np.asarray(ids)
@@ -397,7 +456,7 @@ class _EmbeddingStep:
         return repr(self.embedding)
 
 
-def _dense_step(node: NodeProto, constants: dict) -> _DenseStep | None:
+def _dense_step(node: NodeProto, constants: dict) -> OnnxDenseStep | None:
     """A Dense for a Gemm / MatMul whose weights (and bias) are constant floats, else None."""
     names = node.inputs + ["", ""]
     if names[0] in constants or names[1] not in constants:
@@ -406,7 +465,7 @@ def _dense_step(node: NodeProto, constants: dict) -> _DenseStep | None:
     if kernel.ndim != 2 or kernel.dtype not in (np.float32, np.float64):
         return None
     if node.op_type == "MatMul":
-        return _DenseStep(Dense(kernel, dtype=kernel.dtype))
+        return OnnxDenseStep(Dense(kernel, dtype=kernel.dtype))
     attributes = node.attributes
     if attributes.get("transA", 0):
         return None
@@ -423,10 +482,10 @@ def _dense_step(node: NodeProto, constants: dict) -> _DenseStep | None:
             return None   # a per-row C: the general Gemm
         bias = np.broadcast_to(c.reshape(-1), (kernel.shape[1],)) \
             * np.asarray(attributes.get("beta", 1.0), kernel.dtype)
-    return _DenseStep(Dense(kernel, bias, dtype=kernel.dtype))
+    return OnnxDenseStep(Dense(kernel, bias, dtype=kernel.dtype))
 
 
-def _embedding_step(node: NodeProto, constants: dict) -> _EmbeddingStep | None:
+def _embedding_step(node: NodeProto, constants: dict) -> OnnxEmbeddingStep | None:
     data_name, ids_name = (node.inputs + ["", ""])[:2]
     if node.attributes.get("axis", 0) != 0 or data_name not in constants \
             or ids_name in constants:
@@ -434,21 +493,40 @@ def _embedding_step(node: NodeProto, constants: dict) -> _EmbeddingStep | None:
     table = np.asarray(constants[data_name])
     if table.ndim != 2 or table.dtype not in (np.float32, np.float64):
         return None
-    return _EmbeddingStep(Embedding(table, dtype=table.dtype))
+    return OnnxEmbeddingStep(Embedding(table, dtype=table.dtype))
 
 
-class _NumpyStep:
+@serializable
+class OnnxNumpyStep:
     """One of :data:`fastgate.importers.onnx_ops.NUMPY_OPS` run on a node's inputs."""
 
     def __init__(self, node: NodeProto, opset: int) -> None:
-        self.node, self.opset = node, opset
+        self.node, self.opset = node, int(opset)
         self.function = NUMPY_OPS[node.op_type]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"node": self.node, "opset": self.opset}   # the function is found by name
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["node"], state["opset"])
+
+    def _get_spec(self) -> dict[str, Any]:
+        return {"node": _node_spec(self.node), "opset": self.opset}
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "OnnxNumpyStep":
+        return cls(_node_from_spec(spec["node"], NUMPY_OPS), spec["opset"])
 
     def __call__(self, *inputs: Any) -> list:
         return self.function(self.node, list(inputs), self.opset)
 
     def __repr__(self) -> str:
         return self.node.op_type
+
+
+#: What a step of an OnnxModel may be.
+_STEP_CLASSES = (OnnxRecurrent, OnnxRuntimeWeightsRecurrent, OnnxDenseStep, OnnxEmbeddingStep,
+                 OnnxNumpyStep)
 
 
 # --------------------------------------------------------------------------- the model
@@ -461,6 +539,7 @@ class _Step:
         self.inputs, self.outputs = inputs, outputs
 
 
+@serializable
 class OnnxModel:
     """An ONNX graph as fastgate runs it: folded constants, then an ordered list of steps.
 
@@ -470,7 +549,8 @@ class OnnxModel:
     ``predict(x)`` (one array for one output, else a list). Batch and time axes may take any
     size; the other dimensions the file fixes are checked.
 
-    Build with :func:`fastgate.from_onnx` or :func:`fastgate.load`.
+    Build with :func:`fastgate.from_onnx` or :func:`fastgate.load`; ``model.save(path)``
+    writes it in fastgate's own format (no ONNX parsing when loading it again).
     """
 
     def __init__(self, steps: list[_Step], constants: dict[str, np.ndarray],
@@ -491,6 +571,41 @@ class OnnxModel:
         ops = ", ".join(step.op_type for step in self.steps)
         return (f"OnnxModel({self.name!r}, inputs={self.input_names}, "
                 f"outputs={self.output_names}, steps=[{ops}])")
+
+    def _get_spec(self) -> dict[str, Any]:
+        def info(value: ValueInfo) -> dict[str, Any]:
+            return {"name": value.name, "elem_type": value.elem_type,
+                    "shape": None if value.shape is None else list(value.shape)}
+
+        return {"steps": [{"name": step.name, "op_type": step.op_type,
+                           "function": step.function, "inputs": step.inputs,
+                           "outputs": step.outputs} for step in self.steps],
+                "constants": self.constants, "inputs": [info(v) for v in self.inputs],
+                "outputs": [info(v) for v in self.outputs], "name": self.name,
+                "producer": self.producer, "opset": self.opset}
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "OnnxModel":
+        def info(value: dict[str, Any]) -> ValueInfo:
+            shape = value["shape"]
+            return ValueInfo(str(value["name"]), int(value["elem_type"]),
+                             None if shape is None else tuple(shape))
+
+        steps = []
+        for step in spec["steps"]:
+            if not isinstance(step["function"], _STEP_CLASSES):
+                raise WeightFormatError(f"step {step['name']!r} of a saved ONNX model is not "
+                                        f"an op")
+            steps.append(_Step(str(step["name"]), str(step["op_type"]), step["function"],
+                               [str(n) for n in step["inputs"]],
+                               [str(n) for n in step["outputs"]]))
+        return cls(steps, dict(spec["constants"]), [info(v) for v in spec["inputs"]],
+                   [info(v) for v in spec["outputs"]], name=spec["name"],
+                   producer=spec["producer"], opset=spec["opset"])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save in fastgate's own format (:mod:`fastgate.serialization`)."""
+        save(self, path)
 
     def summary(self) -> str:
         """The graph as fastgate maps it: one line per step it runs (node, op, what runs
@@ -570,6 +685,8 @@ class OnnxModel:
             try:
                 results = step.function(*arguments)
             except (ShapeError, InputError) as error:
+                if str(error).startswith("node "):   # already says where
+                    raise
                 raise type(error)(f"node {step.name!r} ({step.op_type}): {error}") from error
             for name, value in zip(step.outputs, results):
                 if name:
@@ -604,7 +721,7 @@ def _map_node(node: NodeProto, constants: dict, opset: int) -> tuple[Callable, l
     if node.op_type in _RECURRENT_OPS:   # X, sequence_lens, initial_h, initial_c
         if all(names[k] in constants for k in (1, 2, 3, 7) if names[k]):
             return build_recurrent(node, constants), [names[k] for k in (0, 4, 5, 6)]
-        return _RuntimeWeightsRecurrent(node), [names[k] for k in (0, 1, 2, 3, 4, 5, 6, 7)]
+        return OnnxRuntimeWeightsRecurrent(node), [names[k] for k in (0, 1, 2, 3, 4, 5, 6, 7)]
     if node.op_type in ("Gemm", "MatMul"):
         dense = _dense_step(node, constants)
         if dense is not None:
@@ -613,7 +730,7 @@ def _map_node(node: NodeProto, constants: dict, opset: int) -> tuple[Callable, l
         embedding = _embedding_step(node, constants)
         if embedding is not None:
             return embedding, [names[1]]
-    return _NumpyStep(node, opset), list(node.inputs)
+    return OnnxNumpyStep(node, opset), list(node.inputs)
 
 
 #: Ops whose output is all zeros when their (first) input is.
