@@ -368,3 +368,21 @@ def test_an_imported_model_saves_in_fastgate_format_and_pickles(tmp_path, capsys
     feed = {"X": np.ones((2, 1, 3), np.float32)}
     feed.update((t.name, numpy_helper.to_array(t)) for t in moved)
     np.testing.assert_array_equal(copy.run(None, feed)[0], runtime.run(None, feed)[0])
+
+
+def test_cli_predict_and_bench_run_an_onnx_model(tmp_path, capsys):
+    from fastgate.cli import main
+
+    path = tmp_path / "gru.onnx"
+    model = recurrent_model("GRU", with_lengths=False)
+    path.write_bytes(model.SerializeToString())
+    x = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["predict", str(path), "-i", str(tmp_path / "x.npy"), "-o",
+                 str(tmp_path / "y.npz")]) == 0
+    saved = np.load(tmp_path / "y.npz")
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, {"X": x})
+    assert sorted(saved.files) == ["Y", "Y_h"]
+    np.testing.assert_allclose(saved["Y"], expected[0], atol=ATOL, rtol=0)
+    assert main(["bench", str(path), "--batch", "2", "--steps", "3", "--repeat", "3"]) == 0
+    assert "max |compiled - oracle|" in capsys.readouterr().out

@@ -115,8 +115,13 @@ def outputs(obj: Any, x: np.ndarray, lengths: np.ndarray | None = None,
     if isinstance(obj, Model):
         result = obj.predict(x, batch_size=batch_size)
         return list(result) if isinstance(result, list) else [result]
+    from ..importers.onnx import OnnxModel
+
     if isinstance(x, dict):   # an ONNX model's input feed
         return obj.run(None, x)
+    if isinstance(obj, OnnxModel):   # a one-input ONNX model
+        return obj.run(None, {name: x for name in obj.input_names[:1]}) \
+            if len(obj.input_names) == 1 else obj.predict(x)
     if isinstance(obj, RecurrentLayer):
         return _recurrent_outputs(obj, x, lengths, batch_size)
     if isinstance(obj, _Cell):
