@@ -171,6 +171,27 @@ def test_unknown_op_and_domain_are_named():
         fastgate.from_onnx(model.SerializeToString())
 
 
+@pytest.mark.parametrize("node, match", [
+    (helper.make_node("Concat", ["X", "X"], ["Y"]), r"\['axis'\] missing"),
+    (helper.make_node("Transpose", ["X"], ["Y"], perm="01"), "'perm' must be ints"),
+    (helper.make_node("Gemm", ["X", "X"], ["Y"], alpha="big"), "'alpha' must be float"),
+])
+def test_attributes_of_the_wrong_kind_are_refused_at_load(node, match):
+    with pytest.raises(WeightFormatError, match=match):
+        fastgate.from_onnx(single_node_model(node).SerializeToString())
+
+
+def test_an_op_the_values_do_not_fit_is_a_weight_format_error():
+    node = helper.make_node("Reshape", ["X", "shape"], ["Y"], name="bad_reshape")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", F, [2])],
+                              [helper.make_tensor_value_info("Y", F, None)],
+                              [const("shape", np.array([3, -1], np.int64))])
+    model = fastgate.from_onnx(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    with pytest.raises(fastgate.FastgateError, match="bad_reshape"):
+        model.run(None, {"X": np.ones(2, np.float32)})
+
+
 def test_unknown_activation_is_refused():
     model = recurrent_model("LSTM", activations=["Sigmoid", "Gelu", "Gelu"])
     with pytest.raises(UnsupportedLayerError, match="unknown activation 'Gelu'"):

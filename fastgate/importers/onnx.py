@@ -37,7 +37,7 @@ from ..layers import GRU, LSTM, SimpleRNN
 from ..layout import GATE_COUNT, CellWeights, reorder_gates
 from ..ops import Dense, Embedding
 from ..serialization import save, serializable
-from .onnx_ops import NUMPY_OPS
+from .onnx_ops import NUMPY_OPS, attribute_problem
 from .protobuf import (TENSOR_DTYPES, GraphProto, NodeProto, OnnxModelProto, ValueInfo,
                        dtype_name, parse_model, read_model)
 
@@ -518,7 +518,15 @@ class OnnxNumpyStep:
         return cls(_node_from_spec(spec["node"], NUMPY_OPS), spec["opset"])
 
     def __call__(self, *inputs: Any) -> list:
-        return self.function(self.node, list(inputs), self.opset)
+        try:
+            return self.function(self.node, list(inputs), self.opset)
+        except (TypeError, ValueError, IndexError, KeyError) as error:
+            if isinstance(error, (ShapeError, InputError)):
+                raise
+            # what the file says does not fit the values it meets (e.g. a reshape to a shape
+            # its input cannot take): the file, not the caller, is wrong
+            raise WeightFormatError(f"{self.node.op_type} node {self.node.name!r} cannot be "
+                                    f"computed: {error}", layer=self.node.name) from error
 
     def __repr__(self) -> str:
         return self.node.op_type
@@ -762,7 +770,7 @@ def _skip_zero_states(step_inputs: list[str], zeros: set[str]) -> list[str]:
             for k, name in enumerate(step_inputs)]
 
 
-def _check_node(node: NodeProto, model: OnnxModelProto) -> None:
+def _check_node(node: NodeProto, model: OnnxModelProto, opset: int) -> None:
     if node.domain not in _SUPPORTED_DOMAINS:
         raise UnsupportedLayerError(f"op {node.domain}.{node.op_type} (node {node.name!r}) is "
                                     f"not in the standard ONNX domain; fastgate runs only "
@@ -773,6 +781,10 @@ def _check_node(node: NodeProto, model: OnnxModelProto) -> None:
         raise UnsupportedLayerError(
             f"op {node.op_type} (node {node.name!r}) is not supported; fastgate runs LSTM, "
             f"GRU, RNN and {', '.join(sorted(NUMPY_OPS))}", layer=node.name)
+    problem = attribute_problem(node, opset)
+    if problem is not None:
+        raise WeightFormatError(f"{node.op_type} node {node.name!r}: {problem}",
+                                layer=node.name)
 
 
 def build_model(model: OnnxModelProto, path: Any = None) -> OnnxModel:
@@ -787,7 +799,10 @@ def build_model(model: OnnxModelProto, path: Any = None) -> OnnxModel:
     steps: list[_Step] = []
     zeros: set[str] = set()   # run-time values known to be all zeros
     for node in graph.nodes:
-        _check_node(node, model)
+        try:
+            _check_node(node, model, opset)
+        except WeightFormatError as error:
+            raise type(error)(str(error), path=path) from error
         missing = [name for name in node.inputs if name and name not in available]
         if missing:
             raise WeightFormatError(f"node {node.name!r} ({node.op_type}) reads {missing}, "

@@ -20,7 +20,7 @@ from ..activations import activation_function
 from ..errors import InputError, ShapeError, UnsupportedLayerError
 from .protobuf import TENSOR_DTYPES, NodeProto, dtype_name
 
-__all__ = ["NUMPY_OPS", "MAX_FOLDED_ELEMENTS"]
+__all__ = ["NUMPY_OPS", "MAX_FOLDED_ELEMENTS", "ATTRIBUTE_KINDS", "attribute_problem"]
 
 #: Largest tensor an operator may create from a shape it is given (ConstantOfShape, Expand,
 #: Reshape): a file cannot make fastgate allocate more than this many elements at load time.
@@ -28,6 +28,53 @@ MAX_FOLDED_ELEMENTS = 1 << 28
 
 OpFunction = Callable[[NodeProto, list, int], list]
 NUMPY_OPS: dict[str, OpFunction] = {}
+
+_RECURRENT_ATTRIBUTES = {"hidden_size": "int", "direction": "str", "layout": "int",
+                         "activations": "strs", "activation_alpha": "floats",
+                         "activation_beta": "floats", "clip": "float", "input_forget": "int",
+                         "linear_before_reset": "int", "output_sequence": "int"}
+#: The attributes each op reads, and their kinds: a file whose attribute has another kind is
+#: refused at load (WeightFormatError), not met with a TypeError at run time.
+ATTRIBUTE_KINDS: dict[str, dict[str, str]] = {
+    "Constant": {"value": "tensor", "value_float": "float", "value_floats": "floats",
+                 "value_int": "int", "value_ints": "ints"},
+    "ConstantOfShape": {"value": "tensor"}, "Shape": {"start": "int", "end": "int"},
+    "Gather": {"axis": "int"}, "Unsqueeze": {"axes": "ints"}, "Squeeze": {"axes": "ints"},
+    "Concat": {"axis": "int"}, "Transpose": {"perm": "ints"},
+    "Slice": {"starts": "ints", "ends": "ints", "axes": "ints"},
+    "Reshape": {"shape": "ints", "allowzero": "int"}, "Flatten": {"axis": "int"},
+    "Cast": {"to": "int"}, "Gemm": {"transA": "int", "transB": "int", "alpha": "float",
+                                    "beta": "float"},
+    "Softmax": {"axis": "int"}, "LogSoftmax": {"axis": "int"},
+    "LSTM": _RECURRENT_ATTRIBUTES, "GRU": _RECURRENT_ATTRIBUTES, "RNN": _RECURRENT_ATTRIBUTES,
+}
+_KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "tensor": lambda v: isinstance(v, np.ndarray),
+    "ints": lambda v: isinstance(v, list) and all(_KIND_CHECKS["int"](x) for x in v),
+    "floats": lambda v: isinstance(v, list) and all(_KIND_CHECKS["float"](x) for x in v),
+    "strs": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+}
+#: Attributes an op cannot do without (at the given opsets).
+_REQUIRED = {"Concat": ("axis",), "Cast": ("to",)}
+
+
+def attribute_problem(node: NodeProto, opset: int) -> str | None:
+    """Why ``node``'s attributes cannot be right (a kind, a missing one), or None."""
+    kinds = ATTRIBUTE_KINDS.get(node.op_type, {})
+    for name, value in node.attributes.items():
+        kind = kinds.get(name)
+        if kind is not None and not _KIND_CHECKS[kind](value):
+            return f"attribute {name!r} must be {kind}, got {type(value).__name__}"
+    required = _REQUIRED.get(node.op_type, ())
+    if node.op_type == "Slice" and opset < 10:
+        required = ("starts", "ends")
+    if node.op_type == "Reshape" and opset < 5:
+        required = ("shape",)
+    missing = [name for name in required if name not in node.attributes]
+    return f"attribute(s) {missing} missing" if missing else None
 
 
 def _op(*names: str) -> Callable[[OpFunction], OpFunction]:
