@@ -112,6 +112,7 @@ def test_classifier(tmp_path, exporter):
     model = export(module, (torch.randn(2, 5, 7),), tmp_path / "m.onnx", input_names=["x"],
                    output_names=["probabilities"],
                    dynamic={"x": {0: "batch", 1: "steps"}}, **exporter)
+    assert [step.op_type for step in model.steps].count("LSTM") == 2   # on the kernels
     x = np.random.default_rng(1).standard_normal((3, 9, 7)).astype(np.float32)
     np.testing.assert_allclose(model.predict(x), torch_outputs(module, x)[0], atol=ATOL, rtol=0)
 
@@ -150,8 +151,9 @@ def test_initial_state_inputs_and_state_outputs(tmp_path, cell, exporter):
     # torch 2.13's dynamo exporter unrolls nn.RNN into per-step MatMul/Add/Relu (for the
     # export's number of steps) instead of writing an RNN op; fastgate runs it as written
     assert (cell in op_types) != (cell == "RNN" and bool(exporter.get("dynamo")))
-    # torch 2.13's dynamo exporter fixes the number of steps (the file says so: its reshapes
-    # hold the export's 5); fastgate refuses other lengths with the declared shape
+    # torch 2.13's dynamo exporter fixes the number of steps of this module (the file says
+    # so: its reshapes hold the export's 5); fastgate refuses other lengths with the
+    # declared shape
     steps = 5 if exporter.get("dynamo") else 8
     inputs = [rng.standard_normal((steps, 3, 5)).astype(np.float32)] + [
         rng.standard_normal((4, 3, 6)).astype(np.float32) for _ in names[1:]]
