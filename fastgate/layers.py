@@ -42,7 +42,8 @@ class RecurrentLayer:
     Not instantiated directly. Attributes: ``input_size``, ``hidden_size``, ``num_layers``,
     ``bidirectional``, ``num_directions``, ``proj_size`` (LSTM), ``output_size`` (the width of
     one direction's output), ``activation``, ``recurrent_activation``, ``dtype``,
-    ``batch_first``, and ``weights`` (the list of :class:`~fastgate.layout.CellWeights`).
+    ``batch_first``, ``weights`` (the list of :class:`~fastgate.layout.CellWeights`), and
+    ONNX's options: ``cell_activation``, ``clip``, ``input_forget``, ``peepholes``.
     """
 
     cell: str = ""
