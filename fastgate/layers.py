@@ -42,8 +42,9 @@ class RecurrentLayer:
     Not instantiated directly. Attributes: ``input_size``, ``hidden_size``, ``num_layers``,
     ``bidirectional``, ``num_directions``, ``proj_size`` (LSTM), ``output_size`` (the width of
     one direction's output), ``activation``, ``recurrent_activation``, ``dtype``,
-    ``batch_first``, ``weights`` (the list of :class:`~fastgate.layout.CellWeights`), and
-    ONNX's options: ``cell_activation``, ``clip``, ``input_forget``, ``peepholes``.
+    ``batch_first``, ``bias`` (whether the layer has biases), ``weights`` (the list of
+    :class:`~fastgate.layout.CellWeights`), and ONNX's options: ``cell_activation``,
+    ``clip``, ``input_forget``, ``peepholes``.
     """
 
     cell: str = ""
@@ -51,9 +52,11 @@ class RecurrentLayer:
     def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
                  activation: str = "tanh", recurrent_activation: str = "sigmoid",
                  reset_after: bool = True, dtype: Any = np.float32,
-                 batch_first: bool = False, cell_activation: str | None = None,
-                 clip: float | None = None, input_forget: bool = False) -> None:
+                 batch_first: bool = False, bias: bool = True,
+                 cell_activation: str | None = None, clip: float | None = None,
+                 input_forget: bool = False) -> None:
         self.dtype = _as_float_dtype(dtype)
+        self.bias = bool(bias)
         self.bidirectional = bool(bidirectional)
         self.batch_first = bool(batch_first)
         self.activation = canonical_name(activation)
@@ -138,6 +141,9 @@ class RecurrentLayer:
                     raise ShapeError(f"{where}: {field} has shape {array.shape}, expected "
                                      f"{shape}")
                 arrays[field] = np.ascontiguousarray(array)
+            if not self.bias and (np.any(arrays["input_bias"])
+                                  or np.any(arrays["recurrent_bias"])):
+                raise ConfigError(f"{where}: bias=False, but the biases are not zero")
             checked.append(CellWeights(**arrays))
         return checked
 
@@ -206,6 +212,8 @@ class RecurrentLayer:
             config["recurrent_activation"] = self.recurrent_activation
         if self.cell == "gru":
             config["reset_after"] = self.reset_after
+        if not self.bias:  # absent from files written before the option existed
+            config["bias"] = False
         # ONNX's options, only when used
         if self.cell == "lstm" and self.cell_activation != self.activation:
             config["cell_activation"] = self.cell_activation
@@ -234,7 +242,7 @@ class RecurrentLayer:
             parts.append("peepholes=True")
         defaults = {"bidirectional": False, "activation": "tanh",
                     "recurrent_activation": "sigmoid", "reset_after": True,
-                    "batch_first": False}
+                    "batch_first": False, "bias": True}
         for key, value in self.get_config().items():
             if key != "dtype" and defaults.get(key) != value:
                 parts.append(f"{key}={value!r}")
@@ -258,11 +266,19 @@ class RecurrentLayer:
                             ) -> dict[str, np.ndarray]:
         """The weights as the PyTorch module's state_dict (NumPy arrays, PyTorch's keys).
 
-        See :func:`fastgate.importers.torch.to_torch_state_dict`.
+        See :func:`fastgate.export.torch.to_torch_state_dict`.
         """
-        from .importers.torch import to_torch_state_dict
+        from .export.torch import to_torch_state_dict
 
         return to_torch_state_dict(self, prefix, bias=bias)
+
+    def to_onnx(self, path: Any, opset: int = 17, *, initial_state: bool = False,
+                lengths: bool = False) -> None:
+        """Write this layer as an ONNX model (PyTorch semantics); see
+        :func:`fastgate.export.onnx.to_onnx`."""
+        from .export.onnx import to_onnx
+
+        to_onnx(self, path, opset, initial_state=initial_state, lengths=lengths)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -272,6 +288,7 @@ class RecurrentLayer:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("bias", True)  # pickled before the option existed
         self._prepared = self._prepare_kernel_weights()
         self._plan = self._call_plan()
 
@@ -500,6 +517,9 @@ class LSTM(RecurrentLayer):
         The dtype of the weights, inputs and outputs.
     batch_first : bool
         Inputs and outputs are ``(B, T, ...)`` instead of ``(T, B, ...)``.
+    bias : bool
+        ``False``: the layer has no biases (PyTorch ``bias=False``, Keras ``use_bias=False``);
+        the bias arrays must then be zero. Exporters write no bias tensors for it.
     cell_activation : str, optional
         The activation of the cell state in ``h' = o * cell_activation(c')``; ``activation``
         if omitted (ONNX lets them differ).
@@ -518,12 +538,12 @@ class LSTM(RecurrentLayer):
 
     def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
                  activation: str = "tanh", recurrent_activation: str = "sigmoid",
-                 dtype: Any = np.float32, batch_first: bool = False,
+                 dtype: Any = np.float32, batch_first: bool = False, bias: bool = True,
                  cell_activation: str | None = None, clip: float | None = None,
                  input_forget: bool = False) -> None:
         super().__init__(weights, bidirectional=bidirectional, activation=activation,
                          recurrent_activation=recurrent_activation, dtype=dtype,
-                         batch_first=batch_first, cell_activation=cell_activation,
+                         batch_first=batch_first, bias=bias, cell_activation=cell_activation,
                          clip=clip, input_forget=input_forget)
 
 
@@ -546,10 +566,11 @@ class GRU(RecurrentLayer):
     def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
                  activation: str = "tanh", recurrent_activation: str = "sigmoid",
                  reset_after: bool = True, dtype: Any = np.float32,
-                 batch_first: bool = False, clip: float | None = None) -> None:
+                 batch_first: bool = False, bias: bool = True,
+                 clip: float | None = None) -> None:
         super().__init__(weights, bidirectional=bidirectional, activation=activation,
                          recurrent_activation=recurrent_activation, reset_after=reset_after,
-                         dtype=dtype, batch_first=batch_first, clip=clip)
+                         dtype=dtype, batch_first=batch_first, bias=bias, clip=clip)
 
 
 @serializable
@@ -567,6 +588,7 @@ class SimpleRNN(RecurrentLayer):
 
     def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
                  activation: str = "tanh", dtype: Any = np.float32,
-                 batch_first: bool = False, clip: float | None = None) -> None:
+                 batch_first: bool = False, bias: bool = True,
+                 clip: float | None = None) -> None:
         super().__init__(weights, bidirectional=bidirectional, activation=activation,
-                         dtype=dtype, batch_first=batch_first, clip=clip)
+                         dtype=dtype, batch_first=batch_first, bias=bias, clip=clip)

@@ -473,6 +473,14 @@ class Model:
         """Save in fastgate's own format; ``fastgate.load(path)`` gives the model back."""
         save(self, path)
 
+    def to_onnx(self, path: Any, opset: int = 17) -> None:
+        """Write the model as a standard ONNX graph (ONNX Runtime runs it with the same
+        outputs): input ``input``, one output per model output. See
+        :func:`fastgate.export.onnx.to_onnx`."""
+        from .export.onnx import to_onnx
+
+        to_onnx(self, path, opset)
+
     def _get_spec(self) -> dict[str, Any]:
         return {"name": self.name, "input_shape": self.input_shape,
                 "nodes": [{"name": n.name, "op": n.op, "source": list(n.source)}

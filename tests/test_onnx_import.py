@@ -312,3 +312,37 @@ def test_recurrent_op_versions(op, opset):
     model = recurrent_model(op, direction="bidirectional", with_lengths=True, with_h0=True,
                             opset=opset)
     assert_same_as_ort(model, feeds(model, batch=2, steps=4))
+
+
+# ------------------------------------------------ fastgate's export, read back by the import
+def layer_with_every_onnx_option(cell, bidirectional, dtype=np.float32):
+    layer_class = {"lstm": fastgate.LSTM, "gru": fastgate.GRU, "rnn": fastgate.SimpleRNN}[cell]
+    options = {"clip": 1.3, "activation": "scaled_tanh(alpha=1.2, beta=0.8)"}
+    if cell != "rnn":
+        options["recurrent_activation"] = "hard_sigmoid(alpha=0.3, beta=0.45)"
+    if cell == "lstm":
+        options.update(cell_activation="softsign", input_forget=True)
+    weights = layer_class.random(3, 5, bidirectional=bidirectional, seed=4).weights
+    if cell == "lstm":
+        rng = np.random.default_rng(5)
+        weights = [w._replace(peephole=rng.uniform(-1, 1, 15)) for w in weights]
+    return layer_class(weights, bidirectional=bidirectional, dtype=dtype, **options)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_export_of_every_onnx_option_round_trips_through_ort_and_the_import(
+        tmp_path, cell, bidirectional):
+    layer = layer_with_every_onnx_option(cell, bidirectional)
+    path = tmp_path / "layer.onnx"
+    layer.to_onnx(str(path), lengths=True)
+    x = np.random.default_rng(6).standard_normal((7, 4, 3)).astype(np.float32) * 2
+    lengths = np.array([7, 2, 5, 1])
+    out, state = layer(x, lengths=lengths)
+    expected = [out] + (list(state) if cell == "lstm" else [state])
+    imported = fastgate.load(path)
+    feed = {name: (x if name == "x" else lengths) for name in imported.input_names}
+    for got_ort, got_ours, want in zip(ort_run(onnx.load(str(path)), feed),
+                                       imported.run(None, feed), expected):
+        np.testing.assert_allclose(got_ort, want, rtol=0, atol=ATOL)
+        np.testing.assert_allclose(got_ours, want, rtol=0, atol=ATOL)

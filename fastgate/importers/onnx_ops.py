@@ -3,7 +3,9 @@
 These are the operators exporters put around recurrent ops (``torch.onnx.export``, tf2onnx):
 shape plumbing (Shape, Gather, Unsqueeze, Squeeze, Concat, Slice, Transpose, Reshape,
 Flatten, Cast, ConstantOfShape, Expand, Constant, Identity), arithmetic (Add, Sub, Mul, Div,
-MatMul, Gemm) and activations (Relu, Tanh, Sigmoid, Softmax, LogSoftmax). Each is a function
+MatMul, Gemm) and activations (Relu, Tanh, Sigmoid, Softmax, LogSoftmax); and what
+fastgate's own exports use for ``sequence_lens`` (Max, Min, Greater, Less, Equal, Not, Where,
+Range). Each is a function
 ``op(node, inputs, opset) -> list of outputs``; the importer calls it once at load time when
 every input is a constant (constant folding), or at every run otherwise. Gemm and MatMul on
 constant weights, and Gather on a constant table, are mapped to fastgate's Dense and
@@ -320,6 +322,57 @@ def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         # integer Div truncates toward zero (C++ semantics, as ONNX Runtime computes it)
         return quotient + ((quotient < 0) & (quotient * b != a))
     return np.divide(a, b)
+
+
+_op("Greater")(_binary(np.greater))
+_op("Less")(_binary(np.less))
+_op("Equal")(_binary(np.equal))
+
+
+def _variadic(function: Callable[..., Any]) -> OpFunction:
+    def apply(node: NodeProto, inputs: list, opset: int) -> list:
+        arrays = [np.asarray(a) for a in inputs if a is not None]
+        try:
+            np.broadcast_shapes(*(a.shape for a in arrays))
+        except ValueError as error:
+            raise ShapeError(f"node {node.name!r} ({node.op_type}): shapes "
+                             f"{[a.shape for a in arrays]} do not broadcast") from error
+        result = arrays[0]
+        for array in arrays[1:]:
+            result = function(result, array)
+        return [np.asarray(result)]
+    return apply
+
+
+_op("Max")(_variadic(np.maximum))
+_op("Min")(_variadic(np.minimum))
+
+
+@_op("Not")
+def not_(node: NodeProto, inputs: list, opset: int) -> list:
+    return [np.logical_not(inputs[0])]
+
+
+@_op("Where")
+def where(node: NodeProto, inputs: list, opset: int) -> list:
+    condition, a, b = (np.asarray(v) for v in inputs[:3])
+    try:
+        shape = np.broadcast_shapes(condition.shape, a.shape, b.shape)
+    except ValueError as error:
+        raise ShapeError(f"node {node.name!r} (Where): shapes {condition.shape}, {a.shape} "
+                         f"and {b.shape} do not broadcast") from error
+    _check_size(list(shape), node)
+    return [np.where(condition.astype(bool), a, b)]
+
+
+@_op("Range")
+def range_(node: NodeProto, inputs: list, opset: int) -> list:
+    start, limit, delta = (np.asarray(v) for v in inputs[:3])
+    if delta == 0:
+        raise ShapeError(f"node {node.name!r} (Range): delta is 0")
+    count = max(int(np.ceil((limit - start) / delta)), 0)
+    _check_size([count], node)
+    return [np.arange(start, limit, delta, dtype=start.dtype)[:count]]
 
 
 _op("Add")(_binary(np.add))
