@@ -47,10 +47,16 @@ def require_compiled():
         f"{available!r}); build it with `pip install -e .` before running these tests")
 
 
+#: ONNX's parametrised activations (fastgate.activations.PARAMETRIC_ACTIVATIONS).
+PARAMETRISED = ["leaky_relu(alpha=0.2)", "thresholded_relu(alpha=0.1)",
+                "scaled_tanh(alpha=1.5, beta=0.7)", "affine(alpha=0.8, beta=0.1)",
+                "hard_sigmoid(alpha=0.3, beta=0.4)", "elu(alpha=0.6)"]
+
+
 @st.composite
 def configurations(draw):
     cell = draw(st.sampled_from(["lstm", "gru", "rnn"]))
-    names = sorted(ACTIVATIONS)
+    names = sorted(ACTIVATIONS) + PARAMETRISED
     activation = draw(st.sampled_from(names))
     recurrent_activation = draw(st.sampled_from(names)) if cell != "rnn" else "sigmoid"
     hidden = draw(st.integers(1, 64))
@@ -74,6 +80,13 @@ def configurations(draw):
         initial_state=draw(st.booleans()),
         hold_masked_output=draw(st.booleans()),
         seed=draw(st.integers(0, 2**32 - 1)),
+        peepholes=cell == "lstm" and draw(st.booleans()),
+        # ONNX's options
+        clip=draw(st.sampled_from([None, None, 0.5, 2.0])),
+        input_forget=cell == "lstm" and draw(st.booleans()),
+        cell_activation=draw(st.sampled_from([None, "tanh", "relu", "softsign",
+                                              "scaled_tanh(alpha=1.5, beta=0.7)"]))
+        if cell == "lstm" else None,
     )
     return config
 
@@ -108,12 +121,20 @@ def build(config):
         # exp(0) = 1: with zero-mean weights an LSTM's state would grow by one a step, and
         # exp of it explode. A bias of -2 makes exp(pre-activation) ~ 0.14 instead.
         weights = [w._replace(input_bias=w.input_bias - dtype(2)) for w in weights]
+    if config.get("peepholes"):   # ONNX's P: weights on c for the i, f, o gates
+        weights = [w._replace(peephole=rng.normal(0, 1, 3 * config["hidden_size"])
+                              .astype(dtype)) for w in weights]
     options = dict(bidirectional=config["bidirectional"], activation=config["activation"],
                    dtype=dtype, batch_first=config["batch_first"])
     if cell != "rnn":
         options["recurrent_activation"] = config["recurrent_activation"]
     if cell == "gru":
         options["reset_after"] = config["reset_after"]
+    if config.get("clip") is not None:
+        options["clip"] = config["clip"]
+    if cell == "lstm":
+        options["input_forget"] = config.get("input_forget", False)
+        options["cell_activation"] = config.get("cell_activation")
     layer = LAYERS[cell](weights, **options)
 
     shape = ((batch, steps) if config["batch_first"] else (steps, batch)) + (
@@ -201,6 +222,16 @@ CORNERS = [
     dict(cell="rnn", activation="relu", num_layers=3, bidirectional=True),
     dict(cell="lstm", steps=0),
     dict(cell="lstm", batch=1, steps=1, input_size=1, hidden_size=1),
+    dict(cell="lstm", peepholes=True, bidirectional=True, num_layers=2),
+    dict(cell="lstm", peepholes=True, proj_size=4, hidden_size=33, activation="relu"),
+    dict(cell="lstm", peepholes=True, batch=1, hidden_size=40, masking=False),
+    dict(cell="lstm", clip=0.5, input_forget=True, cell_activation="relu", bidirectional=True),
+    dict(cell="lstm", clip=0.7, batch=9, hidden_size=40, masking=False, initial_state=False),
+    dict(cell="gru", clip=0.5, reset_after=False, activation="leaky_relu(alpha=0.2)"),
+    dict(cell="gru", clip=0.5, batch=9, hidden_size=32, masking=False),
+    dict(cell="rnn", clip=0.6, activation="scaled_tanh(alpha=1.5, beta=0.7)", batch=9),
+    dict(cell="lstm", recurrent_activation="hard_sigmoid(alpha=0.3, beta=0.4)",
+         activation="affine(alpha=0.8, beta=0.1)", cell_activation="elu(alpha=0.6)"),
 ]
 
 
@@ -233,6 +264,9 @@ SPLIT_CASES = [
     dict(cell="lstm", hidden_size=80, num_layers=2, bidirectional=True),
     dict(cell="gru", hidden_size=90, masking=True, entry="forward"),
     dict(cell="lstm", hidden_size=90, initial_state=True, steps=1),
+    dict(cell="lstm", hidden_size=96, peepholes=True, initial_state=True),
+    dict(cell="lstm", hidden_size=96, clip=0.5, input_forget=True, cell_activation="relu"),
+    dict(cell="gru", hidden_size=100, clip=0.5, activation="thresholded_relu(alpha=0.1)"),
 ]
 
 

@@ -137,6 +137,31 @@ typedef void (*FG_NAME(tile_fn))(ptrdiff_t, const FG_T *restrict, ptrdiff_t, ptr
                                  ptrdiff_t, const FG_T *restrict, FG_T *restrict);
 
 /* ----------------------------------------------------------------------------- epilogues */
+/* The layer's activations, with their parameters (ONNX's parametrised ones), in place. */
+#define FG_ACT(d, x, n) FG_ACTIVATE((d)->act, (d)->act_alpha, (d)->act_beta, x, n)
+#define FG_REC_ACT(d, x, n) FG_ACTIVATE((d)->rec_act, (d)->rec_alpha, (d)->rec_beta, x, n)
+#define FG_CELL_ACT(d, x, n) FG_ACTIVATE((d)->cell_act, (d)->cell_alpha, (d)->cell_beta, x, n)
+
+/* x[0..n) clamped to [-clip, clip] if the layer clips its pre-activations (ONNX clip; NaN
+ * stays NaN) */
+FG_ALWAYS_INLINE void FG_NAME(clip)(const fg_direction *d, FG_T *restrict x, ptrdiff_t n)
+{
+    ptrdiff_t w;
+    if (d->clipping) {
+        const FG_T bound = (FG_T)d->clip;
+        for (w = 0; w < n; w++)
+            x[w] = x[w] < -bound ? -bound : (x[w] > bound ? bound : x[w]);
+    }
+}
+
+/* Whether an LSTM step is the plain one the whole-vector cells compute: no peepholes, no
+ * clip, no coupled input and forget gates, c' activated by the candidate's activation. */
+FG_ALWAYS_INLINE int FG_NAME(plain_lstm)(const fg_direction *d, const FG_T *peephole)
+{
+    return peephole == NULL && !d->clipping && !d->input_forget && d->cell_act == d->act
+           && d->cell_alpha == d->act_alpha && d->cell_beta == d->act_beta;
+}
+
 /* Each takes one batch row's tile (per gate, W sums of x W + h U, or of h U only when the
  * input projection was computed beforehand: then `input` points at the row's x W, gates H
  * apart; else it is NULL), for the hidden units [j0, j0 + wn). */
@@ -357,16 +382,21 @@ static FG_TARGET void FG_NAME(lstm_tile_f)(ptrdiff_t rows, const FG_T *restrict 
 }
 
 /* LSTM:  i, f, g, o = rec_act(.), rec_act(.), act(.), rec_act(.)  of  x W + b + h U
- *        c' = f * c + i * g;   h' = o * act(c')      (h' before the projection) */
+ *        c' = f * c + i * g;   h' = o * cell_act(c')      (h' before the projection)
+ * (cell_act is act but for ONNX models.) With peepholes p (ONNX's P; `peephole` points at
+ * this block's p_i, gates `hidden` apart), i and f also add p_i * c and p_f * c, and o adds
+ * p_o * c'. With clip, the pre-activations are clamped first; with input_forget, f = 1 - i. */
 static FG_TARGET void FG_NAME(lstm_epilogue)(const FG_T *restrict tile,
                                              const FG_T *restrict input,
                                              const FG_T *restrict bias, ptrdiff_t hidden,
-                                             ptrdiff_t wn, int act, int rec_act,
+                                             ptrdiff_t wn, const fg_direction *d,
+                                             const FG_T *restrict peephole,
                                              FG_T *restrict c, FG_T *restrict h)
 {
     FG_T gates[4 * FG_W], cell[FG_W];
     ptrdiff_t gate, w;
-    if (sizeof(FG_T) == 4 && wn == FG_W && act == FG_TANH && rec_act == FG_SIGMOID) {
+    if (sizeof(FG_T) == 4 && wn == FG_W && d->act == FG_TANH && d->rec_act == FG_SIGMOID
+            && FG_NAME(plain_lstm)(d, peephole)) {
         FG_NAME(lstm_block_f)(tile, input, bias, hidden, c, h);
         return;
     }
@@ -374,19 +404,33 @@ static FG_TARGET void FG_NAME(lstm_epilogue)(const FG_T *restrict tile,
         FG_NAME(pre_activation)(gates + gate * FG_W, tile + gate * FG_W,
                                 input != NULL ? input + gate * hidden : NULL,
                                 bias + gate * hidden, wn);
+    if (peephole != NULL)
+        for (w = 0; w < wn; w++) {
+            gates[w] += peephole[w] * c[w];
+            gates[FG_W + w] += peephole[hidden + w] * c[w];
+        }
+    for (gate = 0; gate < 3; gate++)
+        FG_NAME(clip)(d, gates + gate * FG_W, wn);
     if (wn == FG_W) {
-        FG_ACTIVATE(rec_act, gates, 2 * FG_W);
+        FG_REC_ACT(d, gates, 2 * FG_W);
     } else {
-        FG_ACTIVATE(rec_act, gates, wn);
-        FG_ACTIVATE(rec_act, gates + FG_W, wn);
+        FG_REC_ACT(d, gates, wn);
+        FG_REC_ACT(d, gates + FG_W, wn);
     }
-    FG_ACTIVATE(act, gates + 2 * FG_W, wn);
-    FG_ACTIVATE(rec_act, gates + 3 * FG_W, wn);
+    if (d->input_forget)
+        for (w = 0; w < wn; w++)
+            gates[FG_W + w] = 1 - gates[w];
+    FG_ACT(d, gates + 2 * FG_W, wn);
     for (w = 0; w < wn; w++) {
         cell[w] = gates[FG_W + w] * c[w] + gates[w] * gates[2 * FG_W + w];
         c[w] = cell[w];
     }
-    FG_ACTIVATE(act, cell, wn);
+    if (peephole != NULL)
+        for (w = 0; w < wn; w++)
+            gates[3 * FG_W + w] += peephole[2 * hidden + w] * cell[w];
+    FG_NAME(clip)(d, gates + 3 * FG_W, wn);
+    FG_REC_ACT(d, gates + 3 * FG_W, wn);
+    FG_CELL_ACT(d, cell, wn);
     for (w = 0; w < wn; w++)
         h[w] = gates[3 * FG_W + w] * cell[w];
 }
@@ -423,13 +467,13 @@ static FG_TARGET void FG_NAME(gru_epilogue)(const FG_T *restrict tile,
                                             const FG_T *restrict recurrent_n,
                                             const FG_T *restrict bias,
                                             const FG_T *restrict new_gate_bias,
-                                            ptrdiff_t hidden, ptrdiff_t wn, int act,
-                                            int rec_act, const FG_T *restrict h_previous,
-                                            FG_T *restrict h)
+                                            ptrdiff_t hidden, ptrdiff_t wn,
+                                            const fg_direction *d,
+                                            const FG_T *restrict h_previous, FG_T *restrict h)
 {
     FG_T gates[3 * FG_W];
     ptrdiff_t gate, w;
-    if (wn == FG_W && act == FG_TANH && rec_act == FG_SIGMOID) {
+    if (wn == FG_W && d->act == FG_TANH && d->rec_act == FG_SIGMOID && !d->clipping) {
         FG_NAME(gru_block)(tile, input, input_n, recurrent_n, bias, new_gate_bias, hidden,
                            h_previous, h);
         return;
@@ -438,16 +482,19 @@ static FG_TARGET void FG_NAME(gru_epilogue)(const FG_T *restrict tile,
         FG_NAME(pre_activation)(gates + gate * FG_W, tile + gate * FG_W,
                                 input != NULL ? input + gate * hidden : NULL,
                                 bias + gate * hidden, wn);
+    FG_NAME(clip)(d, gates, wn);
+    FG_NAME(clip)(d, gates + FG_W, wn);
     if (wn == FG_W) {
-        FG_ACTIVATE(rec_act, gates, 2 * FG_W);
+        FG_REC_ACT(d, gates, 2 * FG_W);
     } else {
-        FG_ACTIVATE(rec_act, gates, wn);
-        FG_ACTIVATE(rec_act, gates + FG_W, wn);
+        FG_REC_ACT(d, gates, wn);
+        FG_REC_ACT(d, gates + FG_W, wn);
     }
     for (w = 0; w < wn; w++)
         gates[2 * FG_W + w] = input_n[w] + bias[2 * hidden + w]
                               + gates[w] * (recurrent_n[w] + new_gate_bias[w]);
-    FG_ACTIVATE(act, gates + 2 * FG_W, wn);
+    FG_NAME(clip)(d, gates + 2 * FG_W, wn);
+    FG_ACT(d, gates + 2 * FG_W, wn);
     for (w = 0; w < wn; w++) {
         const FG_T z = gates[FG_W + w];
         h[w] = z * h_previous[w] + (1 - z) * gates[2 * FG_W + w];
@@ -458,13 +505,13 @@ static FG_TARGET void FG_NAME(gru_epilogue)(const FG_T *restrict tile,
 static FG_TARGET void FG_NAME(gru_reset_epilogue)(const FG_T *restrict tile,
                                                   const FG_T *restrict input,
                                                   const FG_T *restrict bias, ptrdiff_t hidden,
-                                                  ptrdiff_t wn, int rec_act,
+                                                  ptrdiff_t wn, const fg_direction *d,
                                                   const FG_T *restrict h_previous,
                                                   FG_T *restrict reset_h, FG_T *restrict z)
 {
     FG_T gates[2 * FG_W];
     ptrdiff_t gate, w;
-    if (wn == FG_W && rec_act == FG_SIGMOID) {   /* on vectors, as gru_block */
+    if (wn == FG_W && d->rec_act == FG_SIGMOID && !d->clipping) {   /* as gru_block */
         FG_NAME(vec) reset, update;
         reset = FG_NAME(vsigmoidf)(FG_NAME(vpre_activation)(tile, input, bias));
         update = FG_NAME(vsigmoidf)(FG_NAME(vpre_activation)(
@@ -478,8 +525,10 @@ static FG_TARGET void FG_NAME(gru_reset_epilogue)(const FG_T *restrict tile,
         FG_NAME(pre_activation)(gates + gate * FG_W, tile + gate * FG_W,
                                 input != NULL ? input + gate * hidden : NULL,
                                 bias + gate * hidden, wn);
-    FG_ACTIVATE(rec_act, gates, wn);
-    FG_ACTIVATE(rec_act, gates + FG_W, wn);
+    FG_NAME(clip)(d, gates, wn);
+    FG_NAME(clip)(d, gates + FG_W, wn);
+    FG_REC_ACT(d, gates, wn);
+    FG_REC_ACT(d, gates + FG_W, wn);
     for (w = 0; w < wn; w++) {
         reset_h[w] = gates[w] * h_previous[w];
         z[w] = gates[FG_W + w];
@@ -491,13 +540,14 @@ static FG_TARGET void FG_NAME(gru_reset_epilogue)(const FG_T *restrict tile,
 static FG_TARGET void FG_NAME(single_gate_epilogue)(const FG_T *restrict tile,
                                                     const FG_T *restrict input,
                                                     const FG_T *restrict bias, ptrdiff_t wn,
-                                                    int act, const FG_T *restrict z,
+                                                    const fg_direction *d,
+                                                    const FG_T *restrict z,
                                                     const FG_T *restrict h_previous,
                                                     FG_T *restrict h)
 {
     FG_T gate[FG_W];
     ptrdiff_t w;
-    if (wn == FG_W && act == FG_TANH) {   /* on vectors, as gru_block */
+    if (wn == FG_W && d->act == FG_TANH && !d->clipping) {   /* on vectors, as gru_block */
         FG_NAME(vec) state = FG_NAME(vtanhf)(FG_NAME(vpre_activation)(tile, input, bias));
         if (z != NULL)
             state = FG_NAME(vload)(z) * FG_NAME(vload)(h_previous)
@@ -506,7 +556,8 @@ static FG_TARGET void FG_NAME(single_gate_epilogue)(const FG_T *restrict tile,
         return;
     }
     FG_NAME(pre_activation)(gate, tile, input, bias, wn);
-    FG_ACTIVATE(act, gate, wn);
+    FG_NAME(clip)(d, gate, wn);
+    FG_ACT(d, gate, wn);
     if (z == NULL) {
         for (w = 0; w < wn; w++)
             h[w] = gate[w];
@@ -589,6 +640,7 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
     const FG_T *recurrent = (const FG_T *)d->recurrent;
     const FG_T *recurrent_new = (const FG_T *)d->recurrent_new;
     const FG_T *projection = (const FG_T *)d->projection;
+    const FG_T *peephole = (const FG_T *)d->peephole;
     FG_T *c = (FG_T *)d->c;
     FG_T *cell_out = (FG_T *)d->cell_out;   /* (B, H) */
     FG_T *z_buffer = (FG_T *)d->gate_buffer;  /* (B, H) */
@@ -607,7 +659,7 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
     FG_T tile[24 * FG_W];
     ptrdiff_t s, t, t_previous = -1, b, r, rows, jb, j0, wn;
     /* the LSTM cells of whole tiles at once (default activations) */
-    const int fast_lstm = d->cell == FG_CELL_LSTM
+    const int fast_lstm = d->cell == FG_CELL_LSTM && FG_NAME(plain_lstm)(d, peephole)
                           && d->act == FG_TANH && d->rec_act == FG_SIGMOID;
 
     if (precomputed && !d->input_projected) {
@@ -676,7 +728,7 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
                     }
                     if (d->cell == FG_CELL_GRU && !d->reset_after) {
                         FG_NAME(gru_reset_epilogue)(
-                            row_tile, row_input, bias + j0, H, wn, d->rec_act,
+                            row_tile, row_input, bias + j0, H, wn, d,
                             h_previous + (b + r) * hp_stride + j0, cell_out + (b + r) * H + j0,
                             z_buffer + (b + r) * H + j0);
                         continue;
@@ -685,8 +737,7 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
                         continue;
                     if (d->cell == FG_CELL_LSTM)
                         FG_NAME(lstm_epilogue)(
-                            row_tile, row_input, bias + j0, H, wn, d->act, d->rec_act,
-                            c + (b + r) * H + j0,
+                            row_tile, row_input, bias + j0, H, wn, d, peephole != NULL ? peephole + j0 : NULL, c + (b + r) * H + j0,
                             (projection != NULL ? cell_out + (b + r) * H
                                                 : h_next + (b + r) * hn_stride) + j0);
                     else if (d->cell == FG_CELL_GRU)
@@ -694,12 +745,11 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
                             row_tile, row_input,
                             precomputed ? row_input + 2 * H : row_tile + 2 * FG_W,
                             row_tile + (precomputed ? 2 : 3) * FG_W,
-                            bias + j0, new_gate_bias + j0, H, wn, d->act,
-                            d->rec_act, h_previous + (b + r) * hp_stride + j0,
+                            bias + j0, new_gate_bias + j0, H, wn, d, h_previous + (b + r) * hp_stride + j0,
                             h_next + (b + r) * hn_stride + j0);
                     else
                         FG_NAME(single_gate_epilogue)(
-                            row_tile, row_input, bias + j0, wn, d->act, NULL, NULL,
+                            row_tile, row_input, bias + j0, wn, d, NULL, NULL,
                             h_next + (b + r) * hn_stride + j0);
                 }
             }
@@ -722,7 +772,7 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
                         FG_NAME(single_gate_epilogue)(
                             tile + r * FG_W,
                             precomputed ? FG_ROW_INPUT(b + r) + 2 * H + j0 : NULL,
-                            bias + 2 * H + j0, wn, d->act, z_buffer + (b + r) * H + j0,
+                            bias + 2 * H + j0, wn, d, z_buffer + (b + r) * H + j0,
                             h_previous + (b + r) * hp_stride + j0, h_next + (b + r) * hn_stride + j0);
                     }
                 }
@@ -785,3 +835,6 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
 
 #undef FG_W
 #undef FG_MR
+#undef FG_ACT
+#undef FG_REC_ACT
+#undef FG_CELL_ACT

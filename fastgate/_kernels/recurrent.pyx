@@ -23,6 +23,7 @@ allocation happens inside the time loop.
 
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.math cimport INFINITY
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_RawFree, PyMem_RawMalloc
 
 cimport numpy as cnp
@@ -46,6 +47,7 @@ cdef extern from "fused.h" nogil:
         const void *recurrent
         const void *recurrent_new
         const void *projection
+        const void *peephole
         void *h
         void *c
         void *h_spare
@@ -56,6 +58,11 @@ cdef extern from "fused.h" nogil:
         Py_ssize_t out_width
         Py_ssize_t block_begin, block_end
         int synchronize
+        int cell_act
+        double act_alpha, act_beta, rec_alpha, rec_beta, cell_alpha, cell_beta
+        int clipping
+        double clip
+        int input_forget
     int fg_isa()
     Py_ssize_t fg_block_width(int is_double)
     Py_ssize_t fg_tile_rows(int gates)
@@ -69,6 +76,10 @@ cdef enum:
     CELL_LSTM = 0
     CELL_GRU = 1
     CELL_RNN = 2
+
+# Arrays per layer direction in a PreparedWeights (see prepare).
+cdef enum:
+    WEIGHT_ARRAYS = 7
 
 cdef int MAX_THREADS = 64
 #: Below this many multiply-adds per call (steps x batch x recurrent product), threads cost
@@ -152,16 +163,17 @@ def block_width(dtype):
 
 
 def prepare(int cell, bint reset_after, input_kernel, recurrent_kernel, input_bias,
-            recurrent_bias, projection):
+            recurrent_bias, projection, peephole=None):
     """The arrays a :class:`LayerPlan` reads, per layer direction.
 
-    Returns ``(input_kernel, recurrent, bias, new_gate_bias, recurrent_new, projection)``:
+    Returns ``(input_kernel, recurrent, bias, new_gate_bias, recurrent_new, projection,
+    peephole)``:
     the input kernel as is (for the all-steps GEMM); ``recurrent`` the packed input kernel
     followed by the packed recurrent kernel, ``[W; U]`` (for a GRU with the reset gate before
     ``U_n``, their ``r, z`` columns only, and ``recurrent_new`` their ``n`` columns);
     ``bias = b_i + b_h``, except a reset-after GRU's ``n`` gate, where ``b_hn`` sits inside
-    ``r * (...)`` and is kept apart in ``new_gate_bias``; ``projection`` packed. Absent parts
-    are empty arrays.
+    ``r * (...)`` and is kept apart in ``new_gate_bias``; ``projection`` packed; an LSTM's
+    ``peephole`` weights ``(3H,)`` (i, f, o) as they are. Absent parts are empty arrays.
     """
     dtype = input_kernel.dtype
     gates = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
@@ -189,7 +201,8 @@ def prepare(int cell, bint reset_after, input_kernel, recurrent_kernel, input_bi
     packed_projection = empty if projection is None else _aligned(pack_gates(projection, 1))
     weights = PreparedWeights(np.ascontiguousarray(input_kernel), recurrent,
                               np.ascontiguousarray(bias), new_gate_bias, recurrent_new,
-                              packed_projection)
+                              packed_projection,
+                              empty if peephole is None else np.ascontiguousarray(peephole))
     weights.recurrent_finite = bool(np.isfinite(recurrent_kernel).all())
     return weights
 
@@ -214,7 +227,7 @@ cdef class PreparedWeights:
     """One layer direction's arrays in the kernel's layout (see :func:`prepare`).
 
     Holds the arrays (``input_kernel, recurrent, bias, new_gate_bias, recurrent_new,
-    projection``) and their data pointers and sizes, read once here so that a call does
+    projection, peephole``) and their data pointers and sizes, read once here so that a call does
     not acquire a buffer per array.
     """
     cdef readonly tuple arrays
@@ -223,13 +236,14 @@ cdef class PreparedWeights:
     #: every recurrent weight is finite: 0 @ U is exactly 0 (see LayerPlan.forward's zero_state)
     cdef public bint recurrent_finite
     cdef Py_ssize_t input_rows, input_columns
-    cdef Py_ssize_t sizes[6]
-    cdef void *pointers[6]
+    cdef Py_ssize_t sizes[WEIGHT_ARRAYS]
+    cdef void *pointers[WEIGHT_ARRAYS]
 
     def __init__(self, input_kernel, recurrent, bias, new_gate_bias, recurrent_new,
-                 projection):
+                 projection, peephole):
         cdef Py_ssize_t i
-        self.arrays = (input_kernel, recurrent, bias, new_gate_bias, recurrent_new, projection)
+        self.arrays = (input_kernel, recurrent, bias, new_gate_bias, recurrent_new, projection,
+                       peephole)
         self.dtype = input_kernel.dtype
         if self.dtype not in (np.float32, np.float64):
             raise ValueError("PreparedWeights: arrays must be float32 or float64")
@@ -243,7 +257,7 @@ cdef class PreparedWeights:
             self.pointers[i] = <void *> <size_t> array.ctypes.data if array.size else NULL
 
     def __len__(self):
-        return 6
+        return WEIGHT_ARRAYS
 
     def __getitem__(self, index):
         return self.arrays[index]
@@ -278,11 +292,14 @@ cdef class LayerPlan:
     """
     cdef readonly tuple prepared
     cdef readonly object dtype
-    cdef int cell, act, rec_act, typenum
+    cdef int cell, act, rec_act, cell_act, typenum
+    # the activations' parameters (parametrised activations), ONNX's clip and input_forget
+    cdef double act_alpha, act_beta, rec_alpha, rec_beta, cell_alpha, cell_beta, clip
+    cdef bint input_forget
     cdef bint reset_after, batch_first, is_double
     cdef Py_ssize_t num_directions, num_layers, entries, input_size, hidden, width, out_width
     cdef Py_ssize_t gate_count
-    # per entry (layer * num_directions + direction): the PreparedWeights' 6 pointers, and
+    # per entry (layer * num_directions + direction): the PreparedWeights' 7 pointers, and
     # whether its recurrent kernel is finite (then 0 @ U is exactly 0)
     cdef void **pointers
     cdef bint *recurrent_finite
@@ -291,8 +308,9 @@ cdef class LayerPlan:
         self.pointers = NULL
         self.recurrent_finite = NULL
 
-    def __init__(self, int cell, tuple activation_codes, bint reset_after, prepared,
-                 int num_directions, Py_ssize_t width, bint batch_first):
+    def __init__(self, int cell, tuple activations, bint reset_after, prepared,
+                 int num_directions, Py_ssize_t width, bint batch_first,
+                 double clip=float("inf"), bint input_forget=False):
         cdef PreparedWeights weights
         cdef Py_ssize_t k, layer, in_width, gates_width, block
         self.prepared = tuple(prepared)
@@ -300,7 +318,12 @@ cdef class LayerPlan:
         if num_directions not in (1, 2) or self.entries == 0 or self.entries % num_directions:
             raise ValueError("LayerPlan: bad number of weight entries")
         self.cell = cell
-        self.act, self.rec_act = activation_codes
+        # (code, alpha, beta) of the activation, the recurrent one and the cell state's
+        (self.act, self.act_alpha, self.act_beta), \
+            (self.rec_act, self.rec_alpha, self.rec_beta), \
+            (self.cell_act, self.cell_alpha, self.cell_beta) = activations
+        self.clip = clip
+        self.input_forget = input_forget
         self.reset_after = reset_after
         self.batch_first = batch_first
         self.num_directions = num_directions
@@ -316,7 +339,7 @@ cdef class LayerPlan:
         self.out_width = num_directions * width
         gates_width = self.gate_count * self.hidden
         block = fg_block_width(self.is_double)
-        self.pointers = <void **> PyMem_Malloc(6 * self.entries * sizeof(void *))
+        self.pointers = <void **> PyMem_Malloc(WEIGHT_ARRAYS * self.entries * sizeof(void *))
         self.recurrent_finite = <bint *> PyMem_Malloc(self.entries * sizeof(bint))
         if self.pointers == NULL or self.recurrent_finite == NULL:
             raise MemoryError()
@@ -337,11 +360,13 @@ cdef class LayerPlan:
                     or (weights.sizes[5] != 0 and (
                         cell != CELL_LSTM
                         or weights.sizes[5] != _packed_size(self.hidden, 1, width, block)))
-                    or (weights.sizes[5] == 0 and width != self.hidden)):
+                    or (weights.sizes[5] == 0 and width != self.hidden)
+                    or (weights.sizes[6] != 0 and (cell != CELL_LSTM
+                                                   or weights.sizes[6] != 3 * self.hidden))):
                 raise ValueError(f"LayerPlan: prepared weights {k} do not match the layer "
                                  f"shape (packed for another CPU?)")
-            for i in range(6):
-                self.pointers[6 * k + i] = weights.pointers[i]
+            for i in range(WEIGHT_ARRAYS):
+                self.pointers[WEIGHT_ARRAYS * k + i] = weights.pointers[i]
             self.recurrent_finite[k] = weights.recurrent_finite
 
     def __dealloc__(self):
@@ -559,6 +584,16 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
     direction_args.cell = plan.cell
     direction_args.act = plan.act
     direction_args.rec_act = plan.rec_act
+    direction_args.cell_act = plan.cell_act
+    direction_args.act_alpha = plan.act_alpha
+    direction_args.act_beta = plan.act_beta
+    direction_args.rec_alpha = plan.rec_alpha
+    direction_args.rec_beta = plan.rec_beta
+    direction_args.cell_alpha = plan.cell_alpha
+    direction_args.cell_beta = plan.cell_beta
+    direction_args.clipping = plan.clip < INFINITY
+    direction_args.clip = plan.clip
+    direction_args.input_forget = plan.input_forget
     direction_args.reset_after = plan.reset_after
     direction_args.hold_masked_output = hold_masked_output
     direction_args.steps = steps
@@ -586,7 +621,7 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
         in_width = plan.input_size if layer == 0 else out_width
         for direction in range(plan.num_directions):
             k = layer * plan.num_directions + direction
-            pointers = plan.pointers + 6 * k
+            pointers = plan.pointers + WEIGHT_ARRAYS * k
             direction_args.reverse = direction == 1
             direction_args.zero_state = zero_state and plan.recurrent_finite[k]
             direction_args.bias = pointers[2]
@@ -594,6 +629,7 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
             direction_args.recurrent = pointers[1]
             direction_args.recurrent_new = pointers[4]
             direction_args.projection = pointers[5]
+            direction_args.peephole = pointers[6]
             direction_args.h = h + k * batch * width
             direction_args.c = c + k * batch * hidden if c != NULL else NULL
             direction_args.out = layer_output + direction * width
