@@ -316,3 +316,123 @@ def _batch_dot(x1: np.ndarray, x2: np.ndarray, a1: int, a2: int) -> np.ndarray:
                     right.reshape(right.shape[0], right.shape[1], -1))
     out = out.reshape((x1.shape[0],) + rest_left + rest_right)
     return out[:, None] if out.ndim == 1 else out
+
+
+_SCORE_MODES = ("dot", "concat", "additive")
+
+
+@serializable
+class Attention:
+    """Keras ``Attention`` (Luong: ``score_mode`` ``"dot"`` or ``"concat"``) and
+    ``AdditiveAttention`` (Bahdanau: ``"additive"``) over ``[query, value]`` or
+    ``[query, value, key]``, as Keras 3 computes them:
+
+    * scores ``(B, Tq, Tv)``: ``dot``: ``q @ k^T`` (times ``scale``); ``concat``:
+      ``w * sum(tanh(scale * (q_i + k_j)))``; ``additive``: ``sum(scale * tanh(q_i + k_j))``
+      (``scale`` a vector there), ``1`` where there is no scale;
+    * a value mask and ``causal`` (step ``i`` sees steps ``j <= i``) lower the masked
+      scores by ``1e9`` before the softmax over ``Tv``; output ``softmax @ value``;
+    * a query mask zeroes the output at masked query steps; the output mask is the query
+      mask (Keras ``compute_mask``);
+    * ``return_scores``: a second output, the softmax weights.
+
+    ``given_masks`` says which masks (query, value) come as further inputs after the
+    tensors (a Keras 3 call's recorded ``mask=[...]``); otherwise the masks are those that
+    travel with the query and value.
+    """
+
+    multi_input = True
+    streaming = "whole_sequence"
+
+    def __init__(self, score_mode: str = "dot", *, scale: Any = None,
+                 concat_score_weight: Any = None, causal: bool = False,
+                 return_scores: bool = False, has_key: bool = False,
+                 given_masks: Any = (False, False), dtype: Any = np.float32) -> None:
+        if score_mode not in _SCORE_MODES:
+            raise ConfigError(f"Attention score_mode must be one of {_SCORE_MODES}, got "
+                              f"{score_mode!r}")
+        self.dtype = _as_float_dtype(dtype)
+        self.score_mode = score_mode
+        self.scale = None if scale is None else np.asarray(
+            as_array(scale, self.dtype, "Attention scale"))
+        self.concat_score_weight = None if concat_score_weight is None else np.asarray(
+            as_array(concat_score_weight, self.dtype, "Attention concat_score_weight"))
+        self.causal = bool(causal)
+        self.return_scores = bool(return_scores)
+        self.has_key = bool(has_key)
+        self.given_masks = tuple(bool(g) for g in given_masks)
+        if len(self.given_masks) != 2:
+            raise ConfigError("Attention given_masks: two flags (query, value)")
+
+    def _scores(self, query: np.ndarray, key: np.ndarray) -> np.ndarray:
+        if self.score_mode == "dot":
+            scores = query @ np.swapaxes(key, -2, -1)
+            return scores * self.scale if self.scale is not None else scores
+        pairs = query[:, :, None, :] + key[:, None, :, :]        # (B, Tq, Tv, dim)
+        if self.score_mode == "additive":
+            scale = self.scale if self.scale is not None else self.dtype.type(1)
+            return np.sum(scale * np.tanh(pairs), axis=-1)
+        if self.scale is not None:
+            pairs = self.scale * pairs
+        weight = (self.concat_score_weight if self.concat_score_weight is not None
+                  else self.dtype.type(1))
+        return weight * np.sum(np.tanh(pairs), axis=-1)
+
+    def _split(self, xs: list, masks: list) -> tuple:
+        count = 3 if self.has_key else 2
+        given = sum(self.given_masks)
+        if len(xs) != count + given:
+            raise ShapeError(f"Attention: expected {count} tensors and {given} masks, got "
+                             f"{len(xs)} inputs")
+        tensors = [as_array(x, self.dtype, "Attention input") for x in xs[:count]]
+        for t in tensors:
+            if t.ndim != 3:
+                raise ShapeError(f"Attention input: expected (B, T, dim), got {t.shape}")
+        extra = iter(xs[count:])
+        found = [np.asarray(next(extra), bool) if g else None for g in self.given_masks]
+        if not any(self.given_masks):
+            found = [masks[0] if masks else None, masks[1] if len(masks) > 1 else None]
+        return tensors, found
+
+    def apply(self, xs: list, masks: list) -> tuple[tuple, tuple]:
+        tensors, (query_mask, value_mask) = self._split(list(xs), list(masks or []))
+        query, value = tensors[0], tensors[1]
+        key = tensors[2] if self.has_key else value
+        scores = self._scores(query, key).astype(self.dtype, copy=False)
+        keep = None if value_mask is None else np.asarray(value_mask, bool)[:, None, :]
+        if self.causal:
+            steps_q, steps_v = scores.shape[-2:]
+            lower = (np.arange(steps_q)[:, None] >= np.arange(steps_v)[None, :])[None]
+            keep = lower if keep is None else np.logical_and(keep, lower)
+        if keep is not None:
+            scores = np.where(keep, scores, scores - self.dtype.type(1e9))
+        shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        weights = (shifted / shifted.sum(axis=-1, keepdims=True)).astype(self.dtype)
+        output = weights @ value
+        if query_mask is not None:
+            query_mask = np.asarray(query_mask, bool)
+            output = np.where(query_mask[..., None], output, self.dtype.type(0))
+        output = output.astype(self.dtype, copy=False)
+        if self.return_scores:
+            return (output, weights), (query_mask, None)
+        return (output,), (query_mask,)
+
+    def _get_spec(self) -> dict[str, Any]:
+        return {"score_mode": self.score_mode, "scale": self.scale,
+                "concat_score_weight": self.concat_score_weight, "causal": self.causal,
+                "return_scores": self.return_scores, "has_key": self.has_key,
+                "given_masks": list(self.given_masks), "dtype": self.dtype.name}
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "Attention":
+        spec = dict(spec)
+        return cls(spec.pop("score_mode"), **spec)
+
+    def __repr__(self) -> str:
+        options = [repr(self.score_mode)]
+        if self.scale is not None:
+            options.append("use_scale=True")
+        for key in ("causal", "return_scores", "has_key"):
+            if getattr(self, key):
+                options.append(f"{key}=True")
+        return f"Attention({', '.join(options)})"

@@ -35,6 +35,7 @@ from ..activations import canonical_name
 from ..errors import ConfigError, FastgateError, UnsupportedLayerError, WeightFormatError
 from ..layers import GRU, LSTM, SimpleRNN
 from ..layout import GATE_COUNT, CellWeights, reorder_gates
+from ..graph_ops import Attention, Dot, Merge
 from ..model import MODEL_INPUT, Model, Node
 from ..ops import (AXIS_ACTIVATIONS, Activation, Bidirectional, Dense, Embedding, Flatten,
                    GlobalPooling1D, Masking, Recurrent, RepeatVector)
@@ -49,11 +50,15 @@ _RECURRENT = {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "rnn", "CuDNNLSTM": "ls
 _FASTGATE_LAYER = {"lstm": LSTM, "gru": GRU, "rnn": SimpleRNN}
 # Identity at inference; each passes the mask on (Keras: supports_masking = True).
 _IDENTITY = {"Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout"}
+_MERGES = {"Concatenate": "concatenate", "Add": "add", "Subtract": "subtract",
+           "Multiply": "multiply", "Average": "average", "Maximum": "maximum",
+           "Minimum": "minimum"}
 _POOLING = {"GlobalMaxPooling1D": "max", "GlobalMaxPool1D": "max",
             "GlobalAveragePooling1D": "average", "GlobalAvgPool1D": "average"}
 SUPPORTED_LAYERS = sorted({"InputLayer", "Dense", "Embedding", "Masking", "Activation",
-                           "Flatten", "RepeatVector", "TimeDistributed", "Bidirectional"}
-                          | set(_RECURRENT) | _IDENTITY | set(_POOLING))
+                           "Flatten", "RepeatVector", "TimeDistributed", "Bidirectional",
+                           "Dot", "Attention", "AdditiveAttention"}
+                          | set(_RECURRENT) | _IDENTITY | set(_POOLING) | set(_MERGES))
 _WEIGHTED = {"Dense", "Embedding", "TimeDistributed", "Bidirectional"} | set(_RECURRENT)
 
 
@@ -268,8 +273,51 @@ def _translate(ctx: _Context, layer: KerasLayer, call: KerasCall | None = None
         return _dense(ctx, inner.get("config", {}), ctx.get_weights(layer, ["layer"]), name)
     if kind == "Bidirectional":
         return [("", _bidirectional(ctx, layer))]
+    if kind in _MERGES:
+        mask_rule = "keras3" if ctx.keras_major >= 3 else "keras2"
+        return [("", Merge(_MERGES[kind], axis=int(config.get("axis", -1)),
+                           mask_rule=mask_rule, dtype=ctx.dtype))]
+    if kind == "Dot":
+        return [("", Dot(config.get("axes", -1), normalize=bool(config.get("normalize")),
+                         dtype=ctx.dtype))]
+    if kind in ("Attention", "AdditiveAttention"):
+        return [("", _attention(ctx, layer, call))]
     raise ctx.unsupported(f"layer class {kind!r} is not supported (supported: "
                           f"{', '.join(SUPPORTED_LAYERS)})", name)
+
+
+def _attention(ctx: _Context, layer: KerasLayer, call: KerasCall | None) -> Attention:
+    """Keras ``Attention`` / ``AdditiveAttention``; the call says which masks are given,
+    whether a key is given, ``use_causal_mask`` and ``return_attention_scores``."""
+    config, name = layer.config, layer.name
+    if call is None:
+        raise ctx.unsupported(f"{layer.class_name} needs a functional model ([query, value] "
+                              f"inputs)", name)
+    additive = layer.class_name == "AdditiveAttention"
+    score_mode = "additive" if additive else config.get("score_mode", "dot")
+    if score_mode not in ("dot", "concat", "additive"):
+        raise ctx.unsupported(f"Attention score_mode {score_mode!r} is not supported", name)
+    use_scale = bool(config.get("use_scale", additive))
+    count = int(use_scale) + int(score_mode == "concat")
+    weights = ctx.get_weights(layer, [""]) if count else []
+    weights = _expect(ctx, weights, count, name,
+                      ", ".join(n for n, on in (("scale", use_scale),
+                                                ("concat_score_weight",
+                                                 score_mode == "concat")) if on))
+    scale = weights[0][1] if use_scale else None
+    concat = weights[-1][1] if score_mode == "concat" else None
+    if len(call.inputs) not in (2, 3):
+        raise ctx.unsupported(f"{layer.class_name} takes [query, value] or [query, value, "
+                              f"key], got {len(call.inputs)} inputs", name)
+    masks = call.mask or []
+    if len(masks) > 2:
+        raise ctx.unsupported(f"{layer.class_name} mask: [query_mask, value_mask] expected, "
+                              f"got {len(masks)} entries", name)
+    given = [k < len(masks) and masks[k] is not None for k in range(2)]
+    causal = bool(call.options.get("use_causal_mask") or config.get("causal"))
+    return Attention(score_mode, scale=scale, concat_score_weight=concat, causal=causal,
+                     return_scores=bool(call.options.get("return_attention_scores")),
+                     has_key=len(call.inputs) == 3, given_masks=given, dtype=ctx.dtype)
 
 
 def _bidirectional(ctx: _Context, layer: KerasLayer) -> Bidirectional:
@@ -303,6 +351,8 @@ def _bidirectional(ctx: _Context, layer: KerasLayer) -> Bidirectional:
 
 
 def _output_count(op: Any) -> int:
+    if isinstance(op, Attention):
+        return 2 if op.return_scores else 1
     if isinstance(op, Recurrent):
         return 1 + (len(op.layer.state_shapes) if op.return_state else 0)
     if isinstance(op, Bidirectional):

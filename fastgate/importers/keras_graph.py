@@ -11,11 +11,13 @@ several nodes.
 
 What a call receives, as Keras gives it:
 
-* ``mask=``: Keras 3 records the mask every layer that takes one was called with, implicit
-  masks (``Masking``, ``Embedding(mask_zero)``, merges) included, as a tensor computed by
-  recorded operations; that recorded argument is the layer's mask, and a layer recorded
-  without one gets none. Keras 2 records only masks passed explicitly; the others travel
-  with the tensors (each op's own rule).
+* ``mask=``: a recorded mask tensor (computed by recorded operations) is the layer's mask.
+  Keras 3 records the mask it gives every one-input layer whose call takes one, implicit
+  masks (``Masking``, ``Embedding(mask_zero)``, merges) included, so such a layer recorded
+  without one gets none (an RNN given ``initial_state`` is not masked: pinned by a test).
+  Layers called on a list (merges, attention) get, at run time, the masks that travel with
+  their inputs (each op's own rule), which Keras 3 does not record; so do all layers of
+  Keras 2 files, where only explicit masks are recorded.
 * ``initial_state=``: the initial state of a recurrent layer (Keras 2: the inputs after the
   first of a recurrent layer's call).
 * ``training=True`` makes Keras run the layer as in training (dropout, noise) even in
@@ -43,6 +45,9 @@ _TRAINING_NEUTRAL = {"InputLayer", "Dense", "Embedding", "Masking", "Activation"
                      "GlobalAveragePooling1D", "GlobalAvgPool1D", "Concatenate", "Add",
                      "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Dot"}
 _RECURRENT_CLASSES = {"LSTM", "GRU", "SimpleRNN", "CuDNNLSTM", "CuDNNGRU"}
+#: Layers whose Keras call takes a ``mask`` argument and that are called on one tensor.
+MASK_CONSUMERS = _RECURRENT_CLASSES | {"RNN", "Bidirectional", "TimeDistributed",
+                                       "GlobalAveragePooling1D", "GlobalAvgPool1D"}
 #: Layers whose op depends on the call's arguments: one op per call.
 PER_CALL_LAYERS = {"Attention", "AdditiveAttention"}
 # Call arguments that change nothing at inference, per layer class (besides mask/training).
@@ -423,7 +428,12 @@ def _add_call_nodes(wiring: _Wiring, node_name: str, layer: Any, call: KerasCall
     if getattr(first, "multi_input", False) and not layer.operation and not call.listed \
             and len(refs) == 1:
         raise refuse("a merge or attention layer needs a list of inputs")
-    mask_source, explicit = None, keras3
+    # Keras 3 records the mask it gives a one-input layer that takes one (its absence
+    # means none: e.g. an RNN given initial_state gets none); a layer called on a list
+    # (merges, attention) gets at run time the masks that travel with its inputs, which
+    # Keras 3 does not record. Keras 2 records only explicit masks.
+    mask_source = None
+    explicit = keras3 and not call.listed and layer.class_name in MASK_CONSUMERS
     masks = call.mask or []
     if hasattr(first, "given_masks"):
         # attention: the masks given (query, value) are further inputs of the op
