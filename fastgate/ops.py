@@ -469,6 +469,18 @@ class Recurrent:
         c0 = np.array(self.states[1][None], order="C") if is_lstm else None
         return h0, c0
 
+    def __call__(self, x: Any, initial_state: Any = None, mask: Any = None) -> Any:
+        """Run over a whole batch-major sequence ``x`` ``(B, T, D)``, as Keras'
+        ``layer(x, initial_state=..., mask=...)``: the output (``(output, h)`` /
+        ``(output, h, c)`` with ``return_state``), arrays as :meth:`apply` gives them.
+
+        ``initial_state`` is ``[h]`` (LSTM ``[h, c]``), each ``(B, units)``; ``mask`` a
+        ``(B, T)`` bool array of valid steps.
+        """
+        outputs, _ = self.apply(x, None if mask is None else np.asarray(mask, bool),
+                                initial_state)
+        return outputs
+
     def apply(self, x: Any, mask: np.ndarray | None, initial_state: Any = None
               ) -> tuple[Any, Any]:
         """Model step: run the layer over ``x`` ``(B, T, D)`` with ``mask`` ``(B, T)``; the
@@ -646,6 +658,15 @@ class Bidirectional:
     def state_count(self) -> int:
         """State arrays of ``initial_state``: the forward layer's, then the backward's."""
         return 2 * self.forward.state_count
+
+    def __call__(self, x: Any, initial_state: Any = None, mask: Any = None) -> Any:
+        """Run over a whole batch-major sequence ``x`` ``(B, T, D)``, as Keras'
+        ``Bidirectional(...)(x, initial_state=..., mask=...)``: the merged output (a tuple
+        with ``merge_mode=None`` or ``return_state``). ``initial_state``: the forward
+        layer's states, then the backward layer's."""
+        outputs, _ = self.apply(x, None if mask is None else np.asarray(mask, bool),
+                                initial_state)
+        return outputs[0] if len(outputs) == 1 else outputs
 
     def apply(self, x: Any, mask: np.ndarray | None, initial_state: Any = None
               ) -> tuple[tuple, tuple]:

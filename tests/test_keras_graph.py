@@ -272,3 +272,24 @@ def test_shared_layer_is_one_op(built):
     loaded = fastgate.load(paths["keras"])
     recurrent = [n.op for n in loaded.nodes if isinstance(n.op, fastgate.Recurrent)]
     assert len(recurrent) == 3 and len({id(op) for op in recurrent}) == 1
+
+
+def test_whole_sequence_op_with_initial_state_matches_keras():
+    # The public way to start a whole-sequence op from a given state: op(x, initial_state,
+    # mask), as Keras' layer(x, initial_state=..., mask=...).
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 5, 2)).astype(np.float32)
+    mask = np.ones((3, 5), bool)
+    mask[0, 3:] = False
+    h, c = (rng.normal(size=(3, 4)).astype(np.float32) for _ in range(2))
+    for layer, state in ((L.LSTM(4, return_sequences=True, return_state=True), [h, c]),
+                         (L.Bidirectional(L.GRU(4, return_sequences=True)), [h, c])):
+        inputs = keras.Input((None, 2))
+        model = randomize(keras.Model(inputs, layer(inputs)), seed=3)
+        expected = layer(x, initial_state=state, mask=mask)
+        op = fastgate.from_keras(model).nodes[0].op
+        actual = op(x, initial_state=state, mask=mask)
+        if not isinstance(expected, (list, tuple)):
+            expected, actual = [expected], [actual]
+        for a, e in zip(actual, expected):
+            np.testing.assert_allclose(a, keras.ops.convert_to_numpy(e), rtol=0, atol=ATOL)

@@ -15,8 +15,9 @@ weights into fastgate ops, and computes nothing itself:
 * ``hard_sigmoid`` is ``0.2 x + 0.5`` in Keras 2 and ``x / 6 + 0.5`` in Keras 3: the saving
   version decides (:mod:`fastgate.activations`).
 
-Supported: ``Sequential`` and functional models with one input whose layers each take one
-tensor (a chain, possibly with several outputs). Anything else raises
+Supported: ``Sequential`` and functional graphs (several inputs and outputs, shared layers,
+merges, attention, ``mask=`` and ``initial_state=`` call arguments: the graph itself is
+read by :mod:`fastgate.importers.keras_graph`). Anything else raises
 :class:`~fastgate.errors.UnsupportedLayerError` naming the layer.
 """
 
