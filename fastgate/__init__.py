@@ -15,6 +15,7 @@ oracle (:mod:`fastgate.oracle`) is the fallback and the definition of correctnes
 
 from __future__ import annotations
 
+from ._version import __version__
 from .backend import available_backends, backend, use_backend
 from .errors import (BackendError, ConfigError, DTypeError, FastgateError, InputError, ShapeError,
                      UnsupportedLayerError, WeightFormatError)
@@ -29,8 +30,6 @@ from .cells import GRUCell, LSTMCell, RNNCell
 from .importers.torch import from_torch
 from .serialization import save
 from .threads import get_num_threads, set_num_threads
-
-__version__ = "0.1.0"
 
 __all__ = [
     # layers and models

@@ -21,8 +21,9 @@ from typing import Any, Union
 
 import numpy as np
 
+from ._validation import as_array, as_cell_weights
 from .errors import ConfigError, ShapeError
-from .layers import GRU, LSTM, RecurrentLayer, SimpleRNN, _cell_weights, as_array
+from .layers import GRU, LSTM, RecurrentLayer, SimpleRNN
 from .layout import CellWeights
 from .serialization import save, serializable
 
@@ -41,7 +42,7 @@ class _Cell:
         if isinstance(weights, (list, tuple)) and len(weights) == 1 and not isinstance(
                 weights, CellWeights):
             weights = weights[0]
-        weights = _cell_weights(weights, name)
+        weights = as_cell_weights(weights, name)
         if options.get("bidirectional") or options.get("batch_first"):
             raise ConfigError(f"{name} is one step of one direction: no bidirectional or "
                               f"batch_first")

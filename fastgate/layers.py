@@ -13,11 +13,15 @@ active backend (:func:`fastgate.backend`), without the GIL in the compiled one.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 
 from . import oracle
+# as_array and the two underscore names stay importable from here, for older imports.
+from ._validation import as_array
+from ._validation import as_cell_weights as _cell_weights
+from ._validation import as_float_dtype as _as_float_dtype
 from .activations import activation_code, canonical_name
 from .backend import backend, compiled_module, current_backend
 from .errors import ConfigError, DTypeError, ShapeError
@@ -30,46 +34,6 @@ ArrayLike = Any
 State = Union[np.ndarray, tuple]
 
 _CELL_CODES = {"lstm": 0, "gru": 1, "rnn": 2}
-_DTYPES = {np.dtype(np.float32), np.dtype(np.float64)}
-
-
-def _as_float_dtype(dtype: Any) -> np.dtype:
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError as error:
-        raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}") from error
-    if dtype not in _DTYPES:
-        raise ConfigError(f"dtype must be float32 or float64, got {dtype}")
-    return dtype
-
-
-def as_array(value: ArrayLike, dtype: np.dtype, what: str) -> np.ndarray:
-    """``value`` as an array of ``dtype``, refusing what cannot be a real number.
-
-    Booleans, integers and floats of any width are converted (like NumPy's ``astype``);
-    complex, object, string and other dtypes raise :class:`~fastgate.errors.DTypeError`.
-    """
-    if type(value) is np.ndarray and value.dtype == dtype:
-        return value  # the common case, already right: ~4x cheaper than the general path
-    array = np.asarray(value)
-    if array.dtype.kind not in "biuf":
-        raise DTypeError(f"{what} must hold real numbers, got dtype {array.dtype}")
-    return array.astype(dtype, copy=False)
-
-
-def _cell_weights(entry: Any, where: str) -> CellWeights:
-    if isinstance(entry, CellWeights):
-        return entry
-    if isinstance(entry, Mapping):
-        unknown = set(entry) - set(CellWeights._fields)
-        if unknown:
-            raise ConfigError(f"{where}: unknown weight names {sorted(unknown)}; expected "
-                              f"{list(CellWeights._fields)}")
-        return CellWeights(**entry)
-    if isinstance(entry, (tuple, list)) and len(entry) in (4, 5):
-        return CellWeights(*entry)
-    raise ConfigError(f"{where}: expected CellWeights (input_kernel, recurrent_kernel, "
-                      f"input_bias, recurrent_bias[, projection]), got {type(entry).__name__}")
 
 
 class RecurrentLayer:

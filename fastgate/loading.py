@@ -1,6 +1,7 @@
 """``fastgate.load``: one function for every file fastgate reads.
 
-The format is recognised from the file's content first, its extension second:
+The format is recognised from the file's content first, its extension second
+(:func:`fastgate.formats.detect_format`):
 
 * fastgate's own format (a zip holding ``fastgate.json``): :func:`fastgate.serialization.load_native`;
 * Keras: ``.keras`` archives, ``.h5`` / ``.hdf5`` full models, ``.weights.h5`` weights with an
@@ -12,24 +13,14 @@ The format is recognised from the file's content first, its extension second:
 from __future__ import annotations
 
 import os
-import zipfile
 from typing import Any
 
 from .errors import WeightFormatError
-from .serialization import is_native, load_native
+from .formats import FASTGATE, UNKNOWN, detect_format, framework_of
+from .importers.torch_pickle import is_torch_zip as _is_torch_zip  # the old name, kept
+from .serialization import load_native
 
 __all__ = ["load"]
-
-_TORCH_EXTENSIONS = (".pt", ".pth", ".bin", ".safetensors")
-_KERAS_EXTENSIONS = (".keras", ".h5", ".hdf5")
-
-
-def _is_torch_zip(path: str | os.PathLike) -> bool:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("data.pkl") for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        return False
 
 
 def load(path: str | os.PathLike, architecture: Any = None) -> Any:
@@ -61,30 +52,21 @@ def load(path: str | os.PathLike, architecture: Any = None) -> Any:
     if os.path.isdir(path):
         raise WeightFormatError("is a directory, expected a model file (a TensorFlow "
                                 "SavedModel directory is not supported)", path=path)
-    name = os.fspath(path).lower()
-    if is_native(path):
-        if architecture is not None:
-            raise WeightFormatError("architecture= only applies to Keras weights files",
-                                    path=path)
-        return load_native(path)
-
-    from .importers.keras_hdf5 import is_hdf5
-
-    torch_like = name.endswith(_TORCH_EXTENSIONS) or _is_torch_zip(path)
-    if not torch_like and (is_hdf5(path) or zipfile.is_zipfile(path)
-                           or name.endswith(_KERAS_EXTENSIONS)):
+    file_format = detect_format(path)
+    if file_format == UNKNOWN:
+        raise WeightFormatError("unknown file format: expected .fastgate, a Keras file "
+                                "(.keras, .h5, .weights.h5) or a PyTorch file (.pt, .pth, "
+                                ".safetensors)", path=path)
+    framework = framework_of(file_format)
+    if architecture is not None and framework != "keras":
+        raise WeightFormatError("architecture= only applies to Keras weights files",
+                                path=path)
+    if file_format == FASTGATE:
+        return load_native(path)  # also reports what is wrong with a damaged archive
+    if framework == "keras":
         from .importers.keras import load_keras
 
         return load_keras(path, architecture)
-    if torch_like:
-        if architecture is not None:
-            raise WeightFormatError("architecture= only applies to Keras weights files",
-                                    path=path)
-        from .importers.torch import from_torch  # written alongside; imported when needed
+    from .importers.torch import from_torch
 
-        return from_torch(path)
-    if name.endswith(".fastgate"):
-        return load_native(path)  # reports what is wrong with the archive
-    raise WeightFormatError("unknown file format: expected .fastgate, a Keras file (.keras, "
-                            ".h5, .weights.h5) or a PyTorch file (.pt, .pth, .safetensors)",
-                            path=path)
+    return from_torch(path)

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from ._validation import as_array, as_float_dtype
 from .activations import activation_function, canonical_name
 from .errors import ConfigError, DTypeError, InputError, ShapeError
-from .layers import _as_float_dtype, as_array
 from .serialization import save, serializable
 
 __all__ = ["Dense", "Embedding", "Activation", "Masking", "Flatten", "GlobalPooling1D",
@@ -46,7 +46,7 @@ class Dense:
 
     def __init__(self, kernel: Any, bias: Any = None, *, activation: str = "linear",
                  dtype: Any = np.float32) -> None:
-        self.dtype = _as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype)
         self.kernel = np.ascontiguousarray(as_array(kernel, self.dtype, "Dense kernel"))
         if self.kernel.ndim != 2:
             raise ShapeError(f"Dense kernel: expected (in_features, out_features), got shape "
@@ -127,7 +127,7 @@ class Embedding:
     streaming = "per_step"
 
     def __init__(self, table: Any, *, dtype: Any = np.float32, mask_zero: bool = False) -> None:
-        self.dtype = _as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype)
         self.mask_zero = bool(mask_zero)
         self.table = np.ascontiguousarray(as_array(table, self.dtype, "Embedding table"))
         if self.table.ndim != 2:
@@ -223,7 +223,7 @@ class Activation:
     streaming = "per_step"
 
     def __init__(self, activation: str, *, dtype: Any = np.float32) -> None:
-        self.dtype = _as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype)
         if activation in AXIS_ACTIVATIONS:
             self.activation = activation
             self._act = AXIS_ACTIVATIONS[activation]
@@ -257,7 +257,7 @@ class Masking:
     streaming = "per_step"
 
     def __init__(self, mask_value: float = 0.0, *, dtype: Any = np.float32) -> None:
-        self.dtype = _as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype)
         self.mask_value = float(mask_value)
 
     def apply(self, x: Any, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -283,7 +283,7 @@ class Flatten:
     streaming = "not_over_time"
 
     def __init__(self, *, dtype: Any = np.float32) -> None:
-        self.dtype = _as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype)
 
     def apply(self, x: Any, mask: np.ndarray | None) -> tuple[np.ndarray, None]:
         x = as_array(x, self.dtype, "Flatten input")
@@ -322,7 +322,7 @@ class GlobalPooling1D:
         self.mode = mode
         self.steps_axis = int(steps_axis)
         self.keepdims = bool(keepdims)
-        self.dtype = _as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype)
 
     def apply(self, x: Any, mask: np.ndarray | None) -> tuple[np.ndarray, None]:
         x = _float_input(x, self.dtype, f"GlobalPooling1D({self.mode!r}) input", (3,))
@@ -362,7 +362,7 @@ class RepeatVector:
         if int(n) != n or n < 0:
             raise ConfigError(f"RepeatVector n must be a non-negative integer, got {n!r}")
         self.n = int(n)
-        self.dtype = _as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype)
 
     def apply(self, x: Any, mask: np.ndarray | None) -> tuple[np.ndarray, None]:
         x = _float_input(x, self.dtype, "RepeatVector input", (2,))

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ._version import __version__
 from .errors import WeightFormatError
 
 __all__ = ["serializable", "save", "load_native", "to_bytes", "from_bytes", "is_native"]
@@ -68,8 +69,6 @@ def _encode(value: Any, arrays: dict[str, np.ndarray], depth: int = 0) -> Any:
 
 def to_bytes(obj: Any) -> bytes:
     """Serialize ``obj`` (a fastgate layer or model) to the bytes of a ``.fastgate`` file."""
-    from . import __version__
-
     arrays: dict[str, np.ndarray] = {}
     document = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
                 "fastgate_version": __version__, "object": _encode(obj, arrays)}

@@ -1,23 +1,27 @@
 """How many threads fastgate uses: its own kernels' and the BLAS under them.
 
-fastgate's compiled kernels call BLAS through ``scipy.linalg.cython_blas``, that is the
-OpenBLAS that SciPy ships (``scipy.libs/libscipy_openblas*.so``), for the input projection,
-and split the batch of the recurrent loop over OpenMP threads; the NumPy oracle calls the
-OpenBLAS that NumPy ships. :func:`set_num_threads` sets all of them: the count the kernels
-read (:func:`kernel_num_threads`) and the thread count of both OpenBLAS libraries, through
-``threadpoolctl`` when it is installed and otherwise through the libraries' own
-``*_set_num_threads`` functions (``ctypes``). Neither is a run-time dependency.
+fastgate's compiled kernels split the batch of the recurrent loop over OpenMP threads and
+call BLAS through ``scipy.linalg.cython_blas`` (the OpenBLAS SciPy's wheels ship, or whatever
+BLAS SciPy was built on: MKL, Accelerate...) for the input projection; the NumPy oracle calls
+NumPy's BLAS. :func:`set_num_threads` sets the count the kernels read
+(:func:`kernel_num_threads`) and, best-effort, the thread count of the OpenBLAS libraries in
+the process, through ``threadpoolctl`` when it is installed (which also reaches MKL and
+others) and otherwise through OpenBLAS's own ``*_set_num_threads`` functions (``ctypes``).
+Neither is a run-time dependency, and no BLAS need be found: the kernels' count never comes
+from the BLAS.
 
 Environment variables
 ---------------------
-OpenBLAS reads ``OPENBLAS_NUM_THREADS`` (then ``OMP_NUM_THREADS``) once, when the library is
-loaded, and uses all cores if neither is set. fastgate never overrides that at import, so::
+Until :func:`set_num_threads` is called, the kernels use ``OPENBLAS_NUM_THREADS``, else
+``OMP_NUM_THREADS`` (its first entry), else the number of CPUs this process may run on: the
+count OpenBLAS itself starts with, as it reads the same variables when it is loaded.
+fastgate never changes the BLAS's count at import, so::
 
     OPENBLAS_NUM_THREADS=1 python serve.py
 
-runs fastgate single-threaded until :func:`set_num_threads` says otherwise: until then
-fastgate's kernels follow SciPy's OpenBLAS, read once at their first call. The setting is
-process-wide: it also applies to any other SciPy / NumPy linear algebra in the process.
+runs fastgate and its BLAS single-threaded until :func:`set_num_threads` says otherwise. The
+setting is process-wide: it also applies to any other SciPy / NumPy linear algebra in the
+process.
 
 How the kernels use threads
 ---------------------------
@@ -39,8 +43,8 @@ import glob
 import os
 from typing import Callable
 
-__all__ = ["set_num_threads", "get_num_threads", "kernel_num_threads", "blas_num_threads",
-           "blas_libraries"]
+__all__ = ["set_num_threads", "get_num_threads", "kernel_num_threads", "default_num_threads",
+           "blas_num_threads", "blas_libraries"]
 
 # Exported names of the thread-count functions, per OpenBLAS build: SciPy's and NumPy's
 # wheels prefix them (scipy_openblas32 / scipy_openblas64_ with a "64_" suffix), a system
@@ -51,7 +55,7 @@ _GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads
             "openblas_get_num_threads64_", "openblas_get_num_threads")
 
 _libraries: list[tuple[str, Callable, Callable]] | None = None
-#: The thread count of fastgate's kernels; None until set or first read from the BLAS.
+#: The thread count of fastgate's kernels; None until set or first read.
 _num_threads: int | None = None
 _THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 
@@ -118,7 +122,8 @@ def blas_libraries() -> list[str]:
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads in fastgate's kernels and in SciPy's and NumPy's OpenBLAS.
+    """Use ``n`` threads in fastgate's kernels and, best-effort, in the process's BLAS
+    libraries (SciPy's and NumPy's OpenBLAS; any BLAS threadpoolctl knows, if installed).
 
     Parameters
     ----------
@@ -143,19 +148,44 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """The number of threads fastgate uses (:func:`set_num_threads`).
 
-    Until :func:`set_num_threads` is called, the thread count of SciPy's OpenBLAS, which
-    honours ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS``.
+    Until :func:`set_num_threads` is called, :func:`default_num_threads`.
     """
-    return _num_threads if _num_threads is not None else blas_num_threads()
+    return _num_threads if _num_threads is not None else default_num_threads()
+
+
+def _environment_num_threads() -> int | None:
+    """The count ``OPENBLAS_NUM_THREADS``, else ``OMP_NUM_THREADS``, asks for (None if
+    neither holds a positive integer). ``OMP_NUM_THREADS`` may list one count per nesting
+    level (``"4,2"``): the first is the outer one."""
+    for name in _THREAD_VARIABLES:
+        value = os.environ.get(name, "").split(",")[0].strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
+def default_num_threads() -> int:
+    """The kernels' thread count until :func:`set_num_threads` is called.
+
+    ``OPENBLAS_NUM_THREADS``, else ``OMP_NUM_THREADS``, else the number of CPUs this process
+    may run on (its affinity mask, where the OS has one).
+    """
+    asked = _environment_num_threads()
+    if asked is not None:
+        return asked
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity masks (macOS, Windows)
+        return os.cpu_count() or 1
 
 
 def kernel_num_threads() -> int:
     """The thread count for the compiled kernels; cheap enough to read on every call."""
     global _num_threads
     if _num_threads is None:
-        _num_threads = blas_num_threads()
-        _configure_kernels(_num_threads, _num_threads > 1 and any(
-            os.environ.get(name, "").strip() for name in _THREAD_VARIABLES))
+        _num_threads = default_num_threads()
+        asked = _environment_num_threads()
+        _configure_kernels(_num_threads, asked is not None and asked > 1)
     return _num_threads
 
 
@@ -168,8 +198,9 @@ def _configure_kernels(threads: int, hidden_split: bool) -> None:
         kernels.configure_threads(threads, hidden_split)
 
 
-def blas_num_threads() -> int:
-    """The thread count of the BLAS that fastgate's compiled kernels call (SciPy's)."""
+def blas_num_threads() -> int | None:
+    """The thread count of the BLAS that fastgate's compiled kernels call (SciPy's), or
+    None where no BLAS thread count can be read (no OpenBLAS found and no threadpoolctl)."""
     libraries = _ctypes_libraries()
     if libraries:
         return int(libraries[0][2]())
@@ -179,6 +210,4 @@ def blas_num_threads() -> int:
         pools.sort(key=lambda pool: not _is_scipys(pool["filepath"]))
         if pools:
             return int(pools[0]["num_threads"])
-    from .errors import BackendError
-    raise BackendError("no OpenBLAS library found in this process; cannot read its thread "
-                       "count")
+    return None

@@ -1,4 +1,5 @@
-"""fastgate.set_num_threads / get_num_threads: SciPy's OpenBLAS thread count, both code paths."""
+"""fastgate.set_num_threads / get_num_threads: the kernels' count (by default from the
+environment) and SciPy's OpenBLAS thread count, both code paths (threadpoolctl and ctypes)."""
 
 import os
 import subprocess
@@ -99,3 +100,52 @@ def test_hidden_units_are_split_only_when_threads_were_asked_for(variable, count
     first, explicit, single = [line.split() for line in result.stdout.splitlines()]
     assert first[1] == str(asked) and int(first[0]) >= 1
     assert explicit == ["2", "True"] and single == ["1", "False"]
+
+
+# Run before fastgate is imported: threadpoolctl cannot be imported, and ctypes cannot open
+# any OpenBLAS, as where SciPy is built on MKL or Accelerate.
+_WITHOUT_OPENBLAS = """
+import ctypes, sys
+sys.modules["threadpoolctl"] = None
+_cdll = ctypes.CDLL
+class _NoOpenBLAS(_cdll):
+    def __init__(self, name, *args, **kwargs):
+        if name and "openblas" in str(name).lower():
+            raise OSError(f"{name}: hidden by the test")
+        super().__init__(name, *args, **kwargs)
+ctypes.CDLL = _NoOpenBLAS
+import numpy as np
+import fastgate
+assert fastgate.backend() == "compiled", fastgate.backend()
+assert fastgate.threads.blas_libraries() == []
+"""
+
+
+@pytest.mark.parametrize("variable", [None, "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"])
+def test_no_openblas_and_no_threadpoolctl(variable, tmp_path):
+    """Bug 6: with no OpenBLAS to read the default from, the first call must still run, on
+    the thread count the environment (or the CPUs this process may use) gives."""
+    env = subprocess_env()
+    env.pop("OPENBLAS_NUM_THREADS", None)
+    env.pop("OMP_NUM_THREADS", None)
+    if variable is not None:
+        env[variable] = "3"
+    code = _WITHOUT_OPENBLAS + (
+        "from conftest import random_cell_weights\n"
+        "layer = fastgate.LSTM(random_cell_weights('lstm', 3, 32, rng=1, dtype=np.float32))\n"
+        "x = np.random.default_rng(0).normal(size=(50, 64, 3)).astype(np.float32)\n"
+        "out, _ = layer(x)\n"
+        "with fastgate.use_backend('python'):\n"
+        "    expected, _ = layer(x)\n"
+        "assert np.max(np.abs(out - expected)) <= 1e-5\n"
+        "first = fastgate.get_num_threads()\n"
+        "fastgate.set_num_threads(2)\n"
+        "assert fastgate.get_num_threads() == 2 and fastgate.threads.blas_num_threads() is None\n"
+        "print(first)\n")
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env["PYTHONPATH"]])
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = 3 if variable else len(os.sched_getaffinity(0))
+    assert result.stdout.split() == [str(expected)]
+
