@@ -18,10 +18,11 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import ConfigError, ShapeError
-from .layers import _as_float_dtype, as_array
+from ._validation import as_array, as_float_dtype
 from .serialization import serializable
 
-__all__ = ["ArrayOp", "ARRAY_OPERATIONS", "OPERATION_OPTIONS", "Merge", "Dot", "Attention", "TENSOR"]
+__all__ = ["ArrayOp", "ARRAY_OPERATIONS", "OPERATION_OPTIONS", "Merge", "Dot", "Attention",
+           "TENSOR"]
 
 #: Stands for a tensor argument in :attr:`ArrayOp.arguments` (the others are constants).
 TENSOR = "__tensor__"
@@ -192,7 +193,7 @@ class Merge:
         self.mode = mode
         self.axis = int(axis)
         self.mask_rule = mask_rule
-        self.dtype = _as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype)
 
     @property
     def streaming(self) -> str:
@@ -278,7 +279,7 @@ class Dot:
             raise ConfigError(f"Dot axes must be one axis or a pair, got {axes!r}")
         self.axes = [int(a) for a in pair]
         self.normalize = bool(normalize)
-        self.dtype = _as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype)
 
     def apply(self, xs: list, masks: list) -> tuple[np.ndarray, None]:
         if len(xs) != 2:
@@ -351,7 +352,7 @@ class Attention:
         if score_mode not in _SCORE_MODES:
             raise ConfigError(f"Attention score_mode must be one of {_SCORE_MODES}, got "
                               f"{score_mode!r}")
-        self.dtype = _as_float_dtype(dtype)
+        self.dtype = as_float_dtype(dtype)
         self.score_mode = score_mode
         self.scale = None if scale is None else np.asarray(
             as_array(scale, self.dtype, "Attention scale"))

@@ -97,7 +97,7 @@ def _as_ref(value: Any) -> tuple[int, int]:
     return (int(node), int(index))
 
 
-def _as_mask(value: Any, node: str) -> np.ndarray:
+def _as_mask(value: Any) -> np.ndarray:
     """The value given as a node's ``mask=``, as Keras uses it: a bool array."""
     mask = np.asarray(value)
     if mask.dtype != np.bool_:
@@ -340,7 +340,7 @@ class Model:
             else:
                 value, mask = fetch(node.source)
             if node.mask_source is not None:
-                mask = _as_mask(fetch(node.mask_source)[0], node.name)
+                mask = _as_mask(fetch(node.mask_source)[0])
             elif node.explicit_mask:
                 mask = [None] * len(value) if node.more_sources else None
             extra = {}
