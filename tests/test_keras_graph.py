@@ -293,3 +293,35 @@ def test_whole_sequence_op_with_initial_state_matches_keras():
             expected, actual = [expected], [actual]
         for a, e in zip(actual, expected):
             np.testing.assert_allclose(a, keras.ops.convert_to_numpy(e), rtol=0, atol=ATOL)
+
+
+def test_old_fastgate_files_still_load():
+    # Files written before graphs: one "source" per node, one input_shape, no names.
+    import io
+    import json
+    import zipfile
+
+    from fastgate.serialization import from_bytes, to_bytes
+
+    rng = np.random.default_rng(9)
+    model = randomize(keras.Sequential([keras.Input((None, 3)), L.Masking(), L.GRU(4),
+                                        L.Dense(2)]), 2)
+    loaded = fastgate.from_keras(model)
+    archive = zipfile.ZipFile(io.BytesIO(to_bytes(loaded)))
+    document = json.loads(archive.read("fastgate.json"))
+    spec = document["object"]["spec"]
+    for key in ("input_names", "output_names"):
+        del spec[key]
+    assert all(set(node) == {"name", "op", "source"} for node in spec["nodes"])
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as rewritten:
+        for member in archive.namelist():
+            data = archive.read(member)
+            rewritten.writestr(member, json.dumps(document) if member == "fastgate.json"
+                               else data)
+    again = from_bytes(buffer.getvalue())
+    x = padded(rng)
+    np.testing.assert_allclose(again.predict(x), model.predict(x, verbose=0), rtol=0,
+                               atol=ATOL)
+    assert again.input_names == ["input_0"] and again.input_shape == (None, None, 3)
+    assert again.output_names == ["dense"]
