@@ -165,7 +165,8 @@ def test_refused(name, tmp_path):
         with pytest.raises(fastgate.UnsupportedLayerError) as info:
             load()
         message = str(info.value)
-        assert f"'{layer}'" in message and argument in message, message
+        # (a keras.ops node is named by Keras' counter: 'cumsum', 'cumsum_1', ...)
+        assert f"'{layer}" in message and argument in message, message
 
 
 # ---------------------------------------------------------------- Keras 2 configurations

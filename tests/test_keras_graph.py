@@ -305,7 +305,7 @@ def test_old_fastgate_files_still_load():
 
     rng = np.random.default_rng(9)
     model = randomize(keras.Sequential([keras.Input((None, 3)), L.Masking(), L.GRU(4),
-                                        L.Dense(2)]), 2)
+                                        L.Dense(2, name="head")]), 2)
     loaded = fastgate.from_keras(model)
     archive = zipfile.ZipFile(io.BytesIO(to_bytes(loaded)))
     document = json.loads(archive.read("fastgate.json"))
@@ -324,4 +324,4 @@ def test_old_fastgate_files_still_load():
     np.testing.assert_allclose(again.predict(x), model.predict(x, verbose=0), rtol=0,
                                atol=ATOL)
     assert again.input_names == ["input_0"] and again.input_shape == (None, None, 3)
-    assert again.output_names == ["dense"]
+    assert again.output_names == ["head"]

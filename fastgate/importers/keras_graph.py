@@ -13,11 +13,12 @@ What a call receives, as Keras gives it:
 
 * ``mask=``: a recorded mask tensor (computed by recorded operations) is the layer's mask.
   Keras 3 records the mask it gives every one-input layer whose call takes one, implicit
-  masks (``Masking``, ``Embedding(mask_zero)``, merges) included, so such a layer recorded
-  without one gets none (an RNN given ``initial_state`` is not masked: pinned by a test).
-  Layers called on a list (merges, attention) get, at run time, the masks that travel with
-  their inputs (each op's own rule), which Keras 3 does not record; so do all layers of
-  Keras 2 files, where only explicit masks are recorded.
+  masks (``Masking``, ``Embedding(mask_zero)``, merges) included. Without a recorded mask a
+  layer gets the mask that travels with its input (each op's rule for passing masks on,
+  which gives what Keras 3 records, and what Keras 3 applies unrecorded to layers called on
+  a list: merges, attention; Keras 2 records only explicit masks), except that Keras 3 does
+  not mask an RNN given ``initial_state`` (its sequence is then not its one tensor
+  argument): pinned by a test.
 * ``initial_state=``: the initial state of a recurrent layer (Keras 2: the inputs after the
   first of a recurrent layer's call).
 * ``training=True`` makes Keras run the layer as in training (dropout, noise) even in
@@ -428,12 +429,14 @@ def _add_call_nodes(wiring: _Wiring, node_name: str, layer: Any, call: KerasCall
     if getattr(first, "multi_input", False) and not layer.operation and not call.listed \
             and len(refs) == 1:
         raise refuse("a merge or attention layer needs a list of inputs")
-    # Keras 3 records the mask it gives a one-input layer that takes one (its absence
-    # means none: e.g. an RNN given initial_state gets none); a layer called on a list
-    # (merges, attention) gets at run time the masks that travel with its inputs, which
-    # Keras 3 does not record. Keras 2 records only explicit masks.
+    # A recorded mask is the layer's mask. Keras 3 gives a layer that takes a mask the one
+    # travelling with its input only when that input is its one tensor argument: an RNN
+    # given initial_state gets none. Otherwise the travelling mask, as each op passes it
+    # on: what Keras 3 records anyway for a one-input layer (and applies, unrecorded, to
+    # layers called on a list), and what Keras 2, which records only explicit masks, does.
     mask_source = None
-    explicit = keras3 and not call.listed and layer.class_name in MASK_CONSUMERS
+    explicit = (keras3 and bool(call.initial_state) and not call.listed
+                and layer.class_name in MASK_CONSUMERS)
     masks = call.mask or []
     if hasattr(first, "given_masks"):
         # attention: the masks given (query, value) are further inputs of the op
