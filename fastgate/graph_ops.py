@@ -60,6 +60,34 @@ def _concatenate(*xs: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.concatenate(xs, axis=axis)
 
 
+def _index(entry: Any) -> Any:
+    """One entry of a Keras ``GetItem`` key as recorded: an int, ``None`` (a new axis),
+    ``{"class_name": "__slice__", ...}`` or ``{"class_name": "__ellipsis__"}``."""
+    if isinstance(entry, dict) and entry.get("class_name") == "__slice__":
+        config = entry.get("config") or {}
+        return slice(config.get("start"), config.get("stop"), config.get("step"))
+    if isinstance(entry, dict) and entry.get("class_name") == "__ellipsis__":
+        return Ellipsis
+    if entry is None or (isinstance(entry, int) and not isinstance(entry, bool)):
+        return entry
+    raise ConfigError(f"GetItem: unsupported index entry {entry!r}")
+
+
+def is_index_key(key: Any) -> bool:
+    """Whether ``key`` is a ``GetItem`` key fastgate evaluates (basic indexing only)."""
+    try:
+        [_index(entry) for entry in (key if isinstance(key, list) else [key])]
+    except ConfigError:
+        return False
+    return True
+
+
+def _get_item(x: np.ndarray, key: Any) -> np.ndarray:
+    if isinstance(key, list):
+        return x[tuple(_index(entry) for entry in key)]
+    return x[_index(key)]
+
+
 #: Keras 3 operation class -> (NumPy function, acts on each step alone unless it has axes).
 #: Binary operations broadcast like Keras'; comparisons and logical operations give bools.
 ARRAY_OPERATIONS: dict[str, Callable] = {
@@ -73,6 +101,7 @@ ARRAY_OPERATIONS: dict[str, Callable] = {
     "Multiply": np.multiply, "Cast": _cast, "ConvertToTensor": _convert,
     "ExpandDims": lambda x, axis: np.expand_dims(x, axis), "Squeeze": _squeeze,
     "ZerosLike": _like(np.zeros), "OnesLike": _like(np.ones), "Concatenate": _concatenate,
+    "GetItem": _get_item,
 }
 #: The keyword options each operation takes (Keras records them in its config); an
 #: operation recorded with another option is refused.
@@ -85,7 +114,7 @@ OPERATION_OPTIONS: dict[str, set[str]] = {
 }
 # Operations that combine values across an axis (the others act elementwise).
 _AXIS_OPERATIONS = {"Any", "All", "Sum", "Max", "Min", "Mean", "ExpandDims", "Squeeze",
-                    "Concatenate"}
+                    "Concatenate", "GetItem"}
 
 
 @serializable
@@ -126,6 +155,9 @@ class ArrayOp:
             steps_axis_free = operation not in _AXIS_OPERATIONS
         self.steps_axis_free = bool(steps_axis_free)
         self._function = ARRAY_OPERATIONS[operation]
+        if operation == "GetItem" and not (len(self.arguments) == 2
+                                           and is_index_key(self.arguments[1])):
+            raise ConfigError(f"ArrayOp GetItem: unsupported key {self.arguments[1:]!r}")
 
     @property
     def streaming(self) -> str:

@@ -87,6 +87,14 @@ def case_mask_chain(rng):
     return keras.Model(x, [y, L.SimpleRNN(2)(y)]), [padded(rng)]
 
 
+def case_mask_from_one_feature(rng):
+    # Indexing (GetItem): valid where feature 0 is not zero and feature 1 or 2 exceeds -1.
+    x = keras.Input((None, 3))
+    mask = ops.logical_and(ops.not_equal(x[:, :, 0], 0),
+                           ops.any(ops.greater(x[..., 1:3], -1.0), axis=-1))
+    return keras.Model(x, L.GRU(4, return_sequences=True)(x, mask=mask)), [padded(rng)]
+
+
 def case_mask_from_other_input(rng):
     # The mask comes from a second model input (a (B, T) float array of 0/1).
     x = keras.Input((None, 3))
@@ -122,7 +130,8 @@ CASES = {f"{cell}_{'seq' if seq else 'last'}": case_explicit_mask(cell, seq)
          for cell in RECURRENT for seq in (False, True)}
 CASES.update({f"bidirectional_{mode}": case_explicit_mask_bidirectional(mode)
               for mode in ("concat", "sum")})
-CASES.update(mask_chain=case_mask_chain, mask_from_other_input=case_mask_from_other_input,
+CASES.update(mask_chain=case_mask_chain, mask_from_one_feature=case_mask_from_one_feature,
+             mask_from_other_input=case_mask_from_other_input,
              mask_overrides_masking=case_mask_overrides_masking,
              embedding_implicit=case_embedding_implicit)
 
@@ -202,7 +211,8 @@ def test_unsupported_mask_operation_is_named(tmp_path):
         fastgate.load(path)
 
 
-@pytest.mark.parametrize("name", ["lstm_seq", "gru_last", "mask_chain"])
+@pytest.mark.parametrize("name", ["lstm_seq", "gru_last", "mask_chain",
+                                  "mask_from_one_feature"])
 def test_masked_graph_streams_like_a_full_call(built, name):
     # The mask chain acts on each step alone (NotEqual, then Any over the features), so
     # the model streams; chunk by chunk gives the full call's outputs.

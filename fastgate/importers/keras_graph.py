@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import UnsupportedLayerError, WeightFormatError
-from ..graph_ops import ARRAY_OPERATIONS, OPERATION_OPTIONS, TENSOR, ArrayOp
+from ..graph_ops import ARRAY_OPERATIONS, OPERATION_OPTIONS, TENSOR, ArrayOp, is_index_key
 from ..model import MODEL_INPUT, Node
 
 __all__ = ["KerasCall", "parse_calls", "build_graph", "is_keras_operation"]
@@ -152,6 +152,8 @@ def _operation_arguments(args: list, refuse: Callable[[str], Exception]
         elif isinstance(value, list) and value and all(_keras3_ref(v) for v in value):
             template.extend([TENSOR] * len(value))
             tensors.extend(_keras3_ref(v) for v in value)
+        elif not _contains_tensor(value) and is_index_key(value):
+            template.append(value)  # a GetItem key: ints, slices, ellipsis, None
         elif _contains_tensor(value) or isinstance(value, dict):
             raise refuse(f"an argument of this operation is not supported: "
                          f"{str(value)[:120]}")
@@ -349,16 +351,33 @@ def _operation(layer: Any, call: KerasCall, refuse: Callable[[str], Exception]) 
     if not call.inputs:
         raise refuse("the operation reads no tensor")
     return ArrayOp(layer.class_name, call.arguments, options,
-                   steps_axis_free=_steps_axis_free(layer.class_name, options, call.ranks))
+                   steps_axis_free=_steps_axis_free(layer.class_name, options, call.ranks,
+                                                    call.arguments))
 
 
-def _steps_axis_free(operation: str, options: dict, ranks: list[int | None]) -> bool | None:
+def _index_keeps_steps(key: Any, rank: int | None) -> bool:
+    """Whether a GetItem key leaves the batch and steps axes whole (``x[:, :, 0]``,
+    ``x[..., 1:3]`` of a rank-3 input), so it acts on each step alone."""
+    entries = key if isinstance(key, list) else [key]
+    full = {"class_name": "__slice__", "config": {"start": None, "stop": None, "step": None}}
+    if any(entry is None for entry in entries) or rank is None:
+        return False
+    if entries[:2] == [full, full]:
+        return True
+    ellipsis = {"class_name": "__ellipsis__", "config": {}}
+    return bool(entries) and entries[0] == ellipsis and len(entries) - 1 <= rank - 2
+
+
+def _steps_axis_free(operation: str, options: dict, ranks: list[int | None],
+                     arguments: list) -> bool | None:
     """Whether an axis operation acts on feature axes only (axis >= 2), from the rank Keras
     recorded for its input; ``None`` (the class default) when it is elementwise."""
     if operation not in ("Any", "All", "Sum", "Max", "Min", "Mean", "ExpandDims", "Squeeze",
-                         "Concatenate"):
+                         "Concatenate", "GetItem"):
         return None
     rank = ranks[0] if ranks else None
+    if operation == "GetItem":
+        return _index_keeps_steps(arguments[1] if len(arguments) > 1 else None, rank)
     axes = options.get("axis")
     if axes is None or rank is None:
         return False
