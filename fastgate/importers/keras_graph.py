@@ -51,8 +51,9 @@ MASK_CONSUMERS = _RECURRENT_CLASSES | {"RNN", "Bidirectional", "TimeDistributed"
                                        "GlobalAveragePooling1D", "GlobalAvgPool1D"}
 #: Layers whose op depends on the call's arguments: one op per call.
 PER_CALL_LAYERS = {"Attention", "AdditiveAttention"}
-# Call arguments that change nothing at inference, per layer class (besides mask/training).
-_NEUTRAL_ARGUMENTS = {"Attention": {"return_attention_scores", "use_causal_mask"},
+# Call arguments a layer's op reproduces, per layer class (besides mask, training and
+# initial_state); any other recorded argument is refused.
+_HANDLED_ARGUMENTS = {"Attention": {"return_attention_scores", "use_causal_mask"},
                       "AdditiveAttention": {"return_attention_scores", "use_causal_mask"}}
 
 
@@ -256,7 +257,7 @@ def _check_call(layer: Any, call: KerasCall, refuse: Callable[[str], Exception])
             raise refuse("it is called with training=True: Keras runs it as in training "
                          "(dropout or noise at predict time), which fastgate does not "
                          "reproduce")
-    unknown = sorted(set(call.options) - _NEUTRAL_ARGUMENTS.get(kind, set()))
+    unknown = sorted(set(call.options) - _HANDLED_ARGUMENTS.get(kind, set()))
     if unknown and not layer.operation:
         raise refuse(f"it is called with {unknown}, which fastgate does not support")
     if call.initial_state and kind not in _RECURRENT_CLASSES | {"Bidirectional"}:
@@ -466,6 +467,9 @@ def _add_call_nodes(wiring: _Wiring, node_name: str, layer: Any, call: KerasCall
         mask_source, explicit = wiring.resolve(masks[0], layer.name), True
     if states and not hasattr(first, "state_count"):
         raise refuse("initial_state is only supported for recurrent layers")
+    if states and len(states) != first.state_count:
+        raise refuse(f"initial_state holds {len(states)} tensors; the layer has "
+                     f"{first.state_count} states")
     wiring.nodes.append(Node(node_name + ops[0][0], first, refs[0], tuple(refs[1:]),
                              mask_source, tuple(states), explicit))
     for suffix, op in ops[1:]:
