@@ -135,6 +135,9 @@ class Model:
         One shape (or ``None``: not checked) per model input.
     input_names, output_names : sequence of str, optional
         Keras' names of the inputs (``predict`` takes a dict keyed by them) and outputs.
+    dict_outputs : bool
+        Return the outputs as a dict keyed by ``output_names`` (a Keras model built with a
+        dict of outputs), not a list.
     name : str
         Shown by ``repr`` and :meth:`summary`.
 
@@ -151,6 +154,7 @@ class Model:
                  input_shapes: Sequence[Sequence[int | None] | None] | None = None,
                  input_names: Sequence[str] | None = None,
                  output_names: Sequence[str] | None = None,
+                 dict_outputs: bool = False,
                  name: str = "model") -> None:
         if input_shapes is None:
             input_shapes = [input_shape]
@@ -178,6 +182,10 @@ class Model:
         if len(self.output_names) != len(self.outputs):
             raise ConfigError(f"{len(self.output_names)} output names for "
                               f"{len(self.outputs)} outputs")
+        self.dict_outputs = bool(dict_outputs)
+        if self.dict_outputs and len(set(self.output_names)) != len(self.output_names):
+            raise ConfigError(f"dict_outputs needs distinct output names, got "
+                              f"{self.output_names}")
         self.name = str(name)
         self._plan = self._stream_plan()
 
@@ -368,7 +376,9 @@ class Model:
                             node.op.apply(value, mask, **extra))
         return [self._as_output(ref, value) for ref, value in walked]
 
-    def _result(self, results: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    def _result(self, results: list[np.ndarray]) -> Any:
+        if self.dict_outputs:
+            return dict(zip(self.output_names, results))
         return results[0] if len(results) == 1 else results
 
     def __call__(self, x: ArrayLike) -> np.ndarray | list[np.ndarray]:
@@ -376,8 +386,7 @@ class Model:
         its output (a list if several)."""
         return self._result(self._run(self._prepare_input(x)))
 
-    def predict(self, x: ArrayLike, batch_size: int | None = None
-                ) -> np.ndarray | list[np.ndarray]:
+    def predict(self, x: ArrayLike, batch_size: int | None = None) -> Any:
         """What Keras' ``model.predict(x, batch_size)`` returns: the outputs for ``x``.
 
         ``x`` is one array, or for a model of several inputs a list of arrays in the order of
@@ -386,7 +395,8 @@ class Model:
         whose state carries from one batch to the next as in Keras (its default batch is its
         input's fixed batch size, else 32); otherwise the whole of ``x`` runs at once unless
         ``batch_size`` is given. Outputs are float32 arrays, one array for one output, else a
-        list.
+        list (a dict keyed by :attr:`output_names` with ``dict_outputs``, as Keras returns
+        for a model built with a dict of outputs).
         """
         inputs = self._prepare_input(x)
         if batch_size is None and self.stateful:
@@ -658,6 +668,8 @@ class Model:
         spec = {"name": self.name, "input_shape": self.input_shape, "nodes": nodes,
                 "outputs": [list(ref) for ref in self.outputs],
                 "output_names": self.output_names, "input_names": self.input_names}
+        if self.dict_outputs:
+            spec["dict_outputs"] = True
         if len(self.input_shapes) > 1:
             spec["input_shapes"] = self.input_shapes
             del spec["input_shape"]
@@ -679,4 +691,6 @@ class Model:
         return cls(nodes, spec["outputs"],
                    input_shape=None if shapes is not None else spec.get("input_shape"),
                    input_shapes=shapes, input_names=spec.get("input_names"),
-                   output_names=spec.get("output_names"), name=spec.get("name", "model"))
+                   output_names=spec.get("output_names"),
+                   dict_outputs=bool(spec.get("dict_outputs", False)),
+                   name=spec.get("name", "model"))

@@ -325,3 +325,22 @@ def test_old_fastgate_files_still_load():
                                atol=ATOL)
     assert again.input_names == ["input_0"] and again.input_shape == (None, None, 3)
     assert again.output_names == ["head"]
+
+
+def test_dict_inputs_and_outputs(tmp_path):
+    # A model built with dicts takes a dict and gives a dict, keyed as in Keras.
+    a, b = keras.Input((None, 3), name="a"), keras.Input((None, 3), name="b")
+    model = randomize(keras.Model({"a": a, "b": b}, {"sum": L.LSTM(2)(L.Add()([a, b])),
+                                                     "left": L.GRU(2)(a)}), seed=1)
+    model.save(tmp_path / "dict.keras")
+    rng = np.random.default_rng(2)
+    data = {"a": rng.normal(size=(2, 4, 3)).astype(np.float32),
+            "b": rng.normal(size=(2, 4, 3)).astype(np.float32)}
+    expected = model.predict(data, verbose=0)
+    loaded = fastgate.load(tmp_path / "dict.keras")
+    loaded.save(tmp_path / "dict.fastgate")
+    for candidate in (loaded, fastgate.load(tmp_path / "dict.fastgate")):
+        actual = candidate.predict(data)
+        assert isinstance(actual, dict) and set(actual) == set(expected)
+        for key in expected:
+            np.testing.assert_allclose(actual[key], expected[key], rtol=0, atol=ATOL)

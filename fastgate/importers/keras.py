@@ -390,6 +390,7 @@ class _Architecture:
     input_names: list[str]      # functional: the input layers; Sequential: []
     outputs: list | None        # functional: (layer, call, tensor) per output; else None
     output_names: list[str] | None = None
+    dict_outputs: bool = False  # the model was built with a dict of outputs
 
 
 def _parse(config: dict, path: Any) -> _Architecture:
@@ -439,7 +440,7 @@ def _parse(config: dict, path: Any) -> _Architecture:
     names = (list(output_layers) if isinstance(output_layers, dict)
              else [f"{n}" + (f"[{t}]" if t else "") for n, _, t in outputs])
     return _Architecture(model_name, layers, shapes, [name for name, _, _ in inputs],
-                         outputs, names)
+                         outputs, names, isinstance(output_layers, dict))
 
 
 def _keras_major(version: Any, config: dict) -> int:
@@ -526,7 +527,8 @@ def _from_config(config: dict | str, weights: Any, *, keras_version: str | None,
         output_count=_output_count, keras3=keras3, path=path)
     return Model(nodes, model_outputs, input_shapes=architecture.input_shapes,
                  input_names=architecture.input_names,
-                 output_names=architecture.output_names, name=architecture.name)
+                 output_names=architecture.output_names,
+                 dict_outputs=architecture.dict_outputs, name=architecture.name)
 
 
 def _sequential_nodes(ctx: _Context, layers: list[KerasLayer]
