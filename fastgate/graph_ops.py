@@ -117,6 +117,34 @@ _AXIS_OPERATIONS = {"Any", "All", "Sum", "Max", "Min", "Mean", "ExpandDims", "Sq
                     "Concatenate", "GetItem"}
 
 
+def _is_number(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float))
+
+
+def _check_option(operation: str, key: str, value: Any) -> None:
+    """Options are checked when the op is built, so a bad file fails at load, not later."""
+    if key == "dtype":
+        if value is None:
+            return
+        try:
+            kind = np.dtype(value).kind
+        except TypeError:
+            kind = None
+        if kind not in ("b", "i", "u", "f"):
+            raise ConfigError(f"ArrayOp {operation}: dtype {value!r} is not a bool, integer "
+                              f"or float type")
+    elif key == "axis":
+        axes = value if isinstance(value, list) else [value]
+        if not all(a is None or (isinstance(a, int) and not isinstance(a, bool))
+                   for a in axes):
+            raise ConfigError(f"ArrayOp {operation}: axis {value!r} is not an integer")
+    elif key in ("keepdims", "sparse", "ragged"):
+        if not isinstance(value, bool) and value is not None:
+            raise ConfigError(f"ArrayOp {operation}: {key} {value!r} is not a bool")
+    elif key == "initial" and not _is_number(value):
+        raise ConfigError(f"ArrayOp {operation}: initial {value!r} is not a number")
+
+
 @serializable
 class ArrayOp:
     """One Keras 3 tensor operation (``keras.ops``) evaluated with NumPy.
@@ -151,13 +179,21 @@ class ArrayOp:
         unknown = sorted(set(self.options) - OPERATION_OPTIONS.get(operation, set()))
         if unknown:
             raise ConfigError(f"ArrayOp {operation}: options {unknown} are not supported")
+        for key, value in self.options.items():
+            _check_option(operation, key, value)
+        if operation == "GetItem" and not (len(self.arguments) == 2
+                                           and is_index_key(self.arguments[1])):
+            raise ConfigError(f"ArrayOp GetItem: unsupported key {self.arguments[1:]!r}")
+        # the other arguments: tensor slots and numbers (GetItem's key is checked above)
+        constants = self.arguments[:1] if operation == "GetItem" else self.arguments
+        for value in constants:
+            if not (_is_number(value) or (isinstance(value, str) and value == TENSOR)):
+                raise ConfigError(f"ArrayOp {operation}: argument {value!r} is neither a "
+                                  f"tensor nor a number")
         if steps_axis_free is None:
             steps_axis_free = operation not in _AXIS_OPERATIONS
         self.steps_axis_free = bool(steps_axis_free)
         self._function = ARRAY_OPERATIONS[operation]
-        if operation == "GetItem" and not (len(self.arguments) == 2
-                                           and is_index_key(self.arguments[1])):
-            raise ConfigError(f"ArrayOp GetItem: unsupported key {self.arguments[1:]!r}")
 
     @property
     def streaming(self) -> str:

@@ -249,3 +249,19 @@ def test_mask_over_the_steps_axis_cannot_stream(tmp_path):
                                rtol=0, atol=ATOL)
     with pytest.raises(fastgate.ConfigError, match="'mean'"):
         loaded.initial_state(2)
+
+
+@pytest.mark.parametrize("operation, arguments, options", [
+    ("Cast", ["__tensor__"], {"dtype": "object"}),
+    ("Cast", ["__tensor__"], {"dtype": "not a dtype"}),
+    ("Any", ["__tensor__"], {"axis": "1"}),
+    ("NotEqual", ["__tensor__", "import os"], {}),
+    ("GetItem", ["__tensor__", {"class_name": "__builtin__"}], {}),
+    ("Sum", ["__tensor__"], {"where": True}),
+    ("Eval", ["__tensor__"], {}),
+])
+def test_array_op_checks_what_a_file_says(operation, arguments, options):
+    # A .fastgate file names operations from a fixed table, with checked constants and
+    # options: a bad one fails when the file is read, never later.
+    with pytest.raises(fastgate.ConfigError):
+        fastgate.graph_ops.ArrayOp(operation, arguments, options)

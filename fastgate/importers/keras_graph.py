@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import UnsupportedLayerError, WeightFormatError
+from ..errors import ConfigError, UnsupportedLayerError, WeightFormatError
 from ..graph_ops import ARRAY_OPERATIONS, OPERATION_OPTIONS, TENSOR, ArrayOp, is_index_key
 from ..model import MODEL_INPUT, Node
 
@@ -351,9 +351,13 @@ def _operation(layer: Any, call: KerasCall, refuse: Callable[[str], Exception]) 
                      f"{unknown}, which fastgate does not evaluate")
     if not call.inputs:
         raise refuse("the operation reads no tensor")
-    return ArrayOp(layer.class_name, call.arguments, options,
-                   steps_axis_free=_steps_axis_free(layer.class_name, options, call.ranks,
-                                                    call.arguments))
+    try:
+        return ArrayOp(layer.class_name, call.arguments, options,
+                       steps_axis_free=_steps_axis_free(layer.class_name, options, call.ranks,
+                                                        call.arguments))
+    except ConfigError as error:
+        raise refuse(f"the Keras operation cannot be evaluated by fastgate: {error}"
+                     ) from error
 
 
 def _index_keeps_steps(key: Any, rank: int | None) -> bool:
