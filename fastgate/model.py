@@ -232,8 +232,9 @@ class Model:
         return any(getattr(node.op, "stateful", False) for node in self.nodes)
 
     def count_params(self) -> int:
-        """The number of weights (every array entry) in the model."""
-        return sum(_count_parameters(node.op) for node in self.nodes)
+        """The number of weights (every array entry) in the model; a shared op counts once."""
+        unique = {id(node.op): node.op for node in self.nodes}
+        return sum(_count_parameters(op) for op in unique.values())
 
     def summary(self) -> str:
         """A table of the nodes (name, op, input, weights), as a string to print."""
