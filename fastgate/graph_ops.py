@@ -212,8 +212,11 @@ class ArrayOp:
         supplied = iter(values)
         arguments = [np.asarray(next(supplied)) if isinstance(a, str) and a == TENSOR else a
                      for a in self.arguments]
-        with np.errstate(all="ignore"):
-            return np.asarray(self._function(*arguments, **self.options)), None
+        try:
+            with np.errstate(all="ignore"):
+                return np.asarray(self._function(*arguments, **self.options)), None
+        except (ValueError, IndexError, TypeError) as error:  # shapes that do not fit
+            raise ShapeError(f"{self.operation}: {error}") from error
 
     def _get_spec(self) -> dict[str, Any]:
         return {"operation": self.operation, "arguments": self.arguments,
@@ -277,6 +280,16 @@ class Merge:
 
     def apply(self, xs: list, masks: list) -> tuple[np.ndarray, np.ndarray | None]:
         values = self._values(xs)
+        try:
+            return self._merge(values, list(masks))
+        except ShapeError:
+            raise
+        except (ValueError, IndexError) as error:  # shapes that do not fit
+            raise ShapeError(f"{self.mode}: {error}; input shapes "
+                             f"{[v.shape for v in values]}") from error
+
+    def _merge(self, values: list[np.ndarray], masks: list
+               ) -> tuple[np.ndarray, np.ndarray | None]:
         if self.mode == "concatenate":
             output = np.concatenate(values, axis=self.axis)
         elif self.mode == "subtract":
@@ -292,7 +305,7 @@ class Merge:
             output = values[0]
             for v in values[1:]:
                 output = function(output, v)
-        return output.astype(self.dtype, copy=False), self._mask(values, list(masks))
+        return output.astype(self.dtype, copy=False), self._mask(values, masks)
 
     def _mask(self, values: list[np.ndarray], masks: list) -> np.ndarray | None:
         if all(m is None for m in masks):
@@ -353,6 +366,9 @@ class Dot:
         if len(xs) != 2:
             raise ShapeError(f"Dot: expected 2 inputs, got {len(xs)}")
         x1, x2 = (as_array(x, self.dtype, "Dot input") for x in xs)
+        if min(x1.ndim, x2.ndim) < 2:
+            raise ShapeError(f"Dot: inputs need a batch axis and another, got shapes "
+                             f"{x1.shape}, {x2.shape}")
         a1, a2 = (a % x.ndim for a, x in zip(self.axes, (x1, x2)))
         if self.normalize:
             x1 = x1 / np.maximum(np.sqrt(np.sum(x1 * x1, axis=a1, keepdims=True)), 1e-12)
@@ -464,7 +480,15 @@ class Attention:
         return tensors, found
 
     def apply(self, xs: list, masks: list) -> tuple[tuple, tuple]:
-        tensors, (query_mask, value_mask) = self._split(list(xs), list(masks or []))
+        try:
+            return self._attend(list(xs), list(masks or []))
+        except ShapeError:
+            raise
+        except (ValueError, IndexError) as error:  # shapes that do not fit
+            raise ShapeError(f"Attention: {error}") from error
+
+    def _attend(self, xs: list, masks: list) -> tuple[tuple, tuple]:
+        tensors, (query_mask, value_mask) = self._split(xs, masks)
         query, value = tensors[0], tensors[1]
         key = tensors[2] if self.has_key else value
         scores = self._scores(query, key).astype(self.dtype, copy=False)

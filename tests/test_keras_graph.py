@@ -348,3 +348,41 @@ def test_dict_inputs_and_outputs(tmp_path):
         assert isinstance(actual, dict) and set(actual) == set(expected)
         for key in expected:
             np.testing.assert_allclose(actual[key], expected[key], rtol=0, atol=ATOL)
+
+
+# ------------------------------------------------------------------------------- fuzzing
+def test_mutated_graph_documents(built, tmp_path):
+    # A graph's .fastgate document and Keras configuration with values replaced at random
+    # (references, masks, states, operation arguments): each loads and predicts, or raises
+    # a fastgate error; nothing else escapes.
+    import io
+    import json
+    import zipfile
+
+    from hypothesis import given, settings
+    from test_fuzz_loaders import FUZZ, json_edits, rezip
+
+    model, paths, inputs, _ = built("attention_causal_masked")
+    fastgate.load(paths["keras"]).save(tmp_path / "seed.fastgate")
+    seeds = {".fastgate": ((tmp_path / "seed.fastgate").read_bytes(), "fastgate.json"),
+             ".keras": (paths["keras"].read_bytes(), "config.json")}
+
+    def load_and_run(path):
+        try:
+            fastgate.load(path).predict(inputs[0])
+        except fastgate.FastgateError:
+            pass
+
+    for suffix, (data, member) in seeds.items():
+        document = json.loads(zipfile.ZipFile(io.BytesIO(data)).read(member))
+
+        @settings(FUZZ, max_examples=100)
+        @given(json_edits(document))
+        def check(edited):
+            fuzzed = rezip(data, lambda name: name == member,
+                           lambda raw: json.dumps(edited, allow_nan=True).encode())
+            path = tmp_path / f"fuzzed{suffix}"
+            path.write_bytes(fuzzed)
+            load_and_run(path)
+
+        check()

@@ -265,3 +265,20 @@ def test_array_op_checks_what_a_file_says(operation, arguments, options):
     # options: a bad one fails when the file is read, never later.
     with pytest.raises(fastgate.ConfigError):
         fastgate.graph_ops.ArrayOp(operation, arguments, options)
+
+
+def test_graph_ops_report_shapes_that_do_not_fit():
+    # numpy's errors become ShapeErrors saying what did not fit
+    from fastgate.graph_ops import ArrayOp, Attention, Dot, Merge
+
+    x, y = np.zeros((2, 3, 4), np.float32), np.zeros((2, 5, 4), np.float32)
+    with pytest.raises(fastgate.ShapeError, match="add"):
+        Merge("add").apply([x, y], [None, None])
+    with pytest.raises(fastgate.ShapeError, match="concatenate"):
+        Merge("concatenate", axis=5).apply([x, x], [None, None])
+    with pytest.raises(fastgate.ShapeError, match="Squeeze"):
+        ArrayOp("Squeeze", ["__tensor__"], {"axis": 1}).apply(x, None)
+    with pytest.raises(fastgate.ShapeError, match="Dot"):
+        Dot(2).apply([x, y[:, :, :3]], [None, None])
+    with pytest.raises(fastgate.ShapeError, match="Attention"):
+        Attention().apply([x, y[:, :, :3]], [None, None])
