@@ -23,6 +23,7 @@ from .layers import GRU, LSTM, RecurrentLayer, SimpleRNN
 from .layout import GATE_ORDERS, CellWeights, reorder_gates
 from .ops import (Activation, Bidirectional, Dense, Embedding, Flatten, GlobalPooling1D, Masking,
                   Recurrent, RepeatVector)
+from . import sequence_ops  # its ops (Conv1D, BatchNormalization...) load from .fastgate
 from .model import Model
 from .loading import load
 from .importers.keras import from_keras

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import formats
-from ..errors import FastgateError
+from ..errors import FastgateError, UnsupportedLayerError
 from ._common import count_parameters, debug_options, load_model, loading_options, table
 
 _TABLE_HEADER = ["name", "kind", "input", "hidden/out", "dirs", "activations",
@@ -247,13 +247,45 @@ def command_inspect(args: argparse.Namespace) -> int:
     described = describe_file(path)
     print(f"file:      {path} ({os.path.getsize(path) / 1024:.1f} kB)")
     print(f"format:    {described['format']}")
-    print(f"saved by:  {described['saved_by']}")
     source = described["source"]
+    if source == "keras":
+        return _inspect_keras(path, args, described)
+    print(f"saved by:  {described['saved_by']}")
     if source == "torch" and args.prefix is None and args.kind is None:
         named, chain = _torch_modules(path), True
         print(f"contents:  PyTorch state_dict of {len(named)} module(s)")
     else:
         named, chain = _loaded_contents(path, args)
+    return _print_layers(named, chain, source, args)
+
+
+def _inspect_keras(path: str, args: argparse.Namespace, described: dict[str, str]) -> int:
+    """The Keras version that saved the file (or what is assumed), what is converted from
+    older formats, and the layers; for a file fastgate refuses, which layer and why."""
+    from ..errors import WeightFormatError
+    from ..importers.keras import keras_saved_by
+
+    try:
+        saved = keras_saved_by(path, args.architecture)
+        print(f"saved by:  {saved.describe()}")
+        for note in saved.notes:
+            print(f"converts:  {note}")
+    except (WeightFormatError, ValueError) as error:  # a weights file without architecture
+        print(f"saved by:  {described['saved_by']} ({error})")
+    try:
+        named, chain = _loaded_contents(path, args)
+    except WeightFormatError as error:  # UnsupportedLayerError included
+        kind = "unsupported" if isinstance(error, UnsupportedLayerError) else "unreadable"
+        print(f"refused:   {kind}: {error}")
+        if error.layer is not None:
+            print(f"layer:     {error.layer}")
+        return 1
+    return _print_layers(named, chain, "keras", args)
+
+
+def _print_layers(named: list[tuple[str, Any]], chain: bool, source: str,
+                  args: argparse.Namespace) -> int:
+    """The table of the layers, the gate note, the graph note and the parameter count."""
     importable = [(name, obj) for name, obj in named if not isinstance(obj, str)]
     if importable:
         print("layers:")

@@ -2,9 +2,12 @@
 
 Reads Keras 3 ``.keras`` archives, full-model ``.h5`` files written by Keras 3 and by
 Keras 2 / tf.keras, and weights-only files (``.weights.h5`` in either layout, with the
-architecture given as ``model.to_json()`` text or dict). The file reading is in
-:mod:`fastgate.importers.keras_hdf5`; this module translates a Keras configuration and its
-weights into fastgate ops, and computes nothing itself:
+architecture given as ``model.to_json()`` text or dict), of every Keras version: the file
+reading is in :mod:`fastgate.importers.keras_hdf5`, the conversion of Keras 1 and Keras
+2.0-2.2 configurations and weights to their modern form in
+:mod:`fastgate.importers.keras_legacy`; this module translates a Keras configuration and its
+weights into fastgate ops (:mod:`fastgate.ops`, :mod:`fastgate.sequence_ops`), and computes
+nothing itself:
 
 * kernels are already ``x @ W`` (fastgate's layout); gates are reordered with
   :data:`fastgate.layout.GATE_ORDERS` ``["keras"]`` (GRU ``z r h`` -> ``r z n``);
@@ -12,8 +15,10 @@ weights into fastgate ops, and computes nothing itself:
   recurrent bias is zero; GRU(``reset_after=True``) stores ``(2, 3H)``: input, recurrent;
 * Keras 2 CuDNNLSTM / CuDNNGRU weights (bias ``8H`` / flat ``6H``) are converted the way
   tf.keras' ``_convert_rnn_weights`` did (per-gate kernel re-layout, bias halves);
-* ``hard_sigmoid`` is ``0.2 x + 0.5`` in Keras 2 and ``x / 6 + 0.5`` in Keras 3: the saving
-  version decides (:mod:`fastgate.activations`).
+* ``hard_sigmoid`` is ``0.2 x + 0.5`` in Keras 1 and 2 and ``x / 6 + 0.5`` in Keras 3: the
+  saving version decides (:mod:`fastgate.activations`);
+* ``RNN(cell)`` is the layer of that cell; ``RNN(StackedRNNCells)`` runs its cells as
+  stacked layers (:class:`fastgate.sequence_ops.StackedRecurrent`).
 
 Supported: ``Sequential`` and functional graphs (several inputs and outputs, shared layers,
 merges, attention, ``mask=`` and ``initial_state=`` call arguments: the graph itself is
@@ -40,11 +45,15 @@ from ..graph_ops import Attention, Dot, Merge
 from ..model import MODEL_INPUT, Model, Node
 from ..ops import (AXIS_ACTIVATIONS, Activation, Bidirectional, Dense, Embedding, Flatten,
                    GlobalPooling1D, Masking, Recurrent, RepeatVector)
+from ..sequence_ops import (BatchNormalization, Conv1D, Cropping1D, LayerNormalization, Permute,
+                            Pooling1D, Reshape, StackedRecurrent, TimeDistributed, UpSampling1D,
+                            ZeroPadding1D)
 from .keras_graph import KerasCall, build_graph, is_keras_operation, parse_calls
+from .keras_legacy import SavedBy, modern_config, modernize, saved_by
 from .keras_hdf5 import (Keras3Weights, LegacyWeights, hdf5_errors, is_hdf5,
                          keras3_group_name, open_hdf5, read_attribute, read_keras_archive)
 
-__all__ = ["load_keras", "from_keras", "from_config", "SUPPORTED_LAYERS"]
+__all__ = ["load_keras", "from_keras", "from_config", "keras_saved_by", "SUPPORTED_LAYERS"]
 
 _RECURRENT = {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "rnn", "CuDNNLSTM": "lstm",
               "CuDNNGRU": "gru"}
@@ -56,11 +65,17 @@ _MERGES = {"Concatenate": "concatenate", "Add": "add", "Subtract": "subtract",
            "Minimum": "minimum"}
 _POOLING = {"GlobalMaxPooling1D": "max", "GlobalMaxPool1D": "max",
             "GlobalAveragePooling1D": "average", "GlobalAvgPool1D": "average"}
+_SEQUENCE_CLASSES = {"BatchNormalization", "LayerNormalization", "Conv1D", "Convolution1D",
+                     "MaxPooling1D", "MaxPool1D", "AveragePooling1D", "AvgPool1D",
+                     "ZeroPadding1D", "Cropping1D", "UpSampling1D", "Reshape", "Permute",
+                     "RNN"}  # translated by _SEQUENCE_LAYERS (into fastgate.sequence_ops)
 SUPPORTED_LAYERS = sorted({"InputLayer", "Dense", "Embedding", "Masking", "Activation",
                            "Flatten", "RepeatVector", "TimeDistributed", "Bidirectional",
                            "Dot", "Attention", "AdditiveAttention"}
-                          | set(_RECURRENT) | _IDENTITY | set(_POOLING) | set(_MERGES))
-_WEIGHTED = {"Dense", "Embedding", "TimeDistributed", "Bidirectional"} | set(_RECURRENT)
+                          | set(_RECURRENT) | _IDENTITY | set(_POOLING) | _SEQUENCE_CLASSES
+                          | set(_MERGES))
+_WEIGHTED = ({"Dense", "Embedding", "TimeDistributed", "Bidirectional", "BatchNormalization",
+              "LayerNormalization", "Conv1D", "Convolution1D", "RNN"} | set(_RECURRENT))
 
 
 @dataclass
@@ -147,9 +162,14 @@ def _recurrent(ctx: _Context, class_name: str, config: dict,
     units = int(config["units"])
     gates = GATE_COUNT[cell]
     use_bias = True if cudnn_class else bool(config.get("use_bias", True))
-    reset_after = True if cudnn_class else bool(config.get("reset_after", True))
     weights = _expect(ctx, weights, 3 if use_bias else 2, layer,
                       "kernel, recurrent_kernel" + (", bias" if use_bias else ""))
+    if cudnn_class:
+        reset_after = True
+    elif "reset_after" in config:
+        reset_after = bool(config["reset_after"])
+    else:  # Keras < 2.1 had no reset_after (its GRU was False); the bias shape decides
+        reset_after = use_bias and weights[2][1].shape in ((2, 3 * units), (6 * units,))
     kernel = weights[0][1]
     if kernel.ndim != 2 or kernel.shape[1] != gates * units:
         raise ctx.bad_weights(f"has shape {kernel.shape}, expected (input_size, "
@@ -229,6 +249,235 @@ def _dense(ctx: _Context, config: dict, weights: list[tuple[str, np.ndarray]], l
     return [("", Dense(kernel, bias, activation=activation, dtype=ctx.dtype))]
 
 
+# ----------------------------------------------------------------------------- sequence layers
+def _ints(value: Any, count: int, layer: str, ctx: "_Context", what: str) -> tuple[int, ...]:
+    """A Keras int-or-tuple option as ``count`` ints (``kernel_size=3`` or ``[3]``)."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * count
+    if len(values) != count or not all(isinstance(v, int) and not isinstance(v, bool)
+                                       for v in values):
+        raise ctx.bad_weights(f"option {what}={value!r} is not {count} integer(s)", layer)
+    return tuple(values)
+
+
+def _channels_last(ctx: _Context, config: dict, kind: str, layer: str) -> None:
+    if config.get("data_format", "channels_last") not in (None, "channels_last"):
+        raise ctx.unsupported(f"{kind} with data_format={config.get('data_format')!r} is not "
+                              f"supported (channels_last only)", layer)
+
+
+def _batch_normalization(ctx: _Context, layer: KerasLayer) -> list[tuple[str, Any]]:
+    config, name = layer.config, layer.name
+    axis = config.get("axis", -1)
+    if isinstance(axis, list):
+        if len(axis) != 1:
+            raise ctx.unsupported(f"BatchNormalization over several axes {axis} is not "
+                                  f"supported", name)
+        axis = axis[0]
+    if config.get("mode", 0) != 0:  # Keras 1: modes 1 and 2 use the batch's statistics
+        raise ctx.unsupported(f"Keras 1 BatchNormalization(mode={config.get('mode')}) "
+                              f"normalizes with each batch's statistics; only mode=0 is "
+                              f"supported", name)
+    scale, center = bool(config.get("scale", True)), bool(config.get("center", True))
+    names = ["gamma"] * scale + ["beta"] * center + ["moving_mean", "moving_variance"]
+    weights = _expect(ctx, ctx.get_weights(layer, [""]), len(names), name, ", ".join(names))
+    size = weights[-1][1].shape
+    if len(size) != 1:
+        raise ctx.bad_weights(f"has shape {size}, expected (features,)", name, weights[-1][0])
+    arrays = dict(zip(names, (_check_shape(ctx, w, size, name) for w in weights)))
+    return [("", BatchNormalization(arrays["moving_mean"], arrays["moving_variance"],
+                                    gamma=arrays.get("gamma"), beta=arrays.get("beta"),
+                                    epsilon=float(config.get("epsilon", 1e-3)), axis=int(axis),
+                                    dtype=ctx.dtype))]
+
+
+def _layer_normalization(ctx: _Context, layer: KerasLayer) -> list[tuple[str, Any]]:
+    config, name = layer.config, layer.name
+    axes = config.get("axis", -1)
+    axes = list(axes) if isinstance(axes, (list, tuple)) else [axes]
+    rms_scaling = bool(config.get("rms_scaling", False))
+    # Keras 3: rms_scaling makes gamma regardless of scale, and no beta regardless of center.
+    scale = bool(config.get("scale", True)) or rms_scaling
+    center = bool(config.get("center", True)) and not rms_scaling
+    names = ["gamma"] * scale + ["beta"] * center
+    weights = _expect(ctx, ctx.get_weights(layer, [""]), len(names), name,
+                      ", ".join(names) or "none")
+    arrays = {key: array for key, (_, array) in zip(names, weights)}
+    return [("", LayerNormalization(gamma=arrays.get("gamma"), beta=arrays.get("beta"),
+                                    axes=axes, epsilon=float(config.get("epsilon", 1e-3)),
+                                    rms_scaling=rms_scaling,
+                                    dtype=ctx.dtype))]
+
+
+def _conv1d(ctx: _Context, layer: KerasLayer) -> list[tuple[str, Any]]:
+    config, name = layer.config, layer.name
+    _channels_last(ctx, config, "Conv1D", name)
+    (size,) = _ints(config.get("kernel_size"), 1, name, ctx, "kernel_size")
+    filters, groups = int(config["filters"]), int(config.get("groups", 1) or 1)
+    use_bias = bool(config.get("use_bias", True))
+    weights = _expect(ctx, ctx.get_weights(layer, [""]), 2 if use_bias else 1, name,
+                      "kernel, bias" if use_bias else "kernel")
+    kernel = weights[0][1]
+    if kernel.ndim != 3 or kernel.shape[0] != size or kernel.shape[2] != filters:
+        raise ctx.bad_weights(f"has shape {kernel.shape}, expected ({size}, in_channels / "
+                              f"groups, {filters})", name, weights[0][0])
+    bias = _check_shape(ctx, weights[1], (filters,), name) if use_bias else None
+    padding = str(config.get("padding", "valid")).lower()
+    if padding not in ("valid", "same", "causal"):
+        raise ctx.unsupported(f"Conv1D padding {padding!r} is not supported", name)
+    return [("", Conv1D(kernel, bias, strides=_ints(config.get("strides", 1), 1, name, ctx,
+                                                    "strides")[0],
+                        padding=padding, groups=groups,
+                        dilation_rate=_ints(config.get("dilation_rate", 1), 1, name, ctx,
+                                            "dilation_rate")[0],
+                        activation=ctx.activation(config.get("activation", "linear"), name,
+                                                  allow_axis=True),
+                        dtype=ctx.dtype))]
+
+
+def _pooling1d(ctx: _Context, layer: KerasLayer) -> list[tuple[str, Any]]:
+    config, name = layer.config, layer.name
+    _channels_last(ctx, config, layer.class_name, name)
+    (size,) = _ints(config.get("pool_size", 2), 1, name, ctx, "pool_size")
+    strides = config.get("strides")
+    strides = size if strides is None else _ints(strides, 1, name, ctx, "strides")[0]
+    padding = str(config.get("padding", "valid")).lower()
+    if padding not in ("valid", "same"):
+        raise ctx.unsupported(f"{layer.class_name} padding {padding!r} is not supported", name)
+    mode = "max" if layer.class_name.startswith("Max") else "average"
+    return [("", Pooling1D(mode, size, strides=strides, padding=padding, dtype=ctx.dtype))]
+
+
+def _steps_edit(ctx: _Context, layer: KerasLayer) -> list[tuple[str, Any]]:
+    """ZeroPadding1D, Cropping1D, UpSampling1D, Reshape, Permute: no weights."""
+    kind, config, name = layer.class_name, layer.config, layer.name
+    if kind == "ZeroPadding1D":
+        return [("", ZeroPadding1D(*_ints(config.get("padding", 1), 2, name, ctx, "padding"),
+                                   dtype=ctx.dtype))]
+    if kind == "Cropping1D":
+        return [("", Cropping1D(*_ints(config.get("cropping", 1), 2, name, ctx, "cropping"),
+                                dtype=ctx.dtype))]
+    if kind == "UpSampling1D":
+        return [("", UpSampling1D(int(config.get("size", 2)), dtype=ctx.dtype))]
+    if kind == "Reshape":
+        return [("", Reshape(config["target_shape"], dtype=ctx.dtype))]
+    return [("", Permute(config["dims"], dtype=ctx.dtype))]
+
+
+def _time_distributed(ctx: _Context, layer: KerasLayer) -> list[tuple[str, Any]]:
+    """TimeDistributed(X): X's ops, each applied to every step (its weights under layer/)."""
+    inner = layer.config.get("layer") or {}
+    kind = inner.get("class_name")
+    if kind == "Dense":  # Dense acts on the last axis of any input: that is TimeDistributed
+        return _dense(ctx, inner.get("config", {}), ctx.get_weights(layer, ["layer"]),
+                      layer.name)
+    if kind in ("TimeDistributed", "InputLayer") or not isinstance(inner.get("config"), dict):
+        raise ctx.unsupported(f"TimeDistributed({kind}) is not supported", layer.name)
+
+    def inner_weights(_: KerasLayer, parts: list[str]) -> list[tuple[str, np.ndarray]]:
+        return ctx.get_weights(layer, ["/".join(p for p in ("layer", part) if p)
+                                       for part in parts])
+
+    inner_ctx = _Context(ctx.keras_major, inner_weights, ctx.path, ctx.dtype)
+    inner_layer = KerasLayer(str(kind), layer.name, inner["config"])
+    ops = _translate(inner_ctx, inner_layer)
+    return [(suffix, TimeDistributed(op)) for suffix, op in ops]
+
+
+_CELLS = {"LSTMCell": "LSTM", "GRUCell": "GRU", "SimpleRNNCell": "SimpleRNN"}
+_RNN_OPTIONS = ("return_sequences", "return_state", "go_backwards", "stateful",
+                "zero_output_for_mask", "time_major")
+
+
+def _as_recurrent_layer(entry: dict) -> dict:
+    """``RNN(LSTMCell(...), options)`` as the ``LSTM(..., options)`` it computes (same for
+    GRUCell and SimpleRNNCell; the weights sit under ``cell`` in both); others unchanged."""
+    cell = (entry.get("config") or {}).get("cell") if entry.get("class_name") == "RNN" else None
+    if not isinstance(cell, dict) or cell.get("class_name") not in _CELLS:
+        return entry
+    options = {key: entry["config"].get(key, False) for key in _RNN_OPTIONS}
+    return {"class_name": _CELLS[cell["class_name"]],
+            "config": dict(cell.get("config") or {}, **options,
+                           name=entry["config"].get("name", "rnn"))}
+
+
+def _rnn(ctx: _Context, layer: KerasLayer) -> list[tuple[str, Any]]:
+    """``RNN(cell)``, ``RNN(StackedRNNCells([...]))``, ``RNN([cells])`` with built-in cells."""
+    config, name = layer.config, layer.name
+    cell = config.get("cell") or {}
+    cells = cell if isinstance(cell, list) else [cell]
+    stacked = isinstance(cell, list) or cell.get("class_name") == "StackedRNNCells"
+    if isinstance(cell, dict) and stacked:
+        cells = (cell.get("config") or {}).get("cells") or []
+    for entry in cells:
+        if not isinstance(entry, dict) or entry.get("class_name") not in _CELLS:
+            kind = entry.get("class_name") if isinstance(entry, dict) else entry
+            raise ctx.unsupported(f"RNN with cell {kind!r} is not supported (built-in "
+                                  f"LSTMCell, GRUCell, SimpleRNNCell, or StackedRNNCells of "
+                                  f"them)", name)
+    options = {key: config.get(key, False) for key in _RNN_OPTIONS}
+    if not stacked:
+        merged = dict(cells[0].get("config", {}), **options)
+        return [("", _recurrent(ctx, _CELLS[cells[0]["class_name"]], merged,
+                                ctx.get_weights(layer, ["cell"]), name))]
+    if not cells or options["return_state"] or options["stateful"] or options["time_major"]:
+        raise ctx.unsupported("RNN(StackedRNNCells) with return_state, stateful or time_major "
+                              "(or no cells) is not supported", name)
+    return [("", _stacked_cells(ctx, layer, cells, options))]
+
+
+def _stacked_cells(ctx: _Context, layer: KerasLayer, cells: list[dict], options: dict
+                   ) -> StackedRecurrent:
+    # The Keras 3 layout finds arrays by part (no part, no arrays); the legacy layout and a
+    # live model's weights list all of the layer's arrays whatever the parts asked for.
+    if not ctx.get_weights(layer, []):
+        used: dict[str, int] = {}
+        parts = [f"cell/cells/{keras3_group_name(c['class_name'], used)}" for c in cells]
+        per_cell = [ctx.get_weights(layer, [part]) for part in parts]
+    else:  # legacy layout: every cell's arrays in order
+        weights = ctx.get_weights(layer, ["cell"])
+        counts = [3 if c.get("config", {}).get("use_bias", True) else 2 for c in cells]
+        if sum(counts) != len(weights):
+            raise ctx.bad_weights(f"expected {sum(counts)} weight arrays for {len(cells)} "
+                                  f"cells, found {len(weights)}", layer.name)
+        starts = np.cumsum([0] + counts)
+        per_cell = [weights[a:b] for a, b in zip(starts[:-1], starts[1:])]
+    ops = []
+    for k, (cell, weights) in enumerate(zip(cells, per_cell)):
+        last = k == len(cells) - 1
+        merged = dict(cell.get("config", {}), go_backwards=False, return_state=False,
+                      stateful=False,
+                      return_sequences=options["return_sequences"] if last else True,
+                      zero_output_for_mask=options["zero_output_for_mask"] if last else False)
+        ops.append(_recurrent(ctx, _CELLS[cell["class_name"]], merged, weights,
+                              f"{layer.name}/{cell.get('config', {}).get('name', k)}"))
+    return StackedRecurrent(ops, go_backwards=bool(options["go_backwards"]))
+
+
+_SEQUENCE_LAYERS: dict[str, Callable[[_Context, KerasLayer], list[tuple[str, Any]]]] = {
+    "BatchNormalization": _batch_normalization, "LayerNormalization": _layer_normalization,
+    "Conv1D": _conv1d, "Convolution1D": _conv1d,
+    "MaxPooling1D": _pooling1d, "MaxPool1D": _pooling1d,
+    "AveragePooling1D": _pooling1d, "AvgPool1D": _pooling1d,
+    "ZeroPadding1D": _steps_edit, "Cropping1D": _steps_edit, "UpSampling1D": _steps_edit,
+    "Reshape": _steps_edit, "Permute": _steps_edit, "RNN": _rnn,
+}
+
+
+def _refusal(ctx: _Context, layer: KerasLayer) -> UnsupportedLayerError:
+    """Why a layer class is refused, and what the user can do instead."""
+    kind = layer.class_name
+    if kind == "Lambda":
+        return ctx.unsupported(
+            "Lambda layers hold Python code, which fastgate never runs: rebuild the model "
+            "without the Lambda (a built-in layer doing the same), or pass architecture= with "
+            "the inference part of the model (model.to_json() of the layers without it)",
+            layer.name)
+    return ctx.unsupported(
+        f"layer class {kind!r} is not supported (supported: {', '.join(SUPPORTED_LAYERS)}); "
+        f"fastgate never runs Python code from a file, so custom layer classes are refused "
+        f"too. Rebuild the model with built-in layers, or pass architecture= with the part "
+        f"fastgate supports", layer.name)
+
 # ----------------------------------------------------------------------------- layers
 def _translate(ctx: _Context, layer: KerasLayer, call: KerasCall | None = None
                ) -> list[tuple[str, Any]]:
@@ -266,14 +515,11 @@ def _translate(ctx: _Context, layer: KerasLayer, call: KerasCall | None = None
     if kind in _RECURRENT:
         return [("", _recurrent(ctx, kind, config, ctx.get_weights(layer, ["cell"]), name))]
     if kind == "TimeDistributed":
-        inner = config.get("layer") or {}
-        if inner.get("class_name") != "Dense":
-            raise ctx.unsupported(f"TimeDistributed({inner.get('class_name')}) is not "
-                                  f"supported (only TimeDistributed(Dense))", name)
-        # Dense acts on the last axis of any input, which is what TimeDistributed(Dense) does.
-        return _dense(ctx, inner.get("config", {}), ctx.get_weights(layer, ["layer"]), name)
+        return _time_distributed(ctx, layer)
     if kind == "Bidirectional":
         return [("", _bidirectional(ctx, layer))]
+    if kind in _SEQUENCE_LAYERS:
+        return _SEQUENCE_LAYERS[kind](ctx, layer)
     if kind in _MERGES:
         mask_rule = "keras3" if ctx.keras_major >= 3 else "keras2"
         return [("", Merge(_MERGES[kind], axis=int(config.get("axis", -1)),
@@ -283,8 +529,7 @@ def _translate(ctx: _Context, layer: KerasLayer, call: KerasCall | None = None
                          dtype=ctx.dtype))]
     if kind in ("Attention", "AdditiveAttention"):
         return [("", _attention(ctx, layer, call))]
-    raise ctx.unsupported(f"layer class {kind!r} is not supported (supported: "
-                          f"{', '.join(SUPPORTED_LAYERS)})", name)
+    raise _refusal(ctx, layer)
 
 
 def _attention(ctx: _Context, layer: KerasLayer, call: KerasCall | None) -> Attention:
@@ -323,8 +568,9 @@ def _attention(ctx: _Context, layer: KerasLayer, call: KerasCall | None) -> Atte
 
 def _bidirectional(ctx: _Context, layer: KerasLayer) -> Bidirectional:
     config, name = layer.config, layer.name
-    forward = config.get("layer") or {}
+    forward = _as_recurrent_layer(config.get("layer") or {})
     backward = config.get("backward_layer")
+    backward = None if backward is None else _as_recurrent_layer(backward)
     if backward is None:  # Keras builds it as a copy reading the other way
         backward = {"class_name": forward.get("class_name"),
                     "config": dict(forward.get("config", {}),
@@ -443,17 +689,6 @@ def _parse(config: dict, path: Any) -> _Architecture:
                          outputs, names, isinstance(output_layers, dict))
 
 
-def _keras_major(version: Any, config: dict) -> int:
-    """Major Keras version that saved ``config``; inferred from the config if unknown."""
-    if version:
-        try:
-            return int(str(version).split(".")[0])
-        except ValueError:
-            pass
-    text = json.dumps(config)
-    return 2 if ('"batch_input_shape"' in text or '"time_major"' in text) else 3
-
-
 def from_config(config: dict | str, weights: Any, *, keras_version: str | None = None,
                 path: Any = None) -> Model:
     """Build a :class:`~fastgate.Model` from a Keras model configuration and its weights.
@@ -489,6 +724,8 @@ def _from_config(config: dict | str, weights: Any, *, keras_version: str | None,
         raise WeightFormatError("the architecture must be a Keras model config (dict or "
                                 "JSON text)", path=path)
     keras_version = config.get("keras_version") or keras_version
+    config, weights, saved_by = modernize(config, weights, keras_version=keras_version,
+                                          backend=config.get("backend"))
     architecture = _parse(config, path)
     layers = architecture.layers
 
@@ -513,7 +750,7 @@ def _from_config(config: dict | str, weights: Any, *, keras_version: str | None,
                 raise WeightFormatError("no weights for this layer", path=path, layer=layer.name)
             return list(weights[layer.name])
 
-    ctx = _Context(_keras_major(keras_version, config), get_weights, path)
+    ctx = _Context(saved_by.major, get_weights, path)
 
     if architecture.outputs is None:
         nodes, model_outputs = _sequential_nodes(ctx, layers)
@@ -650,3 +887,41 @@ def from_keras(model: Any) -> Model:
                  for k, v in enumerate(variables)]
         weights[layer.name] = [(str(n), np.asarray(a)) for n, a in zip(names, values)]
     return from_config(config, weights, keras_version=version)
+
+
+def keras_saved_by(path: str | os.PathLike, architecture: Any = None) -> SavedBy:
+    """Which Keras saved the file at ``path`` (or what fastgate assumes), without loading it.
+
+    ``notes`` of the result list what loading converts from older formats (a list-style
+    Sequential configuration, Keras 1 option names or weights).
+    """
+    config = _read_architecture(architecture, path) if architecture is not None else None
+    version = backend = None
+    legacy_weights_without_version = False
+    if zipfile.is_zipfile(path):
+        archive_config, _, version = read_keras_archive(path)
+        config = config or archive_config
+    else:
+        with open_hdf5(path, path) as handle, hdf5_errors(path):
+            version = read_attribute(handle, "keras_version", path)
+            backend = read_attribute(handle, "backend", path)
+            model_config = read_attribute(handle, "model_config", path)
+            if config is None and model_config is not None:
+                config = json.loads(model_config)
+            group = handle["model_weights"] if "model_weights" in handle else handle
+            if read_attribute(group, "layer_names", path) is not None:
+                legacy_weights_without_version = read_attribute(
+                    group, "keras_version", path) is None
+    if isinstance(config, dict):
+        version = version or config.get("keras_version")
+        backend = backend or config.get("backend")
+    found = saved_by(version, backend, config,
+                     weights_attribute_missing=legacy_weights_without_version)
+    notes: list[str] = []
+    if isinstance(config, dict):
+        modern_config(config, found.major, notes)
+    if legacy_weights_without_version or found.major == 1 or found.backend == "theano":
+        notes.append("Keras 1 / Theano weights are converted as tf.keras' "
+                     "preprocess_weights_for_loading did")
+    return SavedBy(found.keras_version, found.backend, found.major, found.assumed,
+                   tuple(notes))

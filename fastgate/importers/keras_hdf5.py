@@ -195,6 +195,11 @@ class LegacyWeights:
                                     path=path)
         self.layer_names = [str(n) for n in names]
         self._by_order: dict[str, str] | None = None
+        # Which Keras wrote these arrays (Keras 1's save_weights recorded neither).
+        version = read_attribute(group, "keras_version", path)
+        backend = read_attribute(group, "backend", path)
+        self.keras_version = None if version is None else str(version)
+        self.backend = None if backend is None else str(backend)
 
     def weight_names(self, layer_name: str) -> list[str]:
         try:
