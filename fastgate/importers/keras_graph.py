@@ -466,6 +466,8 @@ def _add_call_nodes(wiring: _Wiring, node_name: str, layer: Any, call: KerasCall
         # attention: the masks given (query, value) are further inputs of the op
         refs = refs + [wiring.resolve(m, layer.name) for m in masks if m is not None]
     elif masks:
+        if getattr(first, "multi_input", False) and not layer.operation:
+            raise refuse("a mask argument on a merge is not supported")
         if len(masks) != 1 or masks[0] is None:
             raise refuse(f"its mask argument holds {len(masks)} tensors; one is expected")
         mask_source, explicit = wiring.resolve(masks[0], layer.name), True
