@@ -11,6 +11,8 @@ node names its op and the references it reads:
 * ``mask_source``: where its mask comes from: ``None`` for Keras' implicit rule (the mask
   that travels with the first input), or a reference whose value *is* the mask (Keras
   ``layer(x, mask=...)``); with ``explicit_mask`` and no ``mask_source`` the op gets none;
+  with ``mask_unrecorded`` the file says the op got no mask, so one travelling with its input
+  is an error (the saving framework and fastgate disagree: refuse rather than guess);
 * ``state_sources``: the initial state of a recurrent op (Keras ``initial_state=``).
 
 Each value carries a mask (``None`` or a ``(B, T)`` bool array). A one-input op is called as
@@ -32,7 +34,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError, ShapeError, UnsupportedLayerError
 from .layers import as_array
 from .ops import Activation, Dense, Embedding, Recurrent
 from .serialization import save, serializable
@@ -78,6 +80,7 @@ class Node(NamedTuple):
     mask_source: tuple[int, int] | None = None
     state_sources: tuple[tuple[int, int], ...] = ()
     explicit_mask: bool = False
+    mask_unrecorded: bool = False
 
     @property
     def sources(self) -> tuple[tuple[int, int], ...]:
@@ -89,6 +92,7 @@ class Node(NamedTuple):
     def is_plain(self) -> bool:
         """One input, its implicit mask, no initial state: a link of a plain chain."""
         return not (self.more_sources or self.state_sources or self.explicit_mask
+                    or self.mask_unrecorded
                     or self.mask_source is not None)
 
 
@@ -199,7 +203,8 @@ class Model:
         node = Node(str(node.name), node.op, _as_ref(node.source),
                     tuple(_as_ref(r) for r in node.more_sources),
                     None if node.mask_source is None else _as_ref(node.mask_source),
-                    tuple(_as_ref(r) for r in node.state_sources), bool(node.explicit_mask))
+                    tuple(_as_ref(r) for r in node.state_sources), bool(node.explicit_mask),
+                    bool(node.mask_unrecorded))
         for ref in node.sources:
             if not self._refers(ref, position):
                 raise ConfigError(f"node {position} ({node.name!r}): reference {ref} must be "
@@ -249,6 +254,8 @@ class Model:
                 text += f", mask={where(node.mask_source)}"
             elif node.explicit_mask:
                 text += ", mask=None"
+            elif node.mask_unrecorded:
+                text += ", mask=None (recorded)"
             if node.state_sources:
                 text += f", initial_state=[{', '.join(map(where, node.state_sources))}]"
             return text
@@ -352,6 +359,11 @@ class Model:
                 mask = _as_mask(fetch(node.mask_source)[0])
             elif node.explicit_mask:
                 mask = [None] * len(value) if node.more_sources else None
+            elif node.mask_unrecorded and mask is not None:
+                raise UnsupportedLayerError(
+                    f"node {node.name!r}: a mask travels with its input, but the saved model "
+                    f"records that the framework called this layer without one; fastgate "
+                    f"refuses to guess which the saving version did")
             extra = {}
             if node.state_sources:
                 extra["initial_state"] = [fetch(ref)[0] for ref in node.state_sources]
@@ -665,6 +677,8 @@ class Model:
                                         else list(node.mask_source))
             if node.state_sources:
                 entry["state_sources"] = [list(ref) for ref in node.state_sources]
+            if node.mask_unrecorded:
+                entry["mask_unrecorded"] = True
             nodes.append(entry)
         spec = {"name": self.name, "input_shape": self.input_shape, "nodes": nodes,
                 "outputs": [list(ref) for ref in self.outputs],
@@ -687,7 +701,9 @@ class Model:
             mask = entry["mask_source"] if "mask_source" in entry else None
             nodes.append(Node(entry["name"], entry["op"], tuple(entry["source"]),
                               refs("more_sources"), None if mask is None else tuple(mask),
-                              refs("state_sources"), "mask_source" in entry))
+                              refs("state_sources"), "mask_source" in entry,
+                              bool(entry["mask_unrecorded"]) if "mask_unrecorded" in entry
+                              else False))
         shapes = spec.get("input_shapes")
         return cls(nodes, spec["outputs"],
                    input_shape=None if shapes is not None else spec.get("input_shape"),

@@ -253,3 +253,22 @@ def test_keras2_config_refuses_what_it_cannot_reproduce(argument):
     with pytest.raises(fastgate.UnsupportedLayerError) as info:
         fastgate.importers.keras.from_config(config, weights)
     assert "'decoder'" in str(info.value) and argument in str(info.value)
+
+
+def test_unrecorded_mask_that_travels_is_refused(tmp_path):
+    # Keras 3 (3.15) records the mask of every one-input layer that takes one. A file whose
+    # LSTM has none recorded although a Masking layer's mask reaches it (a Keras version
+    # that did not record masks, or one that stopped passing them on) is not guessed at.
+    import json
+
+    x = keras.Input((None, 3))
+    model = randomize(keras.Model(x, L.LSTM(3, name="lstm")(L.Masking()(x))))
+    config = json.loads(model.to_json())
+    for layer in config["config"]["layers"]:
+        if layer["name"] == "lstm":
+            assert layer["inbound_nodes"][0]["kwargs"].pop("mask")  # recorded in 3.15
+    weights = {"lstm": [(str(k), w) for k, w in enumerate(model.layers[-1].get_weights())]}
+    loaded = fastgate.importers.keras.from_config(config, weights)
+    with pytest.raises(fastgate.UnsupportedLayerError, match="'lstm'.*without one"):
+        loaded.predict(sequences(np.random.default_rng(0)))
+    assert "mask=None (recorded)" in loaded.summary()

@@ -18,7 +18,9 @@ What a call receives, as Keras gives it:
   which gives what Keras 3 records, and what Keras 3 applies unrecorded to layers called on
   a list: merges, attention; Keras 2 records only explicit masks), except that Keras 3 does
   not mask an RNN given ``initial_state`` (its sequence is then not its one tensor
-  argument): pinned by a test.
+  argument): pinned by a test. A Keras 3 one-input layer that takes a mask and is recorded
+  without one gets none; should a mask travel to it in fastgate (the saving version did not
+  record masks, or stopped passing them on), running it is refused, not guessed.
 * ``initial_state=``: the initial state of a recurrent layer (Keras 2: the inputs after the
   first of a recurrent layer's call).
 * ``training=True`` makes Keras run the layer as in training (dropout, noise) even in
@@ -456,11 +458,16 @@ def _add_call_nodes(wiring: _Wiring, node_name: str, layer: Any, call: KerasCall
     # A recorded mask is the layer's mask. Keras 3 gives a layer that takes a mask the one
     # travelling with its input only when that input is its one tensor argument: an RNN
     # given initial_state gets none. Otherwise the travelling mask, as each op passes it
-    # on: what Keras 3 records anyway for a one-input layer (and applies, unrecorded, to
-    # layers called on a list), and what Keras 2, which records only explicit masks, does.
+    # on: what Keras 3 applies, unrecorded, to layers called on a list, and what Keras 2,
+    # which records only explicit masks, does.
     mask_source = None
-    explicit = (keras3 and bool(call.initial_state) and not call.listed
-                and layer.class_name in MASK_CONSUMERS)
+    consumer = keras3 and not call.listed and layer.class_name in MASK_CONSUMERS
+    explicit = consumer and bool(call.initial_state)
+    # Keras 3 records the mask it gives such a layer (3.15: always); none recorded while
+    # fastgate sees one travelling means the saving version and fastgate disagree (an
+    # older Keras that did not record, or a newer one that stopped passing masks on):
+    # refused when it happens, never guessed
+    unrecorded = consumer and not call.initial_state and not call.mask
     masks = call.mask or []
     if hasattr(first, "given_masks"):
         # attention: the masks given (query, value) are further inputs of the op
@@ -477,6 +484,7 @@ def _add_call_nodes(wiring: _Wiring, node_name: str, layer: Any, call: KerasCall
         raise refuse(f"initial_state holds {len(states)} tensors; the layer has "
                      f"{first.state_count} states")
     wiring.nodes.append(Node(node_name + ops[0][0], first, refs[0], tuple(refs[1:]),
-                             mask_source, tuple(states), explicit))
+                             mask_source, tuple(states), explicit,
+                             unrecorded and mask_source is None))
     for suffix, op in ops[1:]:
         wiring.nodes.append(Node(node_name + suffix, op, (len(wiring.nodes) - 1, 0)))
