@@ -6,7 +6,8 @@ Commands, one module each in this package:
 * ``fastgate convert IN OUT``: any supported file to fastgate's own format;
 * ``fastgate predict FILE --input x.npy``: run a model on a saved array;
 * ``fastgate bench FILE``: latency and throughput, against the NumPy oracle (and PyTorch);
-* ``fastgate demo``: the pretrained models shipped in the package, checked and timed.
+* ``fastgate demo``: the pretrained models shipped in the package, checked and timed;
+* ``fastgate serve MODEL``: the model over HTTP, micro-batched (needs ``fastgate[serve]``).
 
 A command module defines ``register(commands)``, which adds its sub-parser (with
 ``set_defaults(handler=...)``) to the ``commands`` sub-parsers; adding a command is one new
@@ -26,7 +27,7 @@ from typing import Sequence
 
 from .._version import __version__
 from ..errors import FastgateError
-from . import bench, convert, demo, inspect, predict
+from . import bench, convert, demo, inspect, predict, serve
 from ._common import DATA_DIR
 from ._torch import torch_equivalent as _torch_equivalent  # noqa: F401  (tests use it)
 from .demo import demo_classifier
@@ -34,7 +35,7 @@ from .demo import demo_classifier
 __all__ = ["main", "build_parser", "demo_classifier", "DATA_DIR", "COMMANDS"]
 
 #: The command modules, in the order ``fastgate --help`` lists them.
-COMMANDS = (inspect, convert, predict, bench, demo)
+COMMANDS = (inspect, convert, predict, bench, demo, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +79,8 @@ def _message(error: BaseException) -> str:
     if isinstance(error, ImportError):
         name = getattr(error, "name", None) or "a package"
         hint = " (HDF5 Keras files need it: pip install h5py)" if name == "h5py" else ""
+        if name in ("uvicorn", "httptools", "uvloop"):
+            hint = ' (fastgate serve needs it: pip install "fastgate[serve]")'
         return f"this needs {name}, which is not installed{hint}"
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
         return f"{error.filename}: {error.strerror}"
