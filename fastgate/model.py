@@ -310,7 +310,14 @@ class Model:
                              f"give a list or a dict by name, got {type(x).__name__}")
         return [x]
 
-    def _prepare_input(self, x: ArrayLike) -> list[np.ndarray]:
+    def _prepare_input(self, x: ArrayLike) -> Any:
+        """``x`` checked and converted: one array for a model of one input (what
+        :mod:`fastgate.serving` batches), else the list of :meth:`_prepare_inputs`."""
+        arrays = self._prepare_inputs(x)
+        return arrays[0] if len(arrays) == 1 else arrays
+
+    def _prepare_inputs(self, x: ArrayLike) -> list[np.ndarray]:
+        """The model inputs in ``x`` (see :meth:`_input_list`), checked and converted."""
         arrays = []
         for k, value in enumerate(self._input_list(x)):
             what = (f"model {self.name!r} input" if len(self.input_shapes) == 1 else
@@ -397,7 +404,7 @@ class Model:
     def __call__(self, x: ArrayLike) -> np.ndarray | list[np.ndarray]:
         """Run the model on one batch ``x`` (a list or dict for several inputs) and return
         its output (a list if several)."""
-        return self._result(self._run(self._prepare_input(x)))
+        return self._result(self._run(self._prepare_inputs(x)))
 
     def predict(self, x: ArrayLike, batch_size: int | None = None) -> Any:
         """What Keras' ``model.predict(x, batch_size)`` returns: the outputs for ``x``.
@@ -411,7 +418,7 @@ class Model:
         list (a dict keyed by :attr:`output_names` with ``dict_outputs``, as Keras returns
         for a model built with a dict of outputs).
         """
-        inputs = self._prepare_input(x)
+        inputs = self._prepare_inputs(x)
         if batch_size is None and self.stateful:
             fixed = self.input_shape[0] if self.input_shape else None
             batch_size = fixed or 32
