@@ -5,7 +5,7 @@ returns a zero-argument callable that runs one forward pass over the benchmark i
 returns the output as a ``(T, B, H)`` NumPy array (for the correctness check), plus a
 "hot" callable that does only the work being timed.
 
-* torch: ``nn.LSTM`` / ``nn.GRU`` with ``weight_ih = input_kernel.T`` etc. (same gate order).
+* torch: ``nn.LSTM`` / ``nn.GRU`` from :func:`fastgate.export.torch.torch_module`.
 * ONNX Runtime: an ONNX ``LSTM`` / ``GRU`` graph built with ``onnx.helper`` (gates reordered to
   ONNX's ``i,o,f,c`` / ``z,r,h``; GRU ``linear_before_reset=1``), run through io-binding into
   preallocated outputs, so ORT's per-call overhead is as small as it gets.
@@ -92,18 +92,9 @@ def fastgate_runner(layer, x: np.ndarray, backend: str | None = None
 # ---------------------------------------------------------------------------------- torch
 def make_torch_module(layer):
     """``torch.nn.LSTM`` / ``GRU`` holding ``layer``'s weights (time-major)."""
-    import torch
-    module_class = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[layer.cell]
-    module = module_class(layer.input_size, layer.hidden_size, num_layers=layer.num_layers,
-                          batch_first=False)
-    with torch.no_grad():
-        for k, w in enumerate(layer.weights):
-            getattr(module, f"weight_ih_l{k}").copy_(torch.from_numpy(w.input_kernel.T.copy()))
-            getattr(module, f"weight_hh_l{k}").copy_(
-                torch.from_numpy(w.recurrent_kernel.T.copy()))
-            getattr(module, f"bias_ih_l{k}").copy_(torch.from_numpy(w.input_bias))
-            getattr(module, f"bias_hh_l{k}").copy_(torch.from_numpy(w.recurrent_bias))
-    return module.eval()
+    from fastgate.export.torch import torch_module
+
+    return torch_module(layer, batch_first=False)
 
 
 def torch_runner(layer, x: np.ndarray):

@@ -70,6 +70,11 @@ class _Cell:
     def activation(self) -> str:
         return self.layer.activation
 
+    @property
+    def bias(self) -> bool:
+        """Whether the cell has biases (PyTorch ``bias``)."""
+        return self.layer.bias
+
     def get_config(self) -> dict[str, Any]:
         """The constructor options (everything but the weights), JSON-serialisable."""
         config = self.layer.get_config()
@@ -79,7 +84,7 @@ class _Cell:
     def __repr__(self) -> str:
         parts = [f"input_size={self.input_size}", f"hidden_size={self.hidden_size}"]
         defaults = {"activation": "tanh", "recurrent_activation": "sigmoid",
-                    "reset_after": True}
+                    "reset_after": True, "bias": True}
         for key, value in self.get_config().items():
             if key != "dtype" and defaults.get(key) != value:
                 parts.append(f"{key}={value!r}")
@@ -102,11 +107,18 @@ class _Cell:
                             ) -> dict[str, np.ndarray]:
         """The weights as a PyTorch cell's state_dict (NumPy arrays, PyTorch's keys).
 
-        See :func:`fastgate.importers.torch.to_torch_state_dict`.
+        See :func:`fastgate.export.torch.to_torch_state_dict`.
         """
-        from .importers.torch import to_torch_state_dict
+        from .export.torch import to_torch_state_dict
 
         return to_torch_state_dict(self, prefix, bias=bias)
+
+    def to_onnx(self, path: Any, opset: int = 17) -> None:
+        """Write this cell as an ONNX model: inputs ``x`` and the state, outputs the new
+        state; see :func:`fastgate.export.onnx.to_onnx`."""
+        from .export.onnx import to_onnx
+
+        to_onnx(self, path, opset)
 
     # ------------------------------------------------------------------ streaming
     def initial_state(self, batch_size: int = 1) -> State:
@@ -199,6 +211,8 @@ class LSTMCell(_Cell):
     activation, recurrent_activation : str
         As for :class:`fastgate.LSTM` (defaults ``"tanh"`` and ``"sigmoid"``).
     dtype : float32 or float64
+    bias : bool
+        ``False``: no biases (PyTorch ``bias=False``); the bias arrays must be zero.
 
     Call with ``x`` of shape ``(B, input_size)`` or ``(input_size,)`` and an optional state
     ``(h, c)`` of shapes ``(B, hidden_size)`` (or ``(hidden_size,)``); zeros if omitted.
@@ -208,9 +222,10 @@ class LSTMCell(_Cell):
     layer_class = LSTM
 
     def __init__(self, weights: CellWeights, *, activation: str = "tanh",
-                 recurrent_activation: str = "sigmoid", dtype: Any = np.float32) -> None:
+                 recurrent_activation: str = "sigmoid", dtype: Any = np.float32,
+                 bias: bool = True) -> None:
         super().__init__(weights, activation=activation,
-                         recurrent_activation=recurrent_activation, dtype=dtype)
+                         recurrent_activation=recurrent_activation, dtype=dtype, bias=bias)
         if self.layer.proj_size:
             raise ConfigError("LSTMCell has no projection (PyTorch's LSTMCell has no proj_size)")
 
@@ -231,10 +246,10 @@ class GRUCell(_Cell):
 
     def __init__(self, weights: CellWeights, *, activation: str = "tanh",
                  recurrent_activation: str = "sigmoid", reset_after: bool = True,
-                 dtype: Any = np.float32) -> None:
+                 dtype: Any = np.float32, bias: bool = True) -> None:
         super().__init__(weights, activation=activation,
                          recurrent_activation=recurrent_activation, reset_after=reset_after,
-                         dtype=dtype)
+                         dtype=dtype, bias=bias)
 
     def __call__(self, x: Any, state: np.ndarray | None = None) -> np.ndarray:
         h, _, _ = self._step(x, state)
@@ -252,8 +267,8 @@ class RNNCell(_Cell):
     layer_class = SimpleRNN
 
     def __init__(self, weights: CellWeights, *, activation: str = "tanh",
-                 dtype: Any = np.float32) -> None:
-        super().__init__(weights, activation=activation, dtype=dtype)
+                 dtype: Any = np.float32, bias: bool = True) -> None:
+        super().__init__(weights, activation=activation, dtype=dtype, bias=bias)
 
     def __call__(self, x: Any, state: np.ndarray | None = None) -> np.ndarray:
         h, _, _ = self._step(x, state)

@@ -42,7 +42,8 @@ class RecurrentLayer:
     Not instantiated directly. Attributes: ``input_size``, ``hidden_size``, ``num_layers``,
     ``bidirectional``, ``num_directions``, ``proj_size`` (LSTM), ``output_size`` (the width of
     one direction's output), ``activation``, ``recurrent_activation``, ``dtype``,
-    ``batch_first``, and ``weights`` (the list of :class:`~fastgate.layout.CellWeights`).
+    ``batch_first``, ``bias`` (whether the layer has biases), and ``weights`` (the list of
+    :class:`~fastgate.layout.CellWeights`).
     """
 
     cell: str = ""
@@ -50,8 +51,9 @@ class RecurrentLayer:
     def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
                  activation: str = "tanh", recurrent_activation: str = "sigmoid",
                  reset_after: bool = True, dtype: Any = np.float32,
-                 batch_first: bool = False) -> None:
+                 batch_first: bool = False, bias: bool = True) -> None:
         self.dtype = _as_float_dtype(dtype)
+        self.bias = bool(bias)
         self.bidirectional = bool(bidirectional)
         self.batch_first = bool(batch_first)
         self.activation = canonical_name(activation)
@@ -120,6 +122,9 @@ class RecurrentLayer:
                     raise ShapeError(f"{where}: {field} has shape {array.shape}, expected "
                                      f"{shape}")
                 arrays[field] = np.ascontiguousarray(array)
+            if not self.bias and (np.any(arrays["input_bias"])
+                                  or np.any(arrays["recurrent_bias"])):
+                raise ConfigError(f"{where}: bias=False, but the biases are not zero")
             checked.append(CellWeights(**arrays))
         return checked
 
@@ -186,6 +191,8 @@ class RecurrentLayer:
             config["recurrent_activation"] = self.recurrent_activation
         if self.cell == "gru":
             config["reset_after"] = self.reset_after
+        if not self.bias:  # absent from files written before the option existed
+            config["bias"] = False
         return config
 
     @property
@@ -205,7 +212,7 @@ class RecurrentLayer:
             parts.append(f"proj_size={self.proj_size}")
         defaults = {"bidirectional": False, "activation": "tanh",
                     "recurrent_activation": "sigmoid", "reset_after": True,
-                    "batch_first": False}
+                    "batch_first": False, "bias": True}
         for key, value in self.get_config().items():
             if key != "dtype" and defaults.get(key) != value:
                 parts.append(f"{key}={value!r}")
@@ -229,11 +236,19 @@ class RecurrentLayer:
                             ) -> dict[str, np.ndarray]:
         """The weights as the PyTorch module's state_dict (NumPy arrays, PyTorch's keys).
 
-        See :func:`fastgate.importers.torch.to_torch_state_dict`.
+        See :func:`fastgate.export.torch.to_torch_state_dict`.
         """
-        from .importers.torch import to_torch_state_dict
+        from .export.torch import to_torch_state_dict
 
         return to_torch_state_dict(self, prefix, bias=bias)
+
+    def to_onnx(self, path: Any, opset: int = 17, *, initial_state: bool = False,
+                lengths: bool = False) -> None:
+        """Write this layer as an ONNX model (PyTorch semantics); see
+        :func:`fastgate.export.onnx.to_onnx`."""
+        from .export.onnx import to_onnx
+
+        to_onnx(self, path, opset, initial_state=initial_state, lengths=lengths)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -243,6 +258,7 @@ class RecurrentLayer:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("bias", True)  # pickled before the option existed
         self._prepared = self._prepare_kernel_weights()
         self._plan = self._call_plan()
 
@@ -465,6 +481,9 @@ class LSTM(RecurrentLayer):
         The dtype of the weights, inputs and outputs.
     batch_first : bool
         Inputs and outputs are ``(B, T, ...)`` instead of ``(T, B, ...)``.
+    bias : bool
+        ``False``: the layer has no biases (PyTorch ``bias=False``, Keras ``use_bias=False``);
+        the bias arrays must then be zero. Exporters write no bias tensors for it.
 
     Call with ``out, (h_n, c_n) = lstm(x, state=(h0, c0), lengths=None)``; see
     :meth:`RecurrentLayer.__call__`.
@@ -474,10 +493,10 @@ class LSTM(RecurrentLayer):
 
     def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
                  activation: str = "tanh", recurrent_activation: str = "sigmoid",
-                 dtype: Any = np.float32, batch_first: bool = False) -> None:
+                 dtype: Any = np.float32, batch_first: bool = False, bias: bool = True) -> None:
         super().__init__(weights, bidirectional=bidirectional, activation=activation,
                          recurrent_activation=recurrent_activation, dtype=dtype,
-                         batch_first=batch_first)
+                         batch_first=batch_first, bias=bias)
 
 
 @serializable
@@ -497,10 +516,10 @@ class GRU(RecurrentLayer):
     def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
                  activation: str = "tanh", recurrent_activation: str = "sigmoid",
                  reset_after: bool = True, dtype: Any = np.float32,
-                 batch_first: bool = False) -> None:
+                 batch_first: bool = False, bias: bool = True) -> None:
         super().__init__(weights, bidirectional=bidirectional, activation=activation,
                          recurrent_activation=recurrent_activation, reset_after=reset_after,
-                         dtype=dtype, batch_first=batch_first)
+                         dtype=dtype, batch_first=batch_first, bias=bias)
 
 
 @serializable
@@ -518,6 +537,6 @@ class SimpleRNN(RecurrentLayer):
 
     def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
                  activation: str = "tanh", dtype: Any = np.float32,
-                 batch_first: bool = False) -> None:
+                 batch_first: bool = False, bias: bool = True) -> None:
         super().__init__(weights, bidirectional=bidirectional, activation=activation,
-                         dtype=dtype, batch_first=batch_first)
+                         dtype=dtype, batch_first=batch_first, bias=bias)

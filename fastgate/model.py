@@ -672,6 +672,14 @@ class Model:
         """Save in fastgate's own format; ``fastgate.load(path)`` gives the model back."""
         save(self, path)
 
+    def to_onnx(self, path: Any, opset: int = 17) -> None:
+        """Write the model as a standard ONNX graph (ONNX Runtime runs it with the same
+        outputs): input ``input``, one output per model output. See
+        :func:`fastgate.export.onnx.to_onnx`."""
+        from .export.onnx import to_onnx
+
+        to_onnx(self, path, opset)
+
     def _get_spec(self) -> dict[str, Any]:
         nodes = []
         for node in self.nodes:

@@ -148,6 +148,44 @@ def test_convert_round_trip(models, capsys, tmp_path, name, extra):
     assert code == 1 and ".fastgate" in err
 
 
+@pytest.mark.parametrize("name, extra", [("tiny.keras", []), ("lstm.pt", ["--batch-first"]),
+                                         ("tiny.fastgate", ["--opset", "21"])])
+def test_convert_to_onnx(models, capsys, tmp_path, name, extra):
+    """``convert m.keras m.onnx``: ONNX Runtime runs the file with Keras' / torch's outputs."""
+    import onnxruntime
+    import torch
+
+    target = tmp_path / "model.onnx"
+    code, out, err = run_cli(capsys, "convert", models["folder"] / name, target, *extra)
+    assert code == 0, err
+    assert "checked: ONNX Runtime gives fastgate's outputs" in out
+    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(5)
+    if name == "lstm.pt":
+        x = rng.standard_normal((4, 9, 3)).astype(np.float32)
+        with torch.no_grad():
+            expected = [t.numpy() for t in [models["lstm"](torch.from_numpy(x))[0],
+                                            *models["lstm"](torch.from_numpy(x))[1]]]
+        got = session.run(None, {"x": x})
+    else:
+        x = rng.standard_normal((5, 6, 1)).astype(np.float32)
+        expected = [models["keras"].predict(x, verbose=0)]
+        got = session.run(None, {"input": x})
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=0, atol=ATOL)
+    code, _, err = run_cli(capsys, "convert", models["folder"] / name, target, *extra)
+    assert code == 1 and "--force" in err
+
+
+def test_convert_to_onnx_refuses_what_onnx_cannot_express(capsys, tmp_path):
+    fastgate.LSTM.random(3, 4, proj_size=2).save(tmp_path / "projected.fastgate")
+    code, _, err = run_cli(capsys, "convert", tmp_path / "projected.fastgate",
+                           tmp_path / "projected.onnx")
+    assert code == 1 and "proj_size=2 has no ONNX equivalent" in err
+    assert not (tmp_path / "projected.onnx").exists()
+
+
 # ----------------------------------------------------------------------------- predict
 def test_predict_npy_npz_csv_against_keras(models, capsys, tmp_path):
     model = models["keras"]

@@ -18,6 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastgate
 from conftest import assert_close
+from fastgate.export.torch import to_torch_state_dict, torch_module
 
 D, H, P, BATCH, STEPS = 5, 6, 3, 3, 7
 VOCAB = 11
@@ -184,13 +185,59 @@ def test_to_torch_state_dict_round_trip(name):
     module = make_module(name, torch.float32)
     fast = fastgate.from_torch(module)
     exported = (fast.to_torch_state_dict() if hasattr(fast, "to_torch_state_dict")
-                else fastgate.importers.torch.to_torch_state_dict(fast))
+                else to_torch_state_dict(fast))
     assert list(exported) == list(module.state_dict())
     fresh = make_module(name, torch.float32, seed=99)
     fresh.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
     for key, value in module.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
     check_equal_to_torch(fresh, fast, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("name", list(SPECS))
+def test_torch_module_rebuilds_the_module(name, dtype):
+    """``torch_module`` (what the CLI and the benchmarks compare against) computes what the
+    module the weights came from computes, with its options (batch_first, bias, ...)."""
+    module = make_module(name, DTYPES[dtype])
+    rebuilt = torch_module(fastgate.from_torch(module))
+    assert type(rebuilt) is type(module) and repr(rebuilt) == repr(module)
+    assert next(rebuilt.parameters()).dtype == DTYPES[dtype]
+    for key, value in module.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], value), key
+
+
+def test_torch_module_of_a_dense_with_activation():
+    dense = fastgate.Dense(np.arange(6.0).reshape(3, 2) / 7, np.array([0.5, -1.0]),
+                           activation="hard_sigmoid")
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch_module(dense)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(dense(x), expected, rtol=0, atol=1e-6)
+
+
+def test_export_refuses_what_torch_cannot_compute():
+    cases = [
+        (fastgate.GRU.random(3, 4, reset_after=False), "reset_after=False has no PyTorch"),
+        (fastgate.LSTM.random(3, 4, activation="relu"), "activations 'relu'/'sigmoid' has no"),
+        (fastgate.SimpleRNN.random(3, 4, activation="sigmoid"), "nn.RNN supports tanh and relu"),
+        (fastgate.Dense(np.ones((3, 2)), activation="relu"), "Dense with activation 'relu' is "
+                                                             "not an nn.Linear"),
+        (fastgate.Activation("tanh"), "cannot export a Activation"),
+    ]
+    for obj, message in cases:
+        with pytest.raises(fastgate.ConfigError, match=message):
+            to_torch_state_dict(obj)
+    with pytest.raises(fastgate.ConfigError, match="'hard_sigmoid_keras2' has no torch.nn"):
+        torch_module(fastgate.Dense(np.ones((3, 2)), activation="hard_sigmoid_keras2"))
+    with pytest.raises(fastgate.ConfigError, match="bias=False, but LSTM has non-zero biases"):
+        fastgate.LSTM.random(3, 4).to_torch_state_dict(bias=False)
+
+
+def test_bias_false_requires_zero_biases():
+    weights = fastgate.from_torch(make_module("lstm", torch.float32)).weights
+    with pytest.raises(fastgate.ConfigError, match="bias=False, but the biases are not zero"):
+        fastgate.LSTM(weights, bias=False)
 
 
 def test_round_trip_with_prefix_into_a_model():
@@ -355,10 +402,13 @@ def test_state_dict_shape_and_missing_errors():
 
 def test_cells_serialize_and_repr(tmp_path):
     cell = fastgate.from_torch(make_module("rnn_cell_relu_nobias", torch.float64))
-    assert repr(cell) == "RNNCell(input_size=5, hidden_size=6, activation='relu', dtype=float64)"
+    assert repr(cell) == ("RNNCell(input_size=5, hidden_size=6, activation='relu', "
+                          "bias=False, dtype=float64)")
     cell.save(tmp_path / "cell.fastgate")
     from fastgate.serialization import load_native
     loaded = load_native(tmp_path / "cell.fastgate")
+    assert loaded.bias is False and list(loaded.to_torch_state_dict()) == ["weight_ih",
+                                                                            "weight_hh"]
     x = np.random.default_rng(0).normal(size=(2, D))
     np.testing.assert_array_equal(loaded(x), cell(x))
     with pytest.raises(fastgate.ShapeError, match=r"expected \(B, 5\) or \(5,\)"):

@@ -4,7 +4,8 @@ Commands, one module each in this package:
 
 * ``fastgate inspect FILE``: what a model file holds (format, who saved it, layers, gates);
 * ``fastgate convert IN OUT``: any supported file to fastgate's own format;
-* ``fastgate predict FILE --input x.npy``: run a model on a saved array;
+* ``fastgate predict FILE --input x.npy``: run a model on a saved array (or on many:
+  ``--input 'dir/*.npy' --output OUTDIR [--scheduler ADDRESS]``);
 * ``fastgate bench FILE``: latency and throughput, against the NumPy oracle (and PyTorch);
 * ``fastgate demo``: the pretrained models shipped in the package, checked and timed;
 * ``fastgate serve MODEL``: the model over HTTP, micro-batched (needs ``fastgate[serve]``).

@@ -16,44 +16,8 @@ _TORCH_ACTIVATIONS = {"linear": None, "relu": "relu", "tanh": "tanh", "sigmoid":
                       "softmax": "softmax"}
 
 
-def _tensors(state: dict) -> dict:
-    import torch
-
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
-
-
-def _recurrent_module(layer: Any, batch_first: bool) -> Any:
-    """The ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` holding a RecurrentLayer's weights."""
-    import torch
-    from torch import nn
-
-    classes = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-    options = {"num_layers": layer.num_layers, "bidirectional": layer.bidirectional,
-               "batch_first": batch_first}
-    if layer.cell == "lstm" and layer.proj_size:
-        options["proj_size"] = layer.proj_size
-    if layer.cell == "rnn":
-        options["nonlinearity"] = layer.activation
-    state = layer.to_torch_state_dict(bias=True)
-    module = classes[layer.cell](layer.input_size, layer.hidden_size, **options)
-    module.load_state_dict(_tensors(state))
-    return module.to(torch.float64 if layer.dtype == np.float64 else torch.float32).eval()
-
-
-def _cell_module(cell: Any) -> Any:
-    """The ``torch.nn.LSTMCell`` / ``GRUCell`` / ``RNNCell`` holding a cell's weights."""
-    from torch import nn
-
-    classes = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
-    layer = cell.layer
-    options = {"nonlinearity": layer.activation} if layer.cell == "rnn" else {}
-    module = classes[layer.cell](layer.input_size, layer.hidden_size, **options)
-    module.load_state_dict(_tensors(cell.to_torch_state_dict(bias=True)))
-    return module
-
-
 def _activation(name: str) -> Callable | None:
-    """The torch function of a Dense/Activation activation (None: the identity)."""
+    """The torch function of an Activation op's activation (None: the identity)."""
     import torch
 
     if name not in _TORCH_ACTIVATIONS:
@@ -64,44 +28,22 @@ def _activation(name: str) -> Callable | None:
     return None if function is None else getattr(torch, function)
 
 
-def _linear(dense: Any) -> Callable:
-    """``torch.nn.Linear`` (then the activation) holding a Dense op's weights."""
-    from torch import nn
-
-    from ..importers.torch import to_torch_state_dict
-
-    module = nn.Linear(dense.in_features, dense.out_features, bias=dense.bias is not None)
-    module.load_state_dict(_tensors(to_torch_state_dict(dense)))
-    act = _activation(dense.activation)
-    return module if act is None else (lambda t: act(module(t)))
-
-
 def _single_module(obj: Any) -> Any:
     """The torch module equivalent to a layer, cell, Dense or Embedding (else None)."""
-    import torch
-    from torch import nn
-
     from ..cells import _Cell
+    from ..export.torch import torch_module
     from ..layers import RecurrentLayer
     from ..ops import Dense, Embedding
 
-    if isinstance(obj, RecurrentLayer):
-        return _recurrent_module(obj, obj.batch_first)
-    if isinstance(obj, _Cell):
-        return _cell_module(obj)
-    if isinstance(obj, Dense):
-        return _linear(obj)
-    if isinstance(obj, Embedding):
-        return nn.Embedding.from_pretrained(torch.from_numpy(obj.table))
+    if isinstance(obj, (RecurrentLayer, _Cell, Dense, Embedding)):
+        return torch_module(obj)
     return None
 
 
 def _chain_steps(model: Any) -> list[tuple[str, Any]] | None:
     """``[(kind, step)]`` running a Model's chain of Embedding, Recurrent, Dense and
     Activation nodes in PyTorch, or None if the model is not such a chain."""
-    import torch
-    from torch import nn
-
+    from ..export.torch import torch_module
     from ..model import MODEL_INPUT
     from ..ops import Activation, Dense, Embedding, Recurrent
 
@@ -113,17 +55,16 @@ def _chain_steps(model: Any) -> list[tuple[str, Any]] | None:
             return None
         op = node.op
         if isinstance(op, Embedding) and position == 0:
-            steps.append(("embedding", (nn.Embedding.from_pretrained(
-                torch.from_numpy(op.table)), op.mask_zero)))
+            steps.append(("embedding", (torch_module(op), op.mask_zero)))
         elif isinstance(op, Recurrent) and not (op.go_backwards or op.stateful
                                                 or op.return_state):
             first = model.nodes[0].op
             if op.return_sequences and isinstance(first, Embedding) and first.mask_zero:
                 return None  # Keras repeats outputs at padding; PyTorch zeroes them
-            steps.append(("recurrent", (_recurrent_module(op.layer, True),
+            steps.append(("recurrent", (torch_module(op.layer, batch_first=True),
                                         op.return_sequences)))
         elif isinstance(op, Dense):
-            steps.append(("dense", _linear(op)))
+            steps.append(("dense", torch_module(op)))
         elif isinstance(op, Activation) and _activation(op.activation) is not None:
             steps.append(("activation", _activation(op.activation)))
         else:
@@ -163,7 +104,8 @@ def _run_chain(steps: list[tuple[str, Any]], x: np.ndarray) -> Any:
 def torch_equivalent(obj: Any) -> Callable[[np.ndarray], Any] | None:
     """A function running ``obj``'s PyTorch equivalent on a NumPy input, or ``None``.
 
-    Covers layers and cells (through ``to_torch_state_dict``), Dense, Embedding, and models
+    Covers layers and cells (:func:`fastgate.export.torch.torch_module`), Dense, Embedding,
+    and models
     that are a chain of Embedding, Recurrent and Dense (padding of ``mask_zero`` ids becomes
     a packed sequence). ``None`` if torch is missing or the model has other parts.
     """

@@ -1,4 +1,8 @@
-"""``fastgate predict FILE --input x.npy``: run a model, print and save the outputs."""
+"""``fastgate predict FILE --input x.npy``: run a model, print and save the outputs.
+
+``--input 'dir/*.npy' --output OUTDIR [--scheduler ADDRESS]`` scores many files
+(:mod:`fastgate.cli.predict_files`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ._common import debug_options, format_time, load_model, loading_options, outputs, preview
+from .predict_files import names_many_files, predict_files
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -20,16 +25,23 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="run a model on a saved array",
         description="Run FILE on the array in --input (.npy; .npz: first array or --key; "
                     ".csv: a single-feature series, one column -> (1, T, 1), B rows -> "
-                    "(B, T, 1)).")
+                    "(B, T, 1)). With a pattern such as 'dir/*.npy' (or a directory), score "
+                    "every file into --output OUTDIR, one output per input under the same "
+                    "name, in this process or on a Dask cluster (--scheduler).")
     parser.add_argument("file")
-    parser.add_argument("--input", "-i", required=True, metavar="ARRAY")
+    parser.add_argument("--input", "-i", required=True, metavar="ARRAY",
+                        help="an array file, or a pattern / directory of them (quote it)")
     parser.add_argument("--output", "-o", metavar="ARRAY",
-                        help=".npy (the first output) or .npz (every output)")
+                        help=".npy (the first output) or .npz (every output); for many "
+                             "inputs, a directory")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="score the files on the Dask cluster at ADDRESS "
+                             "(tcp://host:8786; needs fastgate[dask])")
     parser.add_argument("--key", help="the array to read from an .npz input")
     parser.add_argument("--lengths", metavar="ARRAY",
                         help="(B,) valid length of each sequence (LSTM/GRU/RNN layers)")
     parser.add_argument("--batch-size", type=int, metavar="N",
-                        help="run N sequences at a time")
+                        help="run N sequences at a time (with --scheduler: per task)")
     parser.set_defaults(handler=command_predict)
 
 
@@ -108,14 +120,17 @@ def command_predict(args: argparse.Namespace) -> int:
     """``fastgate predict FILE --input x.npy``: run the model, print and save the outputs."""
     import fastgate
 
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
     obj = load_model(args.file, args)
+    if names_many_files(args):
+        return predict_files(args, obj, lambda path: read_array(path, args.key, "--input"),
+                             output_names)
     x = read_array(args.input, args.key, "--input")
     lengths = None if args.lengths is None else read_array(args.lengths, None, "--lengths")
     if lengths is not None:
         lengths = lengths.reshape(-1) if lengths.ndim > 1 and lengths.size == max(
             lengths.shape) else lengths
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
     start = time.perf_counter()
     values = outputs(obj, x, lengths, args.batch_size)
     elapsed = time.perf_counter() - start

@@ -27,6 +27,7 @@ a live module says them itself.
 PyTorch's gate order is fastgate's (:data:`fastgate.layout.GATE_ORDERS`); importing is a
 transpose per matrix (PyTorch stores ``W`` for ``W x``, fastgate ``x W``). Files are read
 without PyTorch (:mod:`fastgate.importers.torch_pickle`, :mod:`fastgate.importers.safetensors`).
+The way back, a state_dict or a live module, is :mod:`fastgate.export.torch`.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from ..layers import GRU, LSTM, RecurrentLayer, SimpleRNN
 from ..layout import GATE_COUNT, CellWeights, reorder_gates
 from ..ops import Dense, Embedding
 
-__all__ = ["from_torch", "to_torch_state_dict", "load_state_dict", "KINDS"]
+__all__ = ["from_torch", "load_state_dict", "KINDS"]
 
 #: The values of ``kind=``: what a module can be imported as.
 KINDS = ("lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell", "linear", "embedding")
@@ -273,12 +274,10 @@ class _Builder:
                     cell, suffix, input_size if layer == 0 else dirs * width, hidden, width,
                     proj_size, bias, dtype))
         options: dict[str, Any] = {"bidirectional": dirs == 2, "dtype": dtype,
-                                   "batch_first": batch_first}
+                                   "batch_first": batch_first, "bias": bias}
         if cell == "rnn":
             options["activation"] = activation
-        layer_object = _LAYER_CLASSES[cell](weights, **options)
-        layer_object._torch_bias = bias
-        return layer_object
+        return _LAYER_CLASSES[cell](weights, **options)
 
     def cell(self, expected_cell: str | None, activation: str) -> _Cell:
         for name in self.params:
@@ -290,12 +289,10 @@ class _Builder:
         input_size = self.matrix("weight_ih").shape[1]
         dtype = self.dtype("weight_ih")
         weights = self.cell_weights(cell, "", input_size, hidden, hidden, 0, bias, dtype)
-        options: dict[str, Any] = {"dtype": dtype}
+        options: dict[str, Any] = {"dtype": dtype, "bias": bias}
         if cell == "rnn":
             options["activation"] = activation
-        cell_object = _CELL_CLASSES[cell](weights, **options)
-        cell_object._torch_bias = bias
-        return cell_object
+        return _CELL_CLASSES[cell](weights, **options)
 
     def _check_cell(self, cell: str, expected: str | None) -> None:
         if expected is not None and cell != expected:
@@ -480,77 +477,3 @@ def from_torch(source: Any, prefix: str = "", batch_first: bool | None = None,
     return _build(arrays, module_prefix, where, kind,
                   False if batch_first is None else bool(batch_first),
                   "tanh" if nonlinearity is None else nonlinearity)
-
-
-# ---------------------------------------------------------------------- export
-def _export_checks(obj: Any, cell: str, layer: RecurrentLayer) -> None:
-    name = type(obj).__name__
-    if cell == "rnn":
-        if layer.activation not in ("tanh", "relu"):
-            raise ConfigError(f"{name} with activation {layer.activation!r} has no PyTorch "
-                              f"equivalent (nn.RNN supports tanh and relu)")
-        return
-    if layer.activation != "tanh" or layer.recurrent_activation != "sigmoid":
-        raise ConfigError(f"{name} with activations {layer.activation!r}/"
-                          f"{layer.recurrent_activation!r} has no PyTorch equivalent")
-    if cell == "gru" and not layer.reset_after:
-        raise ConfigError(f"{name} with reset_after=False has no PyTorch equivalent")
-
-
-def to_torch_state_dict(obj: Any, prefix: str = "", *, bias: bool | None = None
-                        ) -> dict[str, np.ndarray]:
-    """The PyTorch state_dict of a fastgate layer, cell, Dense or Embedding.
-
-    Parameters
-    ----------
-    obj : LSTM, GRU, SimpleRNN, LSTMCell, GRUCell, RNNCell, Dense or Embedding
-    prefix : str
-        Prepended to every key (``"lstm."`` to fill a submodule).
-    bias : bool, optional
-        Whether to emit ``bias_*`` tensors. Defaults to what the imported PyTorch module had
-        (``True`` for a layer not imported from PyTorch). ``False`` requires zero biases.
-
-    Returns
-    -------
-    dict of str to ndarray
-        NumPy arrays with PyTorch's keys, shapes and gate order, in PyTorch's key order;
-        ``{k: torch.from_numpy(v) for k, v in ...}`` loads with ``load_state_dict(strict=True)``.
-    """
-    if isinstance(obj, Dense):
-        if obj.activation != "linear":
-            raise ConfigError(f"Dense with activation {obj.activation!r} is not an nn.Linear")
-        state = {prefix + "weight": np.ascontiguousarray(obj.kernel.T)}
-        if obj.bias is not None:
-            state[prefix + "bias"] = obj.bias.copy()
-        return state
-    if isinstance(obj, Embedding):
-        return {prefix + "weight": obj.table.copy()}
-    if isinstance(obj, _Cell):
-        layer, suffixes = obj.layer, [""]
-    elif isinstance(obj, RecurrentLayer):
-        layer = obj
-        suffixes = [f"_l{k // layer.num_directions}"
-                    + ("_reverse" if k % layer.num_directions else "")
-                    for k in range(len(layer.weights))]
-    else:
-        raise ConfigError(f"cannot export a {type(obj).__name__} to a PyTorch state_dict")
-    cell = layer.cell
-    _export_checks(obj, cell, layer)
-    if bias is None:
-        bias = getattr(obj, "_torch_bias", True)
-    state = {}
-    for suffix, w in zip(suffixes, layer.weights):
-        state[prefix + "weight_ih" + suffix] = np.ascontiguousarray(
-            reorder_gates(w.input_kernel, cell, "fastgate", "torch").T)
-        state[prefix + "weight_hh" + suffix] = np.ascontiguousarray(
-            reorder_gates(w.recurrent_kernel, cell, "fastgate", "torch").T)
-        if bias:
-            state[prefix + "bias_ih" + suffix] = reorder_gates(w.input_bias, cell, "fastgate",
-                                                               "torch")
-            state[prefix + "bias_hh" + suffix] = reorder_gates(w.recurrent_bias, cell,
-                                                               "fastgate", "torch")
-        elif np.any(w.input_bias) or np.any(w.recurrent_bias):
-            raise ConfigError(f"bias=False, but {type(obj).__name__} has non-zero biases")
-        if w.projection is not None:
-            state[prefix + "weight_hr" + suffix] = np.ascontiguousarray(w.projection.T)
-    return state
