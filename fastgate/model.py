@@ -90,9 +90,10 @@ class Node(NamedTuple):
 
     @property
     def is_plain(self) -> bool:
-        """One input, its implicit mask, no initial state: a link of a plain chain."""
+        """One input, its implicit mask, no initial state: a link of a plain chain.
+        (``mask_unrecorded`` does not matter there: no mask travels in a chain of recurrent,
+        Dense and Activation ops fed by the model input.)"""
         return not (self.more_sources or self.state_sources or self.explicit_mask
-                    or self.mask_unrecorded
                     or self.mask_source is not None)
 
 

@@ -282,3 +282,18 @@ def test_graph_ops_report_shapes_that_do_not_fit():
         Dot(2).apply([x, y[:, :, :3]], [None, None])
     with pytest.raises(fastgate.ShapeError, match="Attention"):
         Attention().apply([x, y[:, :, :3]], [None, None])
+
+
+def test_recorded_implicit_masks_are_not_computed_twice(built):
+    # Keras 3 records Masking's / Embedding's implicit mask as a chain of operations on
+    # every layer that takes it; where fastgate's ops pass that same mask along anyway,
+    # the chain is dropped (a plain chain stays one); an explicit mask of its own is kept.
+    implicit = fastgate.load(built("embedding_implicit")[1])
+    assert not any(isinstance(n.op, fastgate.graph_ops.ArrayOp) for n in implicit.nodes)
+    assert all(n.mask_source is None for n in implicit.nodes)
+    explicit = fastgate.load(built("lstm_last")[1])
+    assert [type(n.op).__name__ for n in explicit.nodes] == ["ArrayOp", "ArrayOp", "Recurrent"]
+    overriding = fastgate.load(built("mask_overrides_masking")[1])
+    lstm, gru = overriding.nodes[-2:]
+    assert lstm.mask_source is not None                      # its own mask, not Masking's
+    assert gru.mask_source == lstm.mask_source               # passed on to the GRU

@@ -433,7 +433,7 @@ def build_graph(layers: list, input_names: list[str], outputs: list[KerasRef], *
         _add_call_nodes(wiring, node_name, layer, call, ops, keras3, refuse)
         wiring.produced[(layer.name, k)] = len(wiring.nodes) - 1
     model_outputs = [wiring.resolve(ref, "<model outputs>") for ref in outputs]
-    return wiring.nodes, model_outputs
+    return _without_recorded_masks_that_travel(wiring.nodes, model_outputs)
 
 
 def _add_call_nodes(wiring: _Wiring, node_name: str, layer: Any, call: KerasCall,
@@ -488,3 +488,98 @@ def _add_call_nodes(wiring: _Wiring, node_name: str, layer: Any, call: KerasCall
                              unrecorded and mask_source is None))
     for suffix, op in ops[1:]:
         wiring.nodes.append(Node(node_name + suffix, op, (len(wiring.nodes) - 1, 0)))
+
+
+# ----------------------------------------------------------------------------- simplifying
+_UNKNOWN = object()  # a mask fastgate cannot describe statically: never equal to another
+
+
+def _recorded_mask(nodes: list[Node], ref: tuple[int, int]) -> Any:
+    """What a recorded mask chain computes, when it is one of Keras' implicit masks:
+    ``("masking", x, value)`` for ``any(x != value, axis=-1)`` (Masking),
+    ``("embedding", ids)`` for ``ids != 0`` (Embedding(mask_zero))."""
+    if ref[0] == MODEL_INPUT or ref[1] != 0:
+        return _UNKNOWN
+    node = nodes[ref[0]]
+    op = node.op
+    if not isinstance(op, ArrayOp) or node.more_sources:
+        return _UNKNOWN
+    if op.operation == "NotEqual" and len(op.arguments) == 2 and op.arguments[0] == TENSOR \
+            and op.arguments[1] == 0 and not op.options:
+        return ("embedding", node.source)
+    if op.operation == "Any" and op.options == {"axis": -1, "keepdims": False} \
+            and node.source[0] != MODEL_INPUT and node.source[1] == 0:
+        inner = nodes[node.source[0]]
+        if (isinstance(inner.op, ArrayOp) and inner.op.operation == "NotEqual"
+                and not inner.more_sources and not inner.op.options
+                and len(inner.op.arguments) == 2 and inner.op.arguments[0] == TENSOR
+                and isinstance(inner.op.arguments[1], (int, float))):
+            return ("masking", inner.source, float(inner.op.arguments[1]))
+    return _UNKNOWN
+
+
+def _travelling_mask(nodes: list[Node], ref: tuple[int, int], depth: int = 0) -> Any:
+    """The mask fastgate's ops pass along to ``ref``, described as :func:`_recorded_mask`
+    does; ``None`` for none, ``_UNKNOWN`` where the ops are not simple enough to say."""
+    from ..ops import Activation, Bidirectional, Dense, Embedding, Masking, Recurrent
+
+    if ref[0] == MODEL_INPUT:
+        return None
+    node = nodes[ref[0]]
+    op = node.op
+    if depth > 64 or node.more_sources or node.state_sources:
+        return _UNKNOWN
+    if node.mask_source is not None:
+        received = _recorded_mask(nodes, node.mask_source)
+    elif node.explicit_mask:
+        received = None
+    else:
+        received = _travelling_mask(nodes, node.source, depth + 1)
+    if isinstance(op, Masking):
+        return ("masking", node.source, op.mask_value) if ref[1] == 0 else _UNKNOWN
+    if isinstance(op, Embedding):
+        return ("embedding", node.source) if op.mask_zero else None
+    if isinstance(op, (Dense, Activation)):
+        return received
+    if isinstance(op, Recurrent) and ref[1] == 0:
+        return received if op.return_sequences else None
+    if isinstance(op, Bidirectional) and ref[1] < (2 if op.merge_mode is None else 1):
+        return received if op.forward.return_sequences else None
+    return _UNKNOWN
+
+
+def _without_recorded_masks_that_travel(nodes: list[Node], outputs: list[tuple[int, int]]
+                                        ) -> tuple[list[Node], list[tuple[int, int]]]:
+    """The graph without the recorded mask chains that compute what fastgate's ops pass
+    along anyway (Keras 3 records the implicit masks of Masking and Embedding on every
+    layer that takes one): the same answers, a plain chain where the model is one (the
+    fast streaming step, the exporters), and no mask computed twice."""
+    simplified = list(nodes)
+    for position, node in enumerate(nodes):
+        if node.mask_source is None or node.more_sources or node.state_sources:
+            continue
+        recorded = _recorded_mask(simplified, node.mask_source)
+        if recorded is not _UNKNOWN and recorded == _travelling_mask(simplified, node.source):
+            simplified[position] = node._replace(mask_source=None, explicit_mask=False,
+                                                 mask_unrecorded=False)
+    needed: set[int] = set()
+    stack = [ref[0] for ref in outputs if ref[0] != MODEL_INPUT]
+    while stack:
+        position = stack.pop()
+        if position not in needed:
+            needed.add(position)
+            stack.extend(ref[0] for ref in simplified[position].sources
+                         if ref[0] != MODEL_INPUT)
+    new_index = {old: new for new, old in enumerate(sorted(needed))}
+
+    def moved(ref: tuple[int, int]) -> tuple[int, int]:
+        return ref if ref[0] == MODEL_INPUT else (new_index[ref[0]], ref[1])
+
+    kept = []
+    for old in sorted(needed):
+        node = simplified[old]
+        kept.append(node._replace(
+            source=moved(node.source), more_sources=tuple(map(moved, node.more_sources)),
+            mask_source=None if node.mask_source is None else moved(node.mask_source),
+            state_sources=tuple(map(moved, node.state_sources))))
+    return kept, [moved(ref) for ref in outputs]
