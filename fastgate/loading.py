@@ -3,11 +3,13 @@
 The format is recognised from the file's content first, its extension second
 (:func:`fastgate.formats.detect_format`):
 
-* fastgate's own format (a zip holding ``fastgate.json``): :func:`fastgate.serialization.load_native`;
+* fastgate's own format (a zip holding ``fastgate.json``):
+  :func:`fastgate.serialization.load_native`;
 * Keras: ``.keras`` archives, ``.h5`` / ``.hdf5`` full models, ``.weights.h5`` weights with an
   architecture: :func:`fastgate.importers.keras.load_keras`;
-* PyTorch: ``.pt`` / ``.pth`` / ``.bin`` / ``.safetensors``:
-  :func:`fastgate.importers.torch.from_torch`.
+* PyTorch: ``torch.save`` files (zip or legacy) and safetensors, whatever their extension
+  (``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt`` / ``.safetensors`` when the content says
+  nothing): :func:`fastgate.importers.torch.from_torch`.
 """
 
 from __future__ import annotations

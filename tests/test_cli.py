@@ -421,6 +421,7 @@ def test_debug_shows_the_traceback(models, capsys, tmp_path):
 
 
 # ----------------------------------------------------------------------------- subprocesses
+@pytest.mark.slow
 def test_python_m_fastgate_every_command(models, tmp_path):
     folder = models["folder"]
     np.save(tmp_path / "x.npy", np.ones((2, 6, 1), np.float32))
