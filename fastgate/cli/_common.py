@@ -114,6 +114,8 @@ def outputs(obj: Any, x: np.ndarray, lengths: np.ndarray | None = None,
                              "Embedding(mask_zero) layer" if isinstance(obj, Model) else ""))
     if isinstance(obj, Model):
         result = obj.predict(x, batch_size=batch_size)
+        if isinstance(result, dict):  # dict_outputs: in output_names order
+            return [result[name] for name in obj.output_names]
         return list(result) if isinstance(result, list) else [result]
     from ..importers.onnx import OnnxModel
 

@@ -270,16 +270,21 @@ def _loaded_contents(path: str, args: argparse.Namespace) -> tuple[list[tuple[st
     if not isinstance(obj, Model):
         print(f"contents:  {obj!r}")
         return [(Path(path).stem, obj)], True
-    shape = "any" if obj.input_shape is None else "(" + ", ".join(
-        "B" if k == 0 else ("*" if d is None else str(d))
-        for k, d in enumerate(obj.input_shape)) + ")"
-    print(f"contents:  Model {obj.name!r}, input shape {shape}"
-          + (", stateful" if obj.stateful else ""))
+    def shown(shape: Any) -> str:
+        return "any" if shape is None else "(" + ", ".join(
+            "B" if k == 0 else ("*" if d is None else str(d)) for k, d in enumerate(shape)) + ")"
+
+    if len(obj.input_shapes) == 1:
+        inputs = f"input shape {shown(obj.input_shape)}"
+    else:
+        inputs = "inputs " + ", ".join(f"{name} {shown(shape)}" for name, shape in
+                                       zip(obj.input_names, obj.input_shapes))
+    print(f"contents:  Model {obj.name!r}, {inputs}" + (", stateful" if obj.stateful else ""))
     named = [(node.name, node.op) for node in obj.nodes]
     sources = [("input" if node.source[0] == MODEL_INPUT else
                 obj.nodes[node.source[0]].name) for node in obj.nodes]
-    chain = all(s == ("input" if k == 0 else obj.nodes[k - 1].name)
-                for k, s in enumerate(sources))
+    chain = all(s == ("input" if k == 0 else obj.nodes[k - 1].name) and node.is_plain
+                for k, (s, node) in enumerate(zip(sources, obj.nodes)))
     return named, chain
 
 
