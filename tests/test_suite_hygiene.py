@@ -34,3 +34,16 @@ def test_nothing_skips():
              if call.func.attr in {"skip", "skipif", "importorskip", "xfail"}
              and isinstance(call.func.value, (ast.Name, ast.Attribute))]
     assert skips == []
+
+
+def test_every_package_is_installed():
+    # pyproject lists the packages by hand; one left out installs without it, and only a
+    # fresh clone's `pip install .` notices (fastgate.export once did).
+    import tomllib
+
+    root = TESTS.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {".".join(init.parent.relative_to(root).parts)
+             for init in (root / "fastgate").rglob("__init__.py")}
+    assert listed == found
