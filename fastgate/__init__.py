@@ -7,8 +7,8 @@ them like PyTorch's::
     lstm = fastgate.LSTM.random(input_size=5, hidden_size=32)
     out, (h_n, c_n) = lstm(x)                # x: (T, B, 5) float32
 
-Load trained models with :func:`load` (Keras files, fastgate's own format), :func:`from_keras`
-and :func:`from_torch`. The compiled kernels (Cython; packed register-blocked products for
+Load trained models with :func:`load` (Keras files, ONNX files, fastgate's own format),
+:func:`from_keras`, :func:`from_torch` and :func:`from_onnx`. The compiled kernels (Cython; packed register-blocked products for
 AVX-512 and AVX2, BLAS through SciPy on other CPUs) run when the extension is built; the NumPy
 oracle (:mod:`fastgate.oracle`) is the fallback and the definition of correctness.
 """
@@ -29,6 +29,7 @@ from .loading import load
 from .importers.keras import from_keras
 from .cells import GRUCell, LSTMCell, RNNCell
 from .importers.torch import from_torch
+from .importers.onnx import OnnxModel, from_onnx
 from .serialization import save
 from .threads import get_num_threads, set_num_threads
 from . import plans
@@ -41,6 +42,7 @@ __all__ = [
     "Masking", "Recurrent", "RepeatVector",
     # weights and files
     "CellWeights", "GATE_ORDERS", "reorder_gates", "load", "save", "from_keras", "from_torch",
+    "from_onnx", "OnnxModel",
     # backends and threads
     "backend", "use_backend", "available_backends", "set_num_threads", "get_num_threads",
     "plans", "explain",

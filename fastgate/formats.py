@@ -16,7 +16,7 @@ from .importers.torch_pickle import is_torch_zip
 from .serialization import is_native
 
 __all__ = ["detect_format", "framework_of", "FASTGATE", "KERAS_ARCHIVE", "KERAS_HDF5",
-           "SAFETENSORS", "TORCH_ZIP", "TORCH_LEGACY", "UNKNOWN", "TORCH_EXTENSIONS",
+           "SAFETENSORS", "TORCH_ZIP", "TORCH_LEGACY", "ONNX", "UNKNOWN", "TORCH_EXTENSIONS",
            "KERAS_EXTENSIONS"]
 
 FASTGATE = "fastgate"            #: a zip holding ``fastgate.json``
@@ -25,6 +25,7 @@ KERAS_HDF5 = "keras_hdf5"        #: an HDF5 file: Keras full model or weights
 SAFETENSORS = "safetensors"      #: a safetensors file (8-byte header size, JSON header)
 TORCH_ZIP = "torch_zip"          #: ``torch.save``'s zip format (``<name>/data.pkl``)
 TORCH_LEGACY = "torch_legacy"    #: ``torch.save``'s legacy format (pickles in a row)
+ONNX = "onnx"                    #: a serialized ONNX ``ModelProto``
 UNKNOWN = "unknown"
 
 TORCH_EXTENSIONS = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
@@ -32,7 +33,7 @@ KERAS_EXTENSIONS = (".keras", ".h5", ".hdf5")
 
 _FRAMEWORKS = {FASTGATE: "fastgate", KERAS_ARCHIVE: "keras", KERAS_HDF5: "keras",
                SAFETENSORS: "torch", TORCH_ZIP: "torch", TORCH_LEGACY: "torch",
-               UNKNOWN: "unknown"}
+               ONNX: "onnx", UNKNOWN: "unknown"}
 
 # The first pickle of a legacy torch.save file: protocol 2, then the long
 # 0x1950a86a20f9469cfc6c (torch/serialization.py MAGIC_NUMBER) as LONG1 of 10 bytes.
@@ -60,7 +61,20 @@ def _format_by_extension(name: str) -> str:
         return KERAS_HDF5
     if name.endswith(".fastgate"):
         return FASTGATE
+    if name.endswith(".onnx"):
+        return ONNX
     return UNKNOWN
+
+
+def _looks_like_onnx(path: str | os.PathLike) -> bool:
+    """Whether ``path`` starts like a serialized ModelProto (ir_version, field 1, first)."""
+    from .importers.protobuf import looks_like_onnx
+
+    try:
+        with open(path, "rb") as handle:
+            return looks_like_onnx(handle.read(2))
+    except OSError:
+        return False
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -75,13 +89,16 @@ def detect_format(path: str | os.PathLike) -> str:
     -------
     str
         One of :data:`FASTGATE`, :data:`KERAS_ARCHIVE`, :data:`KERAS_HDF5`,
-        :data:`SAFETENSORS`, :data:`TORCH_ZIP`, :data:`TORCH_LEGACY`, :data:`UNKNOWN`.
+        :data:`SAFETENSORS`, :data:`TORCH_ZIP`, :data:`TORCH_LEGACY`, :data:`ONNX`,
+        :data:`UNKNOWN`.
 
     Notes
     -----
     A zip archive is fastgate's if it holds ``fastgate.json``, PyTorch's if it holds exactly
     one ``<name>/data.pkl`` (the rule the torch reader applies) or has a PyTorch extension
-    (so the torch reader explains what is missing), and a Keras archive otherwise.
+    (so the torch reader explains what is missing), and a Keras archive otherwise. A file is
+    ONNX by its ``.onnx`` extension, or, with no other framework's extension, by starting
+    like a serialized ``ModelProto``.
     """
     name = os.fspath(path).lower()
     if is_native(path):
@@ -96,7 +113,10 @@ def detect_format(path: str | os.PathLike) -> str:
         return KERAS_HDF5
     if zipfile.is_zipfile(path):
         return TORCH_ZIP if name.endswith(TORCH_EXTENSIONS) else KERAS_ARCHIVE
-    return _format_by_extension(name)
+    by_extension = _format_by_extension(name)
+    if by_extension == UNKNOWN and _looks_like_onnx(path):
+        return ONNX
+    return by_extension
 
 
 def framework_of(file_format: str) -> str:

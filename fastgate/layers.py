@@ -22,7 +22,7 @@ from . import oracle, plans
 from ._validation import as_array
 from ._validation import as_cell_weights as _cell_weights
 from ._validation import as_float_dtype as _as_float_dtype
-from .activations import activation_code, canonical_name
+from .activations import activation_code, activation_parameters, canonical_name
 from .backend import backend, compiled_module, current_backend
 from .errors import ConfigError, DTypeError, ShapeError
 from .layout import GATE_COUNT, CellWeights
@@ -42,8 +42,9 @@ class RecurrentLayer:
     Not instantiated directly. Attributes: ``input_size``, ``hidden_size``, ``num_layers``,
     ``bidirectional``, ``num_directions``, ``proj_size`` (LSTM), ``output_size`` (the width of
     one direction's output), ``activation``, ``recurrent_activation``, ``dtype``,
-    ``batch_first``, ``bias`` (whether the layer has biases), and ``weights`` (the list of
-    :class:`~fastgate.layout.CellWeights`).
+    ``batch_first``, ``bias`` (whether the layer has biases), ``weights`` (the list of
+    :class:`~fastgate.layout.CellWeights`), and ONNX's options: ``cell_activation``,
+    ``clip``, ``input_forget``, ``peepholes``.
     """
 
     cell: str = ""
@@ -51,7 +52,9 @@ class RecurrentLayer:
     def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
                  activation: str = "tanh", recurrent_activation: str = "sigmoid",
                  reset_after: bool = True, dtype: Any = np.float32,
-                 batch_first: bool = False, bias: bool = True) -> None:
+                 batch_first: bool = False, bias: bool = True,
+                 cell_activation: str | None = None, clip: float | None = None,
+                 input_forget: bool = False) -> None:
         self.dtype = _as_float_dtype(dtype)
         self.bias = bool(bias)
         self.bidirectional = bool(bidirectional)
@@ -59,6 +62,15 @@ class RecurrentLayer:
         self.activation = canonical_name(activation)
         self.recurrent_activation = canonical_name(recurrent_activation)
         self.reset_after = bool(reset_after)
+        self.cell_activation = (self.activation if cell_activation is None
+                                else canonical_name(cell_activation))
+        if clip is not None:
+            clip = float(clip)
+            if not clip >= 0:
+                raise ConfigError(f"{type(self).__name__}: clip must be a number >= 0 (or "
+                                  f"None), got {clip!r}")
+        self.clip = clip
+        self.input_forget = bool(input_forget)
         self.num_directions = 2 if self.bidirectional else 1
         self.weights = self._validate_weights(weights)
         self._prepared = self._prepare_kernel_weights()
@@ -94,6 +106,9 @@ class RecurrentLayer:
             self.proj_size = 0
         self.output_size = width = self.proj_size or hidden
         self.num_layers = len(weights) // dirs
+        self.peepholes = first.peephole is not None
+        if self.peepholes and self.cell != "lstm":
+            raise ConfigError(f"{name}: only LSTM has peepholes")
 
         checked = []
         for k, entry in enumerate(weights):
@@ -103,6 +118,9 @@ class RecurrentLayer:
             if (w.projection is None) != (self.proj_size == 0):
                 raise ConfigError(f"{where}: projection must be given for every layer and "
                                   f"direction or for none")
+            if (w.peephole is None) == self.peepholes:
+                raise ConfigError(f"{where}: peephole must be given for every layer and "
+                                  f"direction or for none")
             in_width = self.input_size if layer == 0 else dirs * width
             expected = {
                 "input_kernel": (in_width, gates * hidden),
@@ -110,6 +128,7 @@ class RecurrentLayer:
                 "input_bias": (gates * hidden,),
                 "recurrent_bias": (gates * hidden,),
                 "projection": (hidden, self.proj_size),
+                "peephole": (3 * hidden,),
             }
             arrays = {}
             for field, shape in expected.items():
@@ -139,7 +158,7 @@ class RecurrentLayer:
             return None
         cell = _CELL_CODES[self.cell]
         return [kernels.prepare(cell, self.reset_after, w.input_kernel, w.recurrent_kernel,
-                                w.input_bias, w.recurrent_bias, w.projection)
+                                w.input_bias, w.recurrent_bias, w.projection, w.peephole)
                 for w in self.weights]
 
     def _call_plan(self) -> Any:
@@ -151,7 +170,9 @@ class RecurrentLayer:
         plans.configure_from_environment()
         return kernels.LayerPlan(_CELL_CODES[self.cell], self._activation_codes,
                                  self.reset_after, self._prepared, self.num_directions,
-                                 self.output_size, self.batch_first)
+                                 self.output_size, self.batch_first,
+                                 np.inf if self.clip is None else self.clip,
+                                 self.input_forget)
 
     @classmethod
     def random(cls, input_size: int, hidden_size: int, *, num_layers: int = 1,
@@ -194,6 +215,13 @@ class RecurrentLayer:
             config["reset_after"] = self.reset_after
         if not self.bias:  # absent from files written before the option existed
             config["bias"] = False
+        # ONNX's options, only when used
+        if self.cell == "lstm" and self.cell_activation != self.activation:
+            config["cell_activation"] = self.cell_activation
+        if self.clip is not None:
+            config["clip"] = self.clip
+        if self.input_forget:
+            config["input_forget"] = True
         return config
 
     @property
@@ -211,6 +239,8 @@ class RecurrentLayer:
             parts.append(f"num_layers={self.num_layers}")
         if self.proj_size:
             parts.append(f"proj_size={self.proj_size}")
+        if self.peepholes:
+            parts.append("peepholes=True")
         defaults = {"bidirectional": False, "activation": "tanh",
                     "recurrent_activation": "sigmoid", "reset_after": True,
                     "batch_first": False, "bias": True}
@@ -387,7 +417,9 @@ class RecurrentLayer:
             out, h_n, c_n = oracle.forward(
                 self.cell, x_tm, self.weights, bidirectional=self.bidirectional, h0=h0, c0=c0,
                 activation=self.activation, recurrent_activation=self.recurrent_activation,
-                reset_after=self.reset_after, mask=mask, hold_masked_output=hold_masked_output)
+                reset_after=self.reset_after, mask=mask, hold_masked_output=hold_masked_output,
+                cell_activation=self.cell_activation, clip=self.clip,
+                input_forget=self.input_forget)
             if out.shape[0] != steps:  # no steps: the oracle loop never ran
                 out = np.zeros((steps, batch, width), self.dtype)
             out = out.transpose(1, 0, 2) if batch_major else out
@@ -487,11 +519,15 @@ class RecurrentLayer:
         return self._plan.step(x, state, 0, flat_state)
 
     @property
-    def _activation_codes(self) -> tuple[int, int]:
+    def _activation_codes(self) -> tuple[tuple[int, float, float], ...]:
+        """``(code, alpha, beta)`` of the activation, the recurrent activation and the cell
+        state's activation, as the kernels read them."""
         codes = self.__dict__.get("_codes")
         if codes is None:
-            codes = self._codes = (activation_code(self.activation),
-                                   activation_code(self.recurrent_activation))
+            codes = self._codes = tuple(
+                (activation_code(name),) + activation_parameters(name)
+                for name in (self.activation, self.recurrent_activation,
+                             self.cell_activation))
         return codes
 
 
@@ -517,6 +553,15 @@ class LSTM(RecurrentLayer):
     bias : bool
         ``False``: the layer has no biases (PyTorch ``bias=False``, Keras ``use_bias=False``);
         the bias arrays must then be zero. Exporters write no bias tensors for it.
+    cell_activation : str, optional
+        The activation of the cell state in ``h' = o * cell_activation(c')``; ``activation``
+        if omitted (ONNX lets them differ).
+    clip : float, optional
+        ONNX's cell clip: each gate's pre-activation is clamped to ``[-clip, clip]``.
+    input_forget : bool
+        ONNX's coupled gates: ``f = 1 - i``.
+
+    Peepholes (ONNX's ``P``) are weights: ``CellWeights.peephole``.
 
     Call with ``out, (h_n, c_n) = lstm(x, state=(h0, c0), lengths=None)``; see
     :meth:`RecurrentLayer.__call__`.
@@ -526,10 +571,13 @@ class LSTM(RecurrentLayer):
 
     def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
                  activation: str = "tanh", recurrent_activation: str = "sigmoid",
-                 dtype: Any = np.float32, batch_first: bool = False, bias: bool = True) -> None:
+                 dtype: Any = np.float32, batch_first: bool = False, bias: bool = True,
+                 cell_activation: str | None = None, clip: float | None = None,
+                 input_forget: bool = False) -> None:
         super().__init__(weights, bidirectional=bidirectional, activation=activation,
                          recurrent_activation=recurrent_activation, dtype=dtype,
-                         batch_first=batch_first, bias=bias)
+                         batch_first=batch_first, bias=bias, cell_activation=cell_activation,
+                         clip=clip, input_forget=input_forget)
 
 
 @serializable
@@ -541,6 +589,8 @@ class GRU(RecurrentLayer):
     (PyTorch, Keras ``reset_after=True``, ONNX ``linear_before_reset=1``), ``False`` before it
     (Cho et al. 2014, Keras ``reset_after=False``).
 
+    ``clip`` is ONNX's (see :class:`LSTM`).
+
     Call with ``out, h_n = gru(x, state=h0, lengths=None)``.
     """
 
@@ -549,10 +599,11 @@ class GRU(RecurrentLayer):
     def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
                  activation: str = "tanh", recurrent_activation: str = "sigmoid",
                  reset_after: bool = True, dtype: Any = np.float32,
-                 batch_first: bool = False, bias: bool = True) -> None:
+                 batch_first: bool = False, bias: bool = True,
+                 clip: float | None = None) -> None:
         super().__init__(weights, bidirectional=bidirectional, activation=activation,
                          recurrent_activation=recurrent_activation, reset_after=reset_after,
-                         dtype=dtype, batch_first=batch_first, bias=bias)
+                         dtype=dtype, batch_first=batch_first, bias=bias, clip=clip)
 
 
 @serializable
@@ -561,7 +612,7 @@ class SimpleRNN(RecurrentLayer):
 
     Parameters are those of :class:`LSTM` with a single gate, no projection and no
     recurrent activation; ``activation`` defaults to ``"tanh"`` (PyTorch's
-    ``nonlinearity="relu"`` is ``activation="relu"``).
+    ``nonlinearity="relu"`` is ``activation="relu"``); ``clip`` is ONNX's (see :class:`LSTM`).
 
     Call with ``out, h_n = rnn(x, state=h0, lengths=None)``.
     """
@@ -570,6 +621,7 @@ class SimpleRNN(RecurrentLayer):
 
     def __init__(self, weights: Sequence[CellWeights], *, bidirectional: bool = False,
                  activation: str = "tanh", dtype: Any = np.float32,
-                 batch_first: bool = False, bias: bool = True) -> None:
+                 batch_first: bool = False, bias: bool = True,
+                 clip: float | None = None) -> None:
         super().__init__(weights, bidirectional=bidirectional, activation=activation,
-                         dtype=dtype, batch_first=batch_first, bias=bias)
+                         dtype=dtype, batch_first=batch_first, bias=bias, clip=clip)

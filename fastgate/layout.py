@@ -15,6 +15,8 @@ recurrent_kernel    (P, G*H)     ``h @ recurrent_kernel`` is the recurrent proje
 input_bias          (G*H,)       added to the input projection
 recurrent_bias      (G*H,)       added to the recurrent projection
 projection          (H, P)       LSTM with ``proj_size`` only: ``h = (o * act(c)) @ projection``
+peephole            (3*H,)       LSTM with peepholes only (ONNX ``P``): weights on the cell
+                                 state for the ``i``, ``f`` and ``o`` gates, in that order
 ==================  ===========  ===================================================
 
 Gates are stacked along the last axis in the order of :data:`GATE_ORDERS` ``["fastgate"]``:
@@ -54,7 +56,7 @@ class CellWeights(NamedTuple):
     """Weights of one layer and one direction, in fastgate's internal layout.
 
     See the module docstring for the shapes. ``projection`` is ``None`` except for an LSTM
-    with ``proj_size > 0``.
+    with ``proj_size > 0``; ``peephole`` is ``None`` except for an LSTM with peepholes.
     """
 
     input_kernel: np.ndarray
@@ -62,6 +64,7 @@ class CellWeights(NamedTuple):
     input_bias: np.ndarray
     recurrent_bias: np.ndarray
     projection: np.ndarray | None = None
+    peephole: np.ndarray | None = None
 
 
 def reorder_gates(array: np.ndarray, cell: str, source: str, target: str = "fastgate",

@@ -3,11 +3,15 @@
 The format is recognised from the file's content first, its extension second
 (:func:`fastgate.formats.detect_format`):
 
-* fastgate's own format (a zip holding ``fastgate.json``): :func:`fastgate.serialization.load_native`;
+* fastgate's own format (a zip holding ``fastgate.json``):
+  :func:`fastgate.serialization.load_native`;
 * Keras: ``.keras`` archives, ``.h5`` / ``.hdf5`` full models, ``.weights.h5`` weights with an
   architecture: :func:`fastgate.importers.keras.load_keras`;
-* PyTorch: ``.pt`` / ``.pth`` / ``.bin`` / ``.safetensors``:
-  :func:`fastgate.importers.torch.from_torch`.
+* PyTorch: ``torch.save`` files (zip or legacy) and safetensors, whatever their extension
+  (``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt`` / ``.safetensors`` when the content says
+  nothing): :func:`fastgate.importers.torch.from_torch`;
+* ONNX: ``.onnx``, or a file that starts like a serialized ``ModelProto``:
+  :func:`fastgate.importers.onnx.from_onnx`.
 """
 
 from __future__ import annotations
@@ -24,21 +28,22 @@ __all__ = ["load"]
 
 
 def load(path: str | os.PathLike, architecture: Any = None) -> Any:
-    """Load a model or layer from a fastgate, Keras or PyTorch file.
+    """Load a model or layer from a fastgate, Keras, PyTorch or ONNX file.
 
     Parameters
     ----------
     path : str or PathLike
         ``.fastgate`` (saved by fastgate), ``.keras`` / ``.h5`` / ``.weights.h5`` (Keras), or
-        ``.pt`` / ``.pth`` / ``.safetensors`` (PyTorch).
+        ``.pt`` / ``.pth`` / ``.safetensors`` (PyTorch), or ``.onnx``.
     architecture : str or dict, optional
         For Keras weights-only files: the model's ``to_json()`` text or dict.
 
     Returns
     -------
     Model or layer
-        Keras files give a :class:`fastgate.Model` (call ``.predict(x)``); a ``.fastgate``
-        file gives back whatever was saved.
+        Keras files give a :class:`fastgate.Model` (call ``.predict(x)``); ONNX files an
+        :class:`fastgate.OnnxModel` (``.run(output_names, input_feed)``, ``.predict(x)``); a
+        ``.fastgate`` file gives back whatever was saved.
 
     Raises
     ------
@@ -55,14 +60,18 @@ def load(path: str | os.PathLike, architecture: Any = None) -> Any:
     file_format = detect_format(path)
     if file_format == UNKNOWN:
         raise WeightFormatError("unknown file format: expected .fastgate, a Keras file "
-                                "(.keras, .h5, .weights.h5) or a PyTorch file (.pt, .pth, "
-                                ".safetensors)", path=path)
+                                "(.keras, .h5, .weights.h5), a PyTorch file (.pt, .pth, "
+                                ".safetensors) or an ONNX file (.onnx)", path=path)
     framework = framework_of(file_format)
     if architecture is not None and framework != "keras":
         raise WeightFormatError("architecture= only applies to Keras weights files",
                                 path=path)
     if file_format == FASTGATE:
         return load_native(path)  # also reports what is wrong with a damaged archive
+    if framework == "onnx":
+        from .importers.onnx import from_onnx
+
+        return from_onnx(path)
     if framework == "keras":
         from .importers.keras import load_keras
 

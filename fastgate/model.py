@@ -1,10 +1,25 @@
 """A whole network as one object: :class:`Model`, what the importers build.
 
-A model is an ordered chain of ops (:mod:`fastgate.ops`) fed by one input. Every node names
-its op and where its input comes from: the model input, or one output of an earlier node
-(an op such as an LSTM with ``return_state`` has several outputs). The model's outputs are
-references into the chain the same way. Each op is called as
-``outputs, mask = op.apply(x, mask)``, so masks (Keras padding) flow along the chain.
+A model is a graph of ops (:mod:`fastgate.ops`, :mod:`fastgate.graph_ops`) in an order where
+every op comes after the values it reads, fed by one or more inputs. A value is named by a
+reference ``(node, index)``: output ``index`` of an earlier node (an op such as an LSTM with
+``return_state`` has several outputs), or ``(MODEL_INPUT, k)`` for model input ``k``. Every
+node names its op and the references it reads:
+
+* ``source``: its input (for a multi-input op, the first of its inputs);
+* ``more_sources``: the further inputs of a multi-input op (merges, attention, binary ops);
+* ``mask_source``: where its mask comes from: ``None`` for Keras' implicit rule (the mask
+  that travels with the first input), or a reference whose value *is* the mask (Keras
+  ``layer(x, mask=...)``); with ``explicit_mask`` and no ``mask_source`` the op gets none;
+  with ``mask_unrecorded`` the file says the op got no mask, so one travelling with its input
+  is an error (the saving framework and fastgate disagree: refuse rather than guess);
+* ``state_sources``: the initial state of a recurrent op (Keras ``initial_state=``).
+
+Each value carries a mask (``None`` or a ``(B, T)`` bool array). A one-input op is called as
+``outputs, masks = op.apply(x, mask)``; an op with ``multi_input = True`` as
+``op.apply([x, ...], [mask, ...])``; a recurrent op given ``state_sources`` as
+``op.apply(x, mask, initial_state=[...])``. One op object may sit at several nodes (a
+shared layer).
 
 Streaming: :meth:`Model.step` feeds a sequence a step or a chunk at a time, with the state
 of every recurrent op passed in and returned as plain NumPy arrays; the model object itself
@@ -19,15 +34,19 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError, ShapeError, UnsupportedLayerError
 from .layers import as_array
 from .ops import Activation, Dense, Embedding, Recurrent
 from .serialization import save, serializable
 
 __all__ = ["Model", "Node", "MODEL_INPUT"]
 
-#: The node index that stands for the model input in a :class:`Node` ``source``.
+#: The node index that stands for the model inputs in a reference: ``(MODEL_INPUT, k)`` is
+#: model input ``k``.
 MODEL_INPUT = -1
+
+#: A reference to a value: ``(node, output index)`` or ``(MODEL_INPUT, input index)``.
+Ref = tuple
 
 ArrayLike = Any
 
@@ -51,11 +70,44 @@ class _StreamPlan(NamedTuple):
 
 class Node(NamedTuple):
     """One step of a :class:`Model`: ``op`` applied to output ``source[1]`` of node
-    ``source[0]`` (``MODEL_INPUT`` for the model input)."""
+    ``source[0]`` (``(MODEL_INPUT, k)``: model input ``k``), and to the further references of
+    a multi-input op, mask and initial state (see the module docstring)."""
 
     name: str
     op: Any
     source: tuple[int, int] = (MODEL_INPUT, 0)
+    more_sources: tuple[tuple[int, int], ...] = ()
+    mask_source: tuple[int, int] | None = None
+    state_sources: tuple[tuple[int, int], ...] = ()
+    explicit_mask: bool = False
+    mask_unrecorded: bool = False
+
+    @property
+    def sources(self) -> tuple[tuple[int, int], ...]:
+        """Every reference the node reads: inputs, then mask, then initial state."""
+        mask = () if self.mask_source is None else (self.mask_source,)
+        return (self.source,) + self.more_sources + mask + self.state_sources
+
+    @property
+    def is_plain(self) -> bool:
+        """One input, its implicit mask, no initial state: a link of a plain chain.
+        (``mask_unrecorded`` does not matter there: no mask travels in a chain of recurrent,
+        Dense and Activation ops fed by the model input.)"""
+        return not (self.more_sources or self.state_sources or self.explicit_mask
+                    or self.mask_source is not None)
+
+
+def _as_ref(value: Any) -> tuple[int, int]:
+    node, index = value
+    return (int(node), int(index))
+
+
+def _as_mask(value: Any) -> np.ndarray:
+    """The value given as a node's ``mask=``, as Keras uses it: a bool array."""
+    mask = np.asarray(value)
+    if mask.dtype != np.bool_:
+        mask = mask.astype(bool)
+    return mask
 
 
 def _count_parameters(value: Any) -> int:
@@ -73,17 +125,24 @@ def _count_parameters(value: Any) -> int:
 
 @serializable
 class Model:
-    """A chain of ops with one input and one or more outputs.
+    """A graph of ops with one or more inputs and one or more outputs.
 
     Parameters
     ----------
-    nodes : sequence of Node or (name, op, source)
-        In order; a node's ``source`` must refer to the model input or an earlier node.
+    nodes : sequence of Node or tuple
+        In order; every reference a node reads must be a model input or an earlier node.
     outputs : sequence of (node, index)
         The model outputs; several outputs make :meth:`predict` return a list.
     input_shape : sequence of int or None, optional
         The input's shape with the batch first, ``None`` for any size (Keras' ``batch_shape``);
-        checked on every call.
+        checked on every call. For a model of several inputs, give ``input_shapes``.
+    input_shapes : sequence of (sequence of int or None) or None, optional
+        One shape (or ``None``: not checked) per model input.
+    input_names, output_names : sequence of str, optional
+        Keras' names of the inputs (``predict`` takes a dict keyed by them) and outputs.
+    dict_outputs : bool
+        Return the outputs as a dict keyed by ``output_names`` (a Keras model built with a
+        dict of outputs), not a list.
     name : str
         Shown by ``repr`` and :meth:`summary`.
 
@@ -91,33 +150,86 @@ class Model:
     --------
     >>> model = fastgate.load("model.keras")
     >>> y = model.predict(x)                   # what keras' model.predict(x) returns
+    >>> y = model.predict([x1, x2])            # a model of two inputs (or a dict by name)
     >>> model.save("model.fastgate")
     """
 
     def __init__(self, nodes: Sequence[Any], outputs: Sequence[Sequence[int]], *,
                  input_shape: Sequence[int | None] | None = None,
+                 input_shapes: Sequence[Sequence[int | None] | None] | None = None,
+                 input_names: Sequence[str] | None = None,
+                 output_names: Sequence[str] | None = None,
+                 dict_outputs: bool = False,
                  name: str = "model") -> None:
-        self.nodes = []
-        for position, entry in enumerate(nodes):
-            node = Node(*entry) if not isinstance(entry, Node) else entry
-            source = (int(node.source[0]), int(node.source[1]))
-            if not (MODEL_INPUT <= source[0] < position) or source[1] < 0:
-                raise ConfigError(f"node {position} ({node.name!r}): source {source} must be "
-                                  f"the model input ({MODEL_INPUT}, 0) or an earlier node")
-            if not hasattr(node.op, "apply"):
-                raise ConfigError(f"node {node.name!r}: {type(node.op).__name__} is not a "
-                                  f"model op (it has no apply(x, mask))")
-            self.nodes.append(Node(str(node.name), node.op, source))
-        self.outputs = [(int(node), int(index)) for node, index in outputs]
+        if input_shapes is None:
+            input_shapes = [input_shape]
+        elif input_shape is not None:
+            raise ConfigError("give input_shape (one input) or input_shapes, not both")
+        if not input_shapes:
+            raise ConfigError("a model needs at least one input")
+        self.input_shapes = [None if shape is None else tuple(
+            None if d is None else int(d) for d in shape) for shape in input_shapes]
+        count = len(self.input_shapes)
+        self.input_names = ([f"input_{k}" for k in range(count)] if input_names is None
+                            else [str(n) for n in input_names])
+        if len(self.input_names) != count:
+            raise ConfigError(f"{len(self.input_names)} input names for {count} inputs")
+        self.nodes = [self._checked_node(position, entry) for position, entry in
+                      enumerate(nodes)]
+        self.outputs = [_as_ref(ref) for ref in outputs]
         if not self.outputs:
             raise ConfigError("a model needs at least one output")
-        for node, index in self.outputs:
-            if not (MODEL_INPUT <= node < len(self.nodes)) or index < 0:
-                raise ConfigError(f"output ({node}, {index}) does not refer to a node")
-        self.input_shape = None if input_shape is None else tuple(
-            None if d is None else int(d) for d in input_shape)
+        for ref in self.outputs:
+            if not self._refers(ref, len(self.nodes)):
+                raise ConfigError(f"output {ref} does not refer to a node or model input")
+        self.output_names = ([self._default_output_name(ref) for ref in self.outputs]
+                             if output_names is None else [str(n) for n in output_names])
+        if len(self.output_names) != len(self.outputs):
+            raise ConfigError(f"{len(self.output_names)} output names for "
+                              f"{len(self.outputs)} outputs")
+        self.dict_outputs = bool(dict_outputs)
+        if self.dict_outputs and len(set(self.output_names)) != len(self.output_names):
+            raise ConfigError(f"dict_outputs needs distinct output names, got "
+                              f"{self.output_names}")
         self.name = str(name)
         self._plan = self._stream_plan()
+
+    def _refers(self, ref: tuple[int, int], before: int) -> bool:
+        if ref[0] == MODEL_INPUT:
+            return 0 <= ref[1] < len(self.input_shapes)
+        return 0 <= ref[0] < before and ref[1] >= 0
+
+    def _checked_node(self, position: int, entry: Any) -> Node:
+        node = Node(*entry) if not isinstance(entry, Node) else entry
+        node = Node(str(node.name), node.op, _as_ref(node.source),
+                    tuple(_as_ref(r) for r in node.more_sources),
+                    None if node.mask_source is None else _as_ref(node.mask_source),
+                    tuple(_as_ref(r) for r in node.state_sources), bool(node.explicit_mask),
+                    bool(node.mask_unrecorded))
+        for ref in node.sources:
+            if not self._refers(ref, position):
+                raise ConfigError(f"node {position} ({node.name!r}): reference {ref} must be "
+                                  f"a model input ({MODEL_INPUT}, k) or an earlier node")
+        if not hasattr(node.op, "apply"):
+            raise ConfigError(f"node {node.name!r}: {type(node.op).__name__} is not a "
+                              f"model op (it has no apply(x, mask))")
+        if node.more_sources and not getattr(node.op, "multi_input", False):
+            raise ConfigError(f"node {node.name!r}: {type(node.op).__name__} takes one input, "
+                              f"got {1 + len(node.more_sources)}")
+        if node.state_sources and not hasattr(node.op, "state_count"):
+            raise ConfigError(f"node {node.name!r}: {type(node.op).__name__} takes no "
+                              f"initial state")
+        return node
+
+    def _default_output_name(self, ref: tuple[int, int]) -> str:
+        if ref[0] == MODEL_INPUT:
+            return self.input_names[ref[1]]
+        return self.nodes[ref[0]].name + (f"[{ref[1]}]" if ref[1] else "")
+
+    @property
+    def input_shape(self) -> tuple | None:
+        """The shape of the (first) input, batch first, ``None`` for any size."""
+        return self.input_shapes[0]
 
     # ------------------------------------------------------------------ description
     @property
@@ -126,22 +238,38 @@ class Model:
         return any(getattr(node.op, "stateful", False) for node in self.nodes)
 
     def count_params(self) -> int:
-        """The number of weights (every array entry) in the model."""
-        return sum(_count_parameters(node.op) for node in self.nodes)
+        """The number of weights (every array entry) in the model; a shared op counts once."""
+        unique = {id(node.op): node.op for node in self.nodes}
+        return sum(_count_parameters(op) for op in unique.values())
 
     def summary(self) -> str:
         """A table of the nodes (name, op, input, weights), as a string to print."""
         def where(ref: tuple[int, int]) -> str:
             if ref[0] == MODEL_INPUT:
-                return "input"
+                return "input" if len(self.input_shapes) == 1 else self.input_names[ref[1]]
             return self.nodes[ref[0]].name + (f"[{ref[1]}]" if ref[1] else "")
+
+        def reads(node: Node) -> str:
+            text = ", ".join(where(ref) for ref in (node.source,) + node.more_sources)
+            if node.mask_source is not None:
+                text += f", mask={where(node.mask_source)}"
+            elif node.explicit_mask:
+                text += ", mask=None"
+            elif node.mask_unrecorded:
+                text += ", mask=None (recorded)"
+            if node.state_sources:
+                text += f", initial_state=[{', '.join(map(where, node.state_sources))}]"
+            return text
 
         rows = [("name", "op", "input", "weights")]
         for node in self.nodes:
-            rows.append((node.name, repr(node.op), where(node.source),
+            rows.append((node.name, repr(node.op), reads(node),
                          f"{_count_parameters(node.op):,}"))
         widths = [max(len(row[k]) for row in rows) for k in range(3)]
-        lines = [f"Model {self.name!r}, input shape {self.input_shape}"]
+        shapes = (f"input shape {self.input_shape}" if len(self.input_shapes) == 1 else
+                  "inputs " + ", ".join(f"{n} {s}" for n, s in zip(self.input_names,
+                                                                   self.input_shapes)))
+        lines = [f"Model {self.name!r}, {shapes}"]
         for row in rows:
             lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths))
                          + "  " + row[3])
@@ -151,8 +279,9 @@ class Model:
 
     def __repr__(self) -> str:
         ops = ", ".join(type(node.op).__name__ for node in self.nodes)
-        return (f"Model({self.name!r}, input_shape={self.input_shape}, ops=[{ops}], "
-                f"outputs={len(self.outputs)})")
+        shapes = (f"input_shape={self.input_shape}" if len(self.input_shapes) == 1
+                  else f"input_shapes={self.input_shapes}")
+        return f"Model({self.name!r}, {shapes}, ops=[{ops}], outputs={len(self.outputs)})"
 
     # ------------------------------------------------------------------ running
     def reset_states(self) -> None:
@@ -161,25 +290,62 @@ class Model:
             if hasattr(node.op, "reset_states"):
                 node.op.reset_states()
 
-    def _prepare_input(self, x: ArrayLike) -> np.ndarray:
-        if self._feeds_embedding():
-            x = np.asarray(x)  # token ids: Embedding checks and converts them
-        else:
-            x = as_array(x, np.dtype(np.float32), f"model {self.name!r} input")
-        if self.input_shape is not None:
-            expected = self.input_shape
-            if x.ndim != len(expected) or any(
-                    want is not None and got != want
-                    for want, got in zip(expected[1:], x.shape[1:])):
-                shown = tuple("B" if k == 0 else ("*" if d is None else d)
-                              for k, d in enumerate(expected))
-                raise ShapeError(f"model {self.name!r} input: expected shape {shown} "
-                                 f"(* = any), got {x.shape}")
-        return x
+    def _input_list(self, x: Any) -> list:
+        """Keras' ways of giving the inputs: one array, a list in order, or a dict by name."""
+        count = len(self.input_shapes)
+        if isinstance(x, dict):
+            missing = [n for n in self.input_names if n not in x]
+            unknown = [k for k in x if k not in self.input_names]
+            if missing or unknown:
+                raise ShapeError(f"model {self.name!r} inputs: expected a dict with keys "
+                                 f"{self.input_names}, missing {missing}, unknown {unknown}")
+            return [x[n] for n in self.input_names]
+        if isinstance(x, (list, tuple)) and (count > 1 or (
+                len(x) == 1 and not np.isscalar(x[0]) and np.ndim(x[0]) > 0)):
+            if len(x) != count:
+                raise ShapeError(f"model {self.name!r} takes {count} inputs "
+                                 f"{self.input_names}, got a list of {len(x)}")
+            return list(x)
+        if count != 1:
+            raise ShapeError(f"model {self.name!r} takes {count} inputs {self.input_names}: "
+                             f"give a list or a dict by name, got {type(x).__name__}")
+        return [x]
 
-    def _walk(self, x: np.ndarray, apply: Callable[[Node, Any, Any], tuple]
+    def _prepare_input(self, x: ArrayLike) -> Any:
+        """``x`` checked and converted: one array for a model of one input (what
+        :mod:`fastgate.serving` batches), else the list of :meth:`_prepare_inputs`."""
+        arrays = self._prepare_inputs(x)
+        return arrays[0] if len(arrays) == 1 else arrays
+
+    def _prepare_inputs(self, x: ArrayLike) -> list[np.ndarray]:
+        """The model inputs in ``x`` (see :meth:`_input_list`), checked and converted."""
+        arrays = []
+        for k, value in enumerate(self._input_list(x)):
+            what = (f"model {self.name!r} input" if len(self.input_shapes) == 1 else
+                    f"model {self.name!r} input {self.input_names[k]!r}")
+            if self._feeds_embedding(k):
+                value = np.asarray(value)  # token ids: Embedding checks and converts them
+            else:
+                value = as_array(value, np.dtype(np.float32), what)
+            expected = self.input_shapes[k]
+            if expected is not None and (value.ndim != len(expected) or any(
+                    want is not None and got != want
+                    for want, got in zip(expected[1:], value.shape[1:]))):
+                shown = tuple("B" if i == 0 else ("*" if d is None else d)
+                              for i, d in enumerate(expected))
+                raise ShapeError(f"{what}: expected shape {shown} (* = any), got "
+                                 f"{value.shape}")
+            arrays.append(value)
+        if len({a.shape[0] if a.ndim else None for a in arrays}) > 1:
+            raise ShapeError(f"model {self.name!r} inputs: batch sizes differ: "
+                             f"{[a.shape for a in arrays]}")
+        return arrays
+
+    def _walk(self, inputs: list[np.ndarray], apply: Callable[..., tuple]
               ) -> list[tuple[tuple[int, int], Any]]:
-        """Run the chain on ``x``; ``apply(node, value, mask)`` gives a node's (outputs, masks).
+        """Run the graph on ``inputs``; ``apply(node, value, mask, **extra)`` gives a node's
+        (outputs, masks) (``value`` and ``mask`` are lists for a multi-input op, ``extra``
+        holds ``initial_state``).
 
         Returns ``(ref, value)`` for each model output.
         """
@@ -187,14 +353,30 @@ class Model:
 
         def fetch(ref: tuple[int, int]) -> tuple[Any, Any]:
             if ref[0] == MODEL_INPUT:
-                return x, None
+                return inputs[ref[1]], None
             outputs, masks = produced[ref[0]]
             return outputs[ref[1]], masks[ref[1]]
 
         for node in self.nodes:
-            value, mask = fetch(node.source)
+            if node.more_sources:
+                pairs = [fetch(ref) for ref in (node.source,) + node.more_sources]
+                value, mask = [p[0] for p in pairs], [p[1] for p in pairs]
+            else:
+                value, mask = fetch(node.source)
+            if node.mask_source is not None:
+                mask = _as_mask(fetch(node.mask_source)[0])
+            elif node.explicit_mask:
+                mask = [None] * len(value) if node.more_sources else None
+            elif node.mask_unrecorded and mask is not None:
+                raise UnsupportedLayerError(
+                    f"node {node.name!r}: a mask travels with its input, but the saved model "
+                    f"records that the framework called this layer without one; fastgate "
+                    f"refuses to guess which the saving version did")
+            extra = {}
+            if node.state_sources:
+                extra["initial_state"] = [fetch(ref)[0] for ref in node.state_sources]
             try:
-                outputs, masks = apply(node, value, mask)
+                outputs, masks = apply(node, value, mask, **extra)
             except ShapeError as error:
                 raise type(error)(f"node {node.name!r}: {error}") from error
             if not isinstance(outputs, tuple):
@@ -204,42 +386,49 @@ class Model:
 
     @staticmethod
     def _as_output(ref: tuple[int, int], value: Any) -> np.ndarray:
-        # Outputs are float32 like Keras', except the raw input passed through (token ids).
-        if ref[0] != MODEL_INPUT or value.dtype.kind == "f":
-            return np.ascontiguousarray(value, dtype=np.float32)
-        return value
+        # Outputs are float32 like Keras', except the raw input passed through (token ids)
+        # and boolean values (a mask given out as an output).
+        if value.dtype.kind == "b" or (ref[0] == MODEL_INPUT and value.dtype.kind != "f"):
+            return value
+        return np.ascontiguousarray(value, dtype=np.float32)
 
-    def _run(self, x: np.ndarray) -> list[np.ndarray]:
-        walked = self._walk(x, lambda node, value, mask: node.op.apply(value, mask))
+    def _run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        walked = self._walk(inputs, lambda node, value, mask, **extra:
+                            node.op.apply(value, mask, **extra))
         return [self._as_output(ref, value) for ref, value in walked]
 
-    def _result(self, results: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    def _result(self, results: list[np.ndarray]) -> Any:
+        if self.dict_outputs:
+            return dict(zip(self.output_names, results))
         return results[0] if len(results) == 1 else results
 
     def __call__(self, x: ArrayLike) -> np.ndarray | list[np.ndarray]:
-        """Run the model on one batch ``x`` and return its output (a list if several)."""
-        return self._result(self._run(self._prepare_input(x)))
+        """Run the model on one batch ``x`` (a list or dict for several inputs) and return
+        its output (a list if several)."""
+        return self._result(self._run(self._prepare_inputs(x)))
 
-    def predict(self, x: ArrayLike, batch_size: int | None = None
-                ) -> np.ndarray | list[np.ndarray]:
+    def predict(self, x: ArrayLike, batch_size: int | None = None) -> Any:
         """What Keras' ``model.predict(x, batch_size)`` returns: the outputs for ``x``.
 
-        ``x`` is processed in batches of ``batch_size`` rows, in order. Batches only matter
-        for a stateful model, whose state carries from one batch to the next as in Keras
-        (its default batch is its input's fixed batch size, else 32); otherwise the whole of
-        ``x`` runs at once unless ``batch_size`` is given. Outputs are float32 arrays, one
-        array for one output, else a list.
+        ``x`` is one array, or for a model of several inputs a list of arrays in the order of
+        :attr:`input_names` or a dict keyed by them (as Keras takes them). It is processed in
+        batches of ``batch_size`` rows, in order. Batches only matter for a stateful model,
+        whose state carries from one batch to the next as in Keras (its default batch is its
+        input's fixed batch size, else 32); otherwise the whole of ``x`` runs at once unless
+        ``batch_size`` is given. Outputs are float32 arrays, one array for one output, else a
+        list (a dict keyed by :attr:`output_names` with ``dict_outputs``, as Keras returns
+        for a model built with a dict of outputs).
         """
-        x = self._prepare_input(x)
+        inputs = self._prepare_inputs(x)
         if batch_size is None and self.stateful:
             fixed = self.input_shape[0] if self.input_shape else None
             batch_size = fixed or 32
         if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-        total = x.shape[0] if x.ndim else 0
+        total = inputs[0].shape[0] if inputs[0].ndim else 0
         if batch_size is None or total <= batch_size:
-            return self._result(self._run(x))
-        pieces = [self._run(x[start:start + batch_size])
+            return self._result(self._run(inputs))
+        pieces = [self._run([a[start:start + batch_size] for a in inputs])
                   for start in range(0, total, int(batch_size))]
         return self._result([np.concatenate(parts, axis=0) for parts in zip(*pieces)])
 
@@ -259,8 +448,17 @@ class Model:
         for position, node in enumerate(self.nodes):
             kind = getattr(node.op, "streaming", None)
             op_name = f"node {node.name!r} ({type(node.op).__name__})"
-            incoming = has_steps(node.source)
+            steps = [has_steps(ref) for ref in (node.source,) + node.more_sources]
+            incoming = steps[0]
             flags: tuple[bool, ...] = (incoming,)
+            if len(self.input_shapes) > 1:
+                error = error or "the model has several inputs"
+            if node.state_sources:
+                error = error or f"{op_name} is given its initial state by other nodes"
+            if len(set(steps)) > 1:
+                error = error or f"{op_name} combines values with and without a steps axis"
+            if node.mask_source is not None and not has_steps(node.mask_source):
+                error = error or f"{op_name} is given a mask with no steps axis"
             if kind == "recurrent":
                 recurrent.append(position)
                 if getattr(node.op, "go_backwards", False):
@@ -290,7 +488,8 @@ class Model:
         """``_StreamPlan.chain``: ``(op, state parts)`` per node, or ``None``."""
         chain = []
         for position, node in enumerate(self.nodes):
-            if node.source != (position - 1 if position else MODEL_INPUT, 0):
+            if node.source != (position - 1 if position else MODEL_INPUT, 0) \
+                    or not node.is_plain:
                 return None
             if isinstance(node.op, Recurrent) and not node.op.return_state:
                 chain.append((node.op, 3 if node.op.layer.cell == "lstm" else 2))
@@ -300,8 +499,9 @@ class Model:
                 return None
         return tuple(chain) if self.outputs == [(len(self.nodes) - 1, 0)] else None
 
-    def _feeds_embedding(self) -> bool:
-        return any(isinstance(node.op, Embedding) and node.source[0] == MODEL_INPUT
+    def _feeds_embedding(self, index: int = 0) -> bool:
+        """Whether model input ``index`` holds token ids (an Embedding reads it)."""
+        return any(isinstance(node.op, Embedding) and node.source == (MODEL_INPUT, index)
                    for node in self.nodes)
 
     def _streaming(self) -> _StreamPlan:
@@ -417,7 +617,7 @@ class Model:
         new_states = list(states)
         slot = 0
 
-        def apply(node: Node, value: Any, mask: Any) -> tuple:
+        def apply(node: Node, value: Any, mask: Any, **extra: Any) -> tuple:
             nonlocal slot
             if node.op.streaming != "recurrent":
                 return node.op.apply(value, mask)
@@ -426,7 +626,7 @@ class Model:
             return outputs, masks
 
         results = []
-        for ref, value in self._walk(chunk, apply):
+        for ref, value in self._walk([chunk], apply):
             sequence = ref[0] == MODEL_INPUT or plan.sequence_outputs[ref[0]][ref[1]]
             if single and sequence:
                 value = value[:, 0]
@@ -482,14 +682,48 @@ class Model:
         to_onnx(self, path, opset)
 
     def _get_spec(self) -> dict[str, Any]:
-        return {"name": self.name, "input_shape": self.input_shape,
-                "nodes": [{"name": n.name, "op": n.op, "source": list(n.source)}
-                          for n in self.nodes],
-                "outputs": [list(ref) for ref in self.outputs]}
+        nodes = []
+        for node in self.nodes:
+            entry: dict[str, Any] = {"name": node.name, "op": node.op,
+                                     "source": list(node.source)}
+            if node.more_sources:
+                entry["more_sources"] = [list(ref) for ref in node.more_sources]
+            if node.mask_source is not None or node.explicit_mask:
+                entry["mask_source"] = (None if node.mask_source is None
+                                        else list(node.mask_source))
+            if node.state_sources:
+                entry["state_sources"] = [list(ref) for ref in node.state_sources]
+            if node.mask_unrecorded:
+                entry["mask_unrecorded"] = True
+            nodes.append(entry)
+        spec = {"name": self.name, "input_shape": self.input_shape, "nodes": nodes,
+                "outputs": [list(ref) for ref in self.outputs],
+                "output_names": self.output_names, "input_names": self.input_names}
+        if self.dict_outputs:
+            spec["dict_outputs"] = True
+        if len(self.input_shapes) > 1:
+            spec["input_shapes"] = self.input_shapes
+            del spec["input_shape"]
+        return spec
 
     @classmethod
     def _from_spec(cls, spec: dict[str, Any]) -> "Model":
-        nodes = [Node(entry["name"], entry["op"], tuple(entry["source"]))
-                 for entry in spec["nodes"]]
-        return cls(nodes, spec["outputs"], input_shape=spec.get("input_shape"),
+        # files of fastgate <= 0.x hold one "source" per node and one input_shape
+        nodes = []
+        for entry in spec["nodes"]:
+            def refs(key: str) -> tuple:
+                return tuple(tuple(r) for r in entry[key]) if key in entry else ()
+
+            mask = entry["mask_source"] if "mask_source" in entry else None
+            nodes.append(Node(entry["name"], entry["op"], tuple(entry["source"]),
+                              refs("more_sources"), None if mask is None else tuple(mask),
+                              refs("state_sources"), "mask_source" in entry,
+                              bool(entry["mask_unrecorded"]) if "mask_unrecorded" in entry
+                              else False))
+        shapes = spec.get("input_shapes")
+        return cls(nodes, spec["outputs"],
+                   input_shape=None if shapes is not None else spec.get("input_shape"),
+                   input_shapes=shapes, input_names=spec.get("input_names"),
+                   output_names=spec.get("output_names"),
+                   dict_outputs=bool(spec.get("dict_outputs", False)),
                    name=spec.get("name", "model"))

@@ -73,8 +73,8 @@ class Dense:
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ShapeError(f"Dense input: expected last axis of width {self.in_features}, "
                              f"got shape {x.shape}")
-        # ndarray.dot costs a third of @ on a 2-D input (0.3 vs 0.8 us for one step, H=32);
-        # on more axes it would leave BLAS, so those take @
+        # ndarray.dot has less per-call overhead than @ on a 2-D input (one streaming step);
+        # on more axes dot does not go through BLAS, so those take @
         y = x.dot(self.kernel) if x.ndim == 2 else x @ self.kernel
         if self.bias is not None:
             y += self.bias
@@ -432,6 +432,29 @@ class Recurrent:
         """Forget the state a stateful layer carried over (the next call starts at zeros)."""
         self.states = None
 
+    @property
+    def state_count(self) -> int:
+        """How many state arrays the layer has: 2 for an LSTM (``h, c``), else 1."""
+        return 2 if self.layer.cell == "lstm" else 1
+
+    def _given_state(self, initial_state: Any, batch: int
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(h0, c0)`` from Keras' ``initial_state=[h]`` / ``[h, c]`` (each ``(B, units)``)."""
+        layer = self.layer
+        name = type(layer).__name__
+        states = list(initial_state)
+        if len(states) != self.state_count:
+            raise ShapeError(f"{name} initial_state: expected {self.state_count} arrays "
+                             f"({'h, c' if self.state_count == 2 else 'h'}), got {len(states)}")
+        arrays = []
+        for part in states:
+            part = as_array(part, layer.dtype, f"{name} initial_state")
+            if part.shape != (batch, layer.hidden_size):
+                raise ShapeError(f"{name} initial_state: expected arrays of shape "
+                                 f"({batch}, {layer.hidden_size}), got {part.shape}")
+            arrays.append(np.array(part[None], order="C"))  # the kernels write into it
+        return arrays[0], (arrays[1] if self.state_count == 2 else None)
+
     def _initial_state(self, batch: int) -> tuple[np.ndarray, np.ndarray | None]:
         layer = self.layer
         is_lstm = layer.cell == "lstm"
@@ -446,7 +469,23 @@ class Recurrent:
         c0 = np.array(self.states[1][None], order="C") if is_lstm else None
         return h0, c0
 
-    def apply(self, x: Any, mask: np.ndarray | None) -> tuple[Any, Any]:
+    def __call__(self, x: Any, initial_state: Any = None, mask: Any = None) -> Any:
+        """Run over a whole batch-major sequence ``x`` ``(B, T, D)``, as Keras'
+        ``layer(x, initial_state=..., mask=...)``: the output (``(output, h)`` /
+        ``(output, h, c)`` with ``return_state``), arrays as :meth:`apply` gives them.
+
+        ``initial_state`` is ``[h]`` (LSTM ``[h, c]``), each ``(B, units)``; ``mask`` a
+        ``(B, T)`` bool array of valid steps.
+        """
+        outputs, _ = self.apply(x, None if mask is None else np.asarray(mask, bool),
+                                initial_state)
+        return outputs
+
+    def apply(self, x: Any, mask: np.ndarray | None, initial_state: Any = None
+              ) -> tuple[Any, Any]:
+        """Model step: run the layer over ``x`` ``(B, T, D)`` with ``mask`` ``(B, T)``; the
+        state starts at ``initial_state`` (Keras ``initial_state=[h]``, LSTM ``[h, c]``) when
+        given, else at zeros (or a stateful layer's carried state)."""
         layer = self.layer
         name = type(layer).__name__
         x = _float_input(x, layer.dtype, f"{name} input", (3,))
@@ -461,7 +500,10 @@ class Recurrent:
         if self.go_backwards:
             x = x[:, ::-1]
             reading_mask = None if mask is None else mask[:, ::-1]
-        h0, c0 = self._initial_state(batch)
+        if initial_state is not None:
+            h0, c0 = self._given_state(initial_state, batch)
+        else:
+            h0, c0 = self._initial_state(batch)
         time_major_mask = (None if reading_mask is None
                            else np.ascontiguousarray(np.asarray(reading_mask, bool).T))
         out, h_n, c_n = layer.forward(
@@ -612,9 +654,33 @@ class Bidirectional:
         self.forward.reset_states()
         self.backward.reset_states()
 
-    def apply(self, x: Any, mask: np.ndarray | None) -> tuple[tuple, tuple]:
-        y, _ = self.forward.apply(x, mask)
-        y_rev, _ = self.backward.apply(x, mask)
+    @property
+    def state_count(self) -> int:
+        """State arrays of ``initial_state``: the forward layer's, then the backward's."""
+        return 2 * self.forward.state_count
+
+    def __call__(self, x: Any, initial_state: Any = None, mask: Any = None) -> Any:
+        """Run over a whole batch-major sequence ``x`` ``(B, T, D)``, as Keras'
+        ``Bidirectional(...)(x, initial_state=..., mask=...)``: the merged output (a tuple
+        with ``merge_mode=None`` or ``return_state``). ``initial_state``: the forward
+        layer's states, then the backward layer's."""
+        outputs, _ = self.apply(x, None if mask is None else np.asarray(mask, bool),
+                                initial_state)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def apply(self, x: Any, mask: np.ndarray | None, initial_state: Any = None
+              ) -> tuple[tuple, tuple]:
+        """Model step; ``initial_state`` holds the forward states, then the backward ones."""
+        forward_state = backward_state = None
+        if initial_state is not None:
+            states = list(initial_state)
+            if len(states) != self.state_count:
+                raise ShapeError(f"Bidirectional initial_state: expected {self.state_count} "
+                                 f"arrays (forward states, then backward), got {len(states)}")
+            half = self.forward.state_count
+            forward_state, backward_state = states[:half], states[half:]
+        y, _ = self.forward.apply(x, mask, forward_state)
+        y_rev, _ = self.backward.apply(x, mask, backward_state)
         states: tuple = ()
         if self.forward.return_state:
             states = y[1:] + y_rev[1:]

@@ -16,6 +16,13 @@ LSTM (Hochreiter & Schmidhuber 1997, with forget gate; PyTorch ``nn.LSTM``)::
     c' = f * c + i * g
     h' = o * act(c')                 (with projection: h' = (o * act(c')) W_hr)
 
+    with peepholes p (Gers & Schmidhuber 2000; ONNX ``P``), i and f also add p_i * c and
+    p_f * c to their pre-activations, and o adds p_o * c'. ONNX's options: the activation of
+    c' in h' may differ from act (cell_act); input_forget couples f = 1 - i.
+
+ONNX's ``clip`` (every cell): each gate's pre-activation (as written above, peepholes
+included) is clamped to [-clip, clip] before its activation, as ONNX Runtime does.
+
 GRU (Cho et al. 2014; PyTorch ``nn.GRU``)::
 
     r = rec_act(x W_r + b_ir + h U_r + b_hr)
@@ -45,45 +52,64 @@ __all__ = ["lstm_cell", "gru_cell", "rnn_cell", "run_direction", "forward"]
 Activation = Callable[[np.ndarray], np.ndarray]
 
 
+def _clip(x: np.ndarray, clip: float | None) -> np.ndarray:
+    return x if clip is None else np.clip(x, -clip, clip)
+
+
 def lstm_cell(x: np.ndarray, h: np.ndarray, c: np.ndarray, w: CellWeights,
-              act: Activation, rec_act: Activation) -> tuple[np.ndarray, np.ndarray]:
-    """One LSTM step: ``(x, h, c) -> (h', c')``."""
+              act: Activation, rec_act: Activation, cell_act: Activation | None = None,
+              clip: float | None = None, input_forget: bool = False
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """One LSTM step: ``(x, h, c) -> (h', c')`` (``cell_act`` defaults to ``act``)."""
     gates = x @ w.input_kernel + w.input_bias + h @ w.recurrent_kernel + w.recurrent_bias
     i, f, g, o = np.split(gates, 4, axis=-1)
-    i, f, g, o = rec_act(i), rec_act(f), act(g), rec_act(o)
+    if w.peephole is not None:
+        p_i, p_f, p_o = np.split(w.peephole, 3)
+        i, f = i + p_i * c, f + p_f * c
+    i, f, g = rec_act(_clip(i, clip)), rec_act(_clip(f, clip)), act(_clip(g, clip))
+    if input_forget:
+        f = 1 - i
     c_new = f * c + i * g
-    h_new = o * act(c_new)
+    if w.peephole is not None:
+        o = o + p_o * c_new
+    h_new = rec_act(_clip(o, clip)) * (cell_act or act)(c_new)
     if w.projection is not None:
         h_new = h_new @ w.projection
     return h_new, c_new
 
 
 def gru_cell(x: np.ndarray, h: np.ndarray, w: CellWeights, act: Activation,
-             rec_act: Activation, reset_after: bool) -> np.ndarray:
+             rec_act: Activation, reset_after: bool, clip: float | None = None) -> np.ndarray:
     """One GRU step: ``(x, h) -> h'``, reset gate applied after or before ``U_n``."""
     x_r, x_z, x_n = np.split(x @ w.input_kernel + w.input_bias, 3, axis=-1)
     U_r, U_z, U_n = np.split(w.recurrent_kernel, 3, axis=-1)
     b_hr, b_hz, b_hn = np.split(w.recurrent_bias, 3)
-    r = rec_act(x_r + h @ U_r + b_hr)
-    z = rec_act(x_z + h @ U_z + b_hz)
+    r = rec_act(_clip(x_r + h @ U_r + b_hr, clip))
+    z = rec_act(_clip(x_z + h @ U_z + b_hz, clip))
     if reset_after:
-        n = act(x_n + r * (h @ U_n + b_hn))
+        n = act(_clip(x_n + r * (h @ U_n + b_hn), clip))
     else:
-        n = act(x_n + (r * h) @ U_n + b_hn)
+        n = act(_clip(x_n + (r * h) @ U_n + b_hn, clip))
     return z * h + (1 - z) * n
 
 
-def rnn_cell(x: np.ndarray, h: np.ndarray, w: CellWeights, act: Activation) -> np.ndarray:
+def rnn_cell(x: np.ndarray, h: np.ndarray, w: CellWeights, act: Activation,
+             clip: float | None = None) -> np.ndarray:
     """One SimpleRNN (Elman) step: ``(x, h) -> h'``."""
-    return act(x @ w.input_kernel + w.input_bias + h @ w.recurrent_kernel + w.recurrent_bias)
+    return act(_clip(x @ w.input_kernel + w.input_bias + h @ w.recurrent_kernel
+                     + w.recurrent_bias, clip))
 
 
 def run_direction(cell: str, x: np.ndarray, h0: np.ndarray, c0: np.ndarray | None,
                   w: CellWeights, *, act: Activation, rec_act: Activation,
                   reset_after: bool = True, mask: np.ndarray | None = None,
-                  reverse: bool = False, hold_masked_output: bool = False
+                  reverse: bool = False, hold_masked_output: bool = False,
+                  cell_act: Activation | None = None, clip: float | None = None,
+                  input_forget: bool = False
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Run one layer in one direction over a time-major sequence ``x`` of shape ``(T, B, D)``.
+
+    ``cell_act``, ``clip`` and ``input_forget`` are ONNX's options (see the module docstring).
 
     ``mask`` (``(T, B)`` bool) marks valid steps. At a masked step a sequence's state is
     kept unchanged, and its output is zero (PyTorch packed sequences), or with
@@ -100,11 +126,12 @@ def run_direction(cell: str, x: np.ndarray, h0: np.ndarray, c0: np.ndarray | Non
     previous_output = np.zeros((batch, width), dtype=x.dtype)
     for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
         if cell == "lstm":
-            h_new, c_new = lstm_cell(x[t], h, c, w, act, rec_act)
+            h_new, c_new = lstm_cell(x[t], h, c, w, act, rec_act, cell_act, clip,
+                                     input_forget)
         elif cell == "gru":
-            h_new, c_new = gru_cell(x[t], h, w, act, rec_act, reset_after), None
+            h_new, c_new = gru_cell(x[t], h, w, act, rec_act, reset_after, clip), None
         else:
-            h_new, c_new = rnn_cell(x[t], h, w, act), None
+            h_new, c_new = rnn_cell(x[t], h, w, act, clip), None
         if mask is None:
             h, c = h_new, c_new
             outputs[t] = h
@@ -122,7 +149,9 @@ def run_direction(cell: str, x: np.ndarray, h0: np.ndarray, c0: np.ndarray | Non
 def forward(cell: str, x: np.ndarray, weights: Sequence[CellWeights], *, bidirectional: bool,
             h0: np.ndarray, c0: np.ndarray | None, activation: str = "tanh",
             recurrent_activation: str = "sigmoid", reset_after: bool = True,
-            mask: np.ndarray | None = None, hold_masked_output: bool = False
+            mask: np.ndarray | None = None, hold_masked_output: bool = False,
+            cell_activation: str | None = None, clip: float | None = None,
+            input_forget: bool = False
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Run a stacked, optionally bidirectional recurrent layer over time-major ``x``.
 
@@ -136,6 +165,7 @@ def forward(cell: str, x: np.ndarray, weights: Sequence[CellWeights], *, bidirec
     """
     act = activation_function(activation)
     rec_act = activation_function(recurrent_activation)
+    cell_act = None if cell_activation is None else activation_function(cell_activation)
     dirs = 2 if bidirectional else 1
     h_n, c_n = [], []
     layer_input = x
@@ -146,7 +176,8 @@ def forward(cell: str, x: np.ndarray, weights: Sequence[CellWeights], *, bidirec
             out, h, c = run_direction(
                 cell, layer_input, h0[k], None if c0 is None else c0[k], weights[k],
                 act=act, rec_act=rec_act, reset_after=reset_after, mask=mask,
-                reverse=direction == 1, hold_masked_output=hold_masked_output)
+                reverse=direction == 1, hold_masked_output=hold_masked_output,
+                cell_act=cell_act, clip=clip, input_forget=input_forget)
             direction_outputs.append(out)
             h_n.append(h)
             c_n.append(c)

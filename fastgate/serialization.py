@@ -85,7 +85,8 @@ def to_bytes(obj: Any) -> bytes:
         archive.writestr(member("fastgate.json"), json.dumps(document, indent=1))
         for name, array in arrays.items():
             data = io.BytesIO()
-            np.lib.format.write_array(data, np.ascontiguousarray(array), allow_pickle=False)
+            # (asarray, not ascontiguousarray: that one turns a 0-d array into a 1-d one)
+            np.lib.format.write_array(data, np.asarray(array, order="C"), allow_pickle=False)
             archive.writestr(member(name), data.getvalue())
     return buffer.getvalue()
 

@@ -152,3 +152,44 @@ def test_unknown_activation_is_a_config_error(bad):
         canonical_name(bad)
     with pytest.raises(ConfigError):
         activation_function(bad)
+
+
+# ------------------------------------------------------- parametrised activations (ONNX)
+PARAMETRISED = {
+    # name: (reference on x, from the ONNX spec's definitions)
+    "leaky_relu(alpha=0.1)": lambda x: np.where(x >= 0, x, 0.1 * x),
+    "thresholded_relu(alpha=0.5)": lambda x: np.where(x > 0.5, x, 0),
+    "scaled_tanh(alpha=2.0, beta=0.5)": lambda x: 2 * np.tanh(0.5 * x),
+    "affine(alpha=3.0, beta=-1.0)": lambda x: 3 * x - 1,
+    "hard_sigmoid(alpha=0.3, beta=0.4)": lambda x: np.clip(0.3 * x + 0.4, 0, 1),
+    "elu(alpha=0.5)": lambda x: np.where(x >= 0, x, 0.5 * np.expm1(np.minimum(x, 0))),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", sorted(PARAMETRISED))
+def test_parametrised_activations(name, dtype):
+    x = np.linspace(-4, 4, 81).astype(dtype)
+    got = activation_function(name)(x)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, PARAMETRISED[name](x.astype(np.float64)),
+                               rtol=TOL[dtype], atol=TOL[dtype])
+    assert canonical_name(name) == name and canonical_name(name.replace(" ", "")) == name
+
+
+def test_parametrised_names_and_codes():
+    from fastgate.activations import PARAMETRIC_ACTIVATIONS, activation_parameters
+
+    assert canonical_name("scaled_tanh(beta=1, alpha=2)") == "scaled_tanh(alpha=2.0, beta=1.0)"
+    assert activation_parameters("affine(alpha=3, beta=-1)") == (3.0, -1.0)
+    assert activation_parameters("tanh") == (0.0, 0.0)
+    codes = {code for code, _, _ in PARAMETRIC_ACTIVATIONS.values()}
+    assert codes.isdisjoint(code for code, _ in ACTIVATIONS.values())
+    assert activation_code("elu(alpha=0.5)") == 18 and activation_code("elu") == 4
+
+
+@pytest.mark.parametrize("bad", ["leaky_relu()", "leaky_relu(alpha=1, beta=2)",
+                                 "affine(alpha=1)", "nope(alpha=1)", "elu(alpha=x)"])
+def test_malformed_parametrised_names_are_config_errors(bad):
+    with pytest.raises(ConfigError):
+        canonical_name(bad)

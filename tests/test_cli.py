@@ -198,7 +198,7 @@ def test_predict_npy_npz_csv_against_keras(models, capsys, tmp_path):
         code, out, err = run_cli(capsys, "predict", models["folder"] / "tiny.keras", "--input",
                                  tmp_path / source, "--output", tmp_path / "y.npy", *extra)
         assert code == 0, err
-        assert "output: (3, 2) float32" in out
+        assert "dense: (3, 2) float32" in out   # the Keras output layer's name
         np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, atol=ATOL, rtol=0)
 
     # CSV: one column of T values is one series (1, T, 1); B rows of T values are (B, T, 1).
@@ -421,6 +421,7 @@ def test_debug_shows_the_traceback(models, capsys, tmp_path):
 
 
 # ----------------------------------------------------------------------------- subprocesses
+@pytest.mark.slow
 def test_python_m_fastgate_every_command(models, tmp_path):
     folder = models["folder"]
     np.save(tmp_path / "x.npy", np.ones((2, 6, 1), np.float32))

@@ -102,6 +102,10 @@ def test_a_zip_with_a_root_data_pkl_is_not_torch(tmp_path):
     assert formats.detect_format(path) == formats.KERAS_ARCHIVE
     with pytest.raises(fastgate.WeightFormatError):
         fastgate.load(path)
+    import torch
+
+    with pytest.raises(RuntimeError, match="not in a subdirectory"):
+        torch.load(path, weights_only=True)
 
 
 def test_load_and_the_cli_share_one_torch_zip_rule():

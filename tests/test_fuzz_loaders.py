@@ -35,6 +35,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import fastgate  # noqa: E402
+from conftest import subprocess_env  # noqa: E402
 from fastgate import FastgateError, WeightFormatError  # noqa: E402
 from fastgate.importers.keras import from_config  # noqa: E402
 from fastgate.importers.safetensors import read_safetensors  # noqa: E402
@@ -261,6 +262,7 @@ def json_edits(draw, document):
     return document
 
 
+@pytest.mark.slow
 def test_mutated_keras_configuration(seeds, tmp_path):
     """The Keras model config (config.json of .keras, to_json()) with values replaced."""
     data, suffix = seeds["model.keras"]
@@ -505,8 +507,8 @@ def test_hdf5_global_heap_that_libhdf5_would_loop_on_is_refused(seeds, tmp_path)
     code = ("import sys, fastgate\n"
             "try:\n    fastgate.load(sys.argv[1])\n"
             "except fastgate.WeightFormatError as error:\n    print(error)\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(fastgate.__file__)))
+    # from another directory: `python -c` puts the cwd first on the path
     result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
-                            text=True, timeout=60, env=dict(os.environ, PYTHONPATH=root))
+                            text=True, timeout=60, env=subprocess_env(), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "corrupt global heap" in result.stdout

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import fastgate
 from fastgate import plans
-from fastgate.activations import ACTIVATIONS
+from fastgate.activations import ACTIVATIONS, PARAMETRIC_ACTIVATIONS
 from fastgate.layers import _CELL_CODES
 from fastgate.layout import GATE_COUNT
 
@@ -39,7 +39,11 @@ def test_cell_codes_and_gate_counts_agree():
 
 def test_activation_codes_agree():
     assert constants()["activations"] == {name: code for name, (code, _) in ACTIVATIONS.items()}
-    assert sorted(ACTIVATIONS[name][0] for name in ACTIVATIONS) == list(range(len(ACTIVATIONS)))
+    assert constants()["parametric_activations"] == {
+        name: code for name, (code, _, _) in PARAMETRIC_ACTIVATIONS.items()}
+    codes = [code for code, _ in ACTIVATIONS.values()] + [
+        code for code, _, _ in PARAMETRIC_ACTIVATIONS.values()]
+    assert sorted(codes) == list(range(len(codes)))  # dense and distinct: a switch table
 
 
 def test_plan_codes_agree():

@@ -158,6 +158,7 @@ importlib.import_module({name!r})
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(set(_modules()) - {"fastgate", "fastgate.__main__"}))
 def test_module_imports_alone(name, tmp_path):
     code = _IMPORT_ALONE.format(path=str(PACKAGE), name=name)

@@ -65,7 +65,7 @@ def test_rejects_a_non_positive_int(bad):
 
 
 @pytest.mark.parametrize("variable", ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"])
-def test_environment_is_respected_at_import(variable):
+def test_environment_is_respected_at_import(variable, tmp_path):
     env = subprocess_env()
     env.pop("OPENBLAS_NUM_THREADS", None)
     env.pop("OMP_NUM_THREADS", None)
@@ -74,7 +74,7 @@ def test_environment_is_respected_at_import(variable):
         [sys.executable, "-W", "ignore", "-c",
          "import fastgate; print(fastgate.get_num_threads(), "
          "fastgate.threads.kernel_num_threads(), fastgate.threads.blas_num_threads())"],
-        env=env, capture_output=True, text=True, timeout=60, check=True)
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.split() == ["1", "1", "1"]
 
 

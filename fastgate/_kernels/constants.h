@@ -16,7 +16,10 @@ enum { FG_CELL_LSTM = 0, FG_CELL_GRU = 1, FG_CELL_RNN = 2 };
 enum {
     FG_LINEAR = 0, FG_TANH = 1, FG_SIGMOID = 2, FG_RELU = 3, FG_ELU = 4, FG_SELU = 5,
     FG_SOFTSIGN = 6, FG_SOFTPLUS = 7, FG_EXPONENTIAL = 8, FG_HARD_SIGMOID = 9,
-    FG_HARD_SIGMOID_KERAS2 = 10, FG_SILU = 11, FG_GELU = 12
+    FG_HARD_SIGMOID_KERAS2 = 10, FG_SILU = 11, FG_GELU = 12,
+    /* parametrised (fastgate.activations.PARAMETRIC_ACTIVATIONS; ONNX's recurrent ops) */
+    FG_LEAKY_RELU = 13, FG_THRESHOLDED_RELU = 14, FG_SCALED_TANH = 15, FG_AFFINE = 16,
+    FG_HARD_SIGMOID_AFFINE = 17, FG_ELU_ALPHA = 18
 };
 
 /* Where a step's x_t W comes from (a plan's input pass, fastgate.plans.INPUT_MODES):

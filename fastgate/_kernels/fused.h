@@ -36,6 +36,7 @@ typedef struct {
     const void *recurrent;          /* packed [W; U] (GRU reset-before: the r and z gates) */
     const void *recurrent_new;      /* packed [W_n; U_n] of a GRU reset-before, else NULL */
     const void *projection;         /* packed W_hr of a projected LSTM, else NULL */
+    const void *peephole;           /* (3H,): LSTM peephole weights on c for i, f, o, or NULL */
     void *h;                        /* (B, P): initial state in, final state out */
     void *c;                        /* (B, H): LSTM cell state, updated in place */
     void *h_spare;                  /* (B, P) workspace: the other half of h's double buffer */
@@ -50,6 +51,14 @@ typedef struct {
     ptrdiff_t block_begin;          /* with block_end > 0: compute only the hidden blocks */
     ptrdiff_t block_end;            /*   [block_begin, block_end) (threads split them) */
     int synchronize;                /* threads split the blocks: a barrier ends each step */
+    /* ONNX's options (fastgate.layers: cell_activation, clip, input_forget) */
+    int cell_act;                   /* LSTM: the activation of c' in h' = o * cell_act(c') */
+    double act_alpha, act_beta;     /* the parameters of act, rec_act and cell_act when they */
+    double rec_alpha, rec_beta;     /*   are parametrised activations (vecmath.h) */
+    double cell_alpha, cell_beta;
+    int clipping;                   /* gate pre-activations are clamped to [-clip, clip] */
+    double clip;
+    int input_forget;               /* LSTM: f = 1 - i */
 } fg_direction;
 
 

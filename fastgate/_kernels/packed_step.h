@@ -291,8 +291,10 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(vstore_n)(FG_T *p, FG_NAME(vec) v, ptrdi
     memcpy(p, &v, (full ? FG_W : wn) * sizeof(FG_T));
 }
 
-/* act(x): sigmoid and tanh on the vector, the other activations by vecmath.h's loops */
-FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vactivate)(int code, FG_NAME(vec) x)
+/* act(x): sigmoid and tanh on the vector, the other activations by vecmath.h's loops
+ * (alpha, beta: the parameters of a parametrised one) */
+FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vactivate_with)(int code, double alpha,
+                                                                double beta, FG_NAME(vec) x)
 {
     FG_T lanes[FG_W];
     if (code == FG_SIGMOID)
@@ -300,7 +302,7 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vactivate)(int code, FG_NAME(vec
     if (code == FG_TANH)
         return FG_NAME(vtanhf)(x);
     memcpy(lanes, &x, sizeof x);
-    FG_ACTIVATE(code, lanes, FG_W);
+    FG_ACTIVATE(code, alpha, beta, lanes, FG_W);
     memcpy(&x, lanes, sizeof x);
     return x;
 }
@@ -320,8 +322,27 @@ typedef struct {
 typedef struct {
     const FG_T *bias;            /* b_i + b_h (a reset-after GRU's n gate: b_in) */
     const FG_T *new_gate_bias;   /* b_hn of a reset-after GRU */
+    const FG_T *peephole;        /* an LSTM's p_i at j0 (p_f, p_o H apart), or NULL */
+    const fg_direction *d;       /* the activations' parameters, clip, input_forget */
     ptrdiff_t hidden, wn;
 } FG_NAME(cell_block);
+
+/* act / rec_act / cell_act(x) with the layer's parameters (a constant code where the
+ * caller instantiates the default activations) */
+#define FG_VACT(code, x) FG_NAME(vactivate_with)(code, block->d->act_alpha, block->d->act_beta, x)
+#define FG_VREC(code, x) FG_NAME(vactivate_with)(code, block->d->rec_alpha, block->d->rec_beta, x)
+#define FG_VCELL(x) FG_NAME(vactivate_with)(block->d->cell_act, block->d->cell_alpha,          \
+                                            block->d->cell_beta, x)
+
+/* x clamped to [-clip, clip] if the layer clips its pre-activations (ONNX clip; NaN stays
+ * NaN); `plain` (a constant): it does not */
+FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vclip)(const FG_NAME(cell_block) *block,
+                                                       FG_NAME(vec) x, const int plain)
+{
+    if (plain || !block->d->clipping)
+        return x;
+    return FG_NAME(vclamp)(x, -(FG_T)block->d->clip, (FG_T)block->d->clip);
+}
 
 /* x W + b + h U of gate g of row r: the tile's sum, the bias, and the input if apart */
 FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(pre_activation)(
@@ -338,15 +359,20 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(pre_activation)(
 }
 
 /* LSTM:  i, f, g, o = rec_act(.), rec_act(.), act(.), rec_act(.)  of  x W + b + h U
- *        c' = f * c + i * g;   h' = o * act(c')      (h' before the projection) */
+ *        c' = f * c + i * g;   h' = o * cell_act(c')      (h' before the projection)
+ * cell_act is act but for ONNX models, whose options the non-`plain` instantiation also
+ * takes: peepholes p (i and f add p_i * c and p_f * c, o adds p_o * c'), pre-activations
+ * clipped to [-clip, clip] (after the peepholes), and input_forget (f = 1 - i). */
 FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_cells)(const int R, const int full, int act,
                                                     int rec_act,
                                                     const FG_NAME(cell_rows) *rows,
                                                     const FG_NAME(cell_block) *block)
 {
     typedef FG_NAME(vec) V;
-    const ptrdiff_t wn = block->wn;
-    V pre[2][4], cell[2];
+    const ptrdiff_t wn = block->wn, H = block->hidden;
+    const int plain = full && act == FG_TANH && rec_act == FG_SIGMOID;   /* (constants) */
+    const FG_T *peephole = plain ? NULL : block->peephole;
+    V pre[2][4], cell[2], c[2], i, f;
     int gate, r;
 #pragma GCC unroll 2
     for (r = 0; r < R; r++)
@@ -355,14 +381,30 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_cells)(const int R, const int full,
             pre[r][gate] = FG_NAME(pre_activation)(rows, block, r, gate, full);
 #pragma GCC unroll 2
     for (r = 0; r < R; r++)
-        cell[r] = FG_NAME(vactivate)(rec_act, pre[r][1]) * FG_NAME(vload_n)(rows->c[r], wn, full)
-                  + FG_NAME(vactivate)(rec_act, pre[r][0]) * FG_NAME(vactivate)(act, pre[r][2]);
+        c[r] = FG_NAME(vload_n)(rows->c[r], wn, full);
+    if (peephole != NULL)
+        for (r = 0; r < R; r++) {
+            pre[r][0] += FG_NAME(vload_n)(peephole, wn, full) * c[r];
+            pre[r][1] += FG_NAME(vload_n)(peephole + H, wn, full) * c[r];
+        }
+#pragma GCC unroll 2
+    for (r = 0; r < R; r++) {
+        i = FG_VREC(rec_act, FG_NAME(vclip)(block, pre[r][0], plain));
+        f = FG_VREC(rec_act, FG_NAME(vclip)(block, pre[r][1], plain));
+        if (!plain && block->d->input_forget)
+            f = 1 - i;
+        cell[r] = f * c[r] + i * FG_VACT(act, FG_NAME(vclip)(block, pre[r][2], plain));
+    }
 #pragma GCC unroll 2
     for (r = 0; r < R; r++)
         FG_NAME(vstore_n)(rows->c[r], cell[r], wn, full);
+    if (peephole != NULL)
+        for (r = 0; r < R; r++)
+            pre[r][3] += FG_NAME(vload_n)(peephole + 2 * H, wn, full) * cell[r];
 #pragma GCC unroll 2
     for (r = 0; r < R; r++)
-        cell[r] = FG_NAME(vactivate)(rec_act, pre[r][3]) * FG_NAME(vactivate)(act, cell[r]);
+        cell[r] = FG_VREC(rec_act, FG_NAME(vclip)(block, pre[r][3], plain))
+                  * (plain ? FG_VACT(act, cell[r]) : FG_VCELL(cell[r]));
 #pragma GCC unroll 2
     for (r = 0; r < R; r++)
         FG_NAME(vstore_n)(rows->h[r], cell[r], wn, full);
@@ -376,6 +418,7 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_cells)(const int R, const int full, 
                                                    const FG_NAME(cell_rows) *rows,
                                                    const FG_NAME(cell_block) *block)
 {
+    const int plain = full && act == FG_TANH && rec_act == FG_SIGMOID;   /* see lstm */
     typedef FG_NAME(vec) V;
     const ptrdiff_t wn = block->wn, H = block->hidden;
     V reset, update, candidate, input_n, recurrent_n;
@@ -383,14 +426,17 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_cells)(const int R, const int full, 
 #pragma GCC unroll 2
     for (r = 0; r < R; r++) {
         const FG_T *input = rows->input[r];
-        reset = FG_NAME(vactivate)(rec_act, FG_NAME(pre_activation)(rows, block, r, 0, full));
-        update = FG_NAME(vactivate)(rec_act, FG_NAME(pre_activation)(rows, block, r, 1, full));
+        reset = FG_VREC(rec_act, FG_NAME(vclip)(
+            block, FG_NAME(pre_activation)(rows, block, r, 0, full), plain));
+        update = FG_VREC(rec_act, FG_NAME(vclip)(
+            block, FG_NAME(pre_activation)(rows, block, r, 1, full), plain));
         input_n = input != NULL ? FG_NAME(vload_n)(input + 2 * H, wn, full)
                                 : FG_NAME(vload)(rows->tile[r] + 2 * FG_W);
         recurrent_n = FG_NAME(vload)(rows->tile[r] + (input != NULL ? 2 : 3) * FG_W);
-        candidate = FG_NAME(vactivate)(
-            act, input_n + FG_NAME(vload_n)(block->bias + 2 * H, wn, full)
-                 + reset * (recurrent_n + FG_NAME(vload_n)(block->new_gate_bias, wn, full)));
+        candidate = FG_VACT(act, FG_NAME(vclip)(
+            block, input_n + FG_NAME(vload_n)(block->bias + 2 * H, wn, full)
+                   + reset * (recurrent_n + FG_NAME(vload_n)(block->new_gate_bias, wn, full)),
+            plain));
         candidate = update * FG_NAME(vload_n)(rows->h_previous[r], wn, full)
                     + (1 - update) * candidate;
         FG_NAME(vstore_n)(rows->h[r], candidate, wn, full);
@@ -403,13 +449,15 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_reset_cells)(const int R, const int 
                                                          const FG_NAME(cell_rows) *rows,
                                                          const FG_NAME(cell_block) *block)
 {
+    const int plain = full && act == FG_TANH && rec_act == FG_SIGMOID;   /* see lstm */
     FG_NAME(vec) reset, update;
     int r;
-    (void)act;
 #pragma GCC unroll 2
     for (r = 0; r < R; r++) {
-        reset = FG_NAME(vactivate)(rec_act, FG_NAME(pre_activation)(rows, block, r, 0, full));
-        update = FG_NAME(vactivate)(rec_act, FG_NAME(pre_activation)(rows, block, r, 1, full));
+        reset = FG_VREC(rec_act, FG_NAME(vclip)(
+            block, FG_NAME(pre_activation)(rows, block, r, 0, full), plain));
+        update = FG_VREC(rec_act, FG_NAME(vclip)(
+            block, FG_NAME(pre_activation)(rows, block, r, 1, full), plain));
         reset *= FG_NAME(vload_n)(rows->h_previous[r], block->wn, full);
         FG_NAME(vstore_n)(rows->reset_h[r], reset, block->wn, full);
         FG_NAME(vstore_n)(rows->z[r], update, block->wn, full);
@@ -423,12 +471,13 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(single_gate_cells)(const int R, const in
                                                            const FG_NAME(cell_rows) *rows,
                                                            const FG_NAME(cell_block) *block)
 {
+    const int plain = full && act == FG_TANH && rec_act == FG_SIGMOID;   /* see lstm */
     FG_NAME(vec) state, z;
     int r;
-    (void)rec_act;
 #pragma GCC unroll 2
     for (r = 0; r < R; r++) {
-        state = FG_NAME(vactivate)(act, FG_NAME(pre_activation)(rows, block, r, 0, full));
+        state = FG_VACT(act, FG_NAME(vclip)(
+            block, FG_NAME(pre_activation)(rows, block, r, 0, full), plain));
         if (rows->z[r] != NULL) {
             z = FG_NAME(vload_n)(rows->z[r], block->wn, full);
             state = z * FG_NAME(vload_n)(rows->h_previous[r], block->wn, full)
@@ -657,14 +706,21 @@ FG_DEFINE_CELLS(FG_FAMILY_RNN, cells_rnn)
 
 /* The epilogues of `family` for whole blocks (`full`) and the last, partial one: _fast
  * where the activations the family reads are the defaults. */
-static FG_TARGET void FG_NAME(choose_cells)(int family, int act, int rec_act,
+static FG_TARGET void FG_NAME(choose_cells)(int family, const fg_direction *d,
                                             FG_NAME(cells_fn) *full,
                                             FG_NAME(cells_fn) *partial)
 {
+    const int act = d->act, rec_act = d->rec_act;
     const int reads_act = family != FG_FAMILY_GRU_RESET;
     const int reads_rec_act = family == FG_FAMILY_LSTM || family == FG_FAMILY_GRU
                               || family == FG_FAMILY_GRU_RESET;
-    const int fast = (!reads_act || act == FG_TANH) && (!reads_rec_act || rec_act == FG_SIGMOID);
+    /* ONNX's options (clip; an LSTM's peepholes, input_forget, cell activation) take _any */
+    const int plain = !d->clipping
+                      && (family != FG_FAMILY_LSTM
+                          || (d->peephole == NULL && !d->input_forget && d->cell_act == act
+                              && d->cell_alpha == d->act_alpha && d->cell_beta == d->act_beta));
+    const int fast = plain && (!reads_act || act == FG_TANH)
+                     && (!reads_rec_act || rec_act == FG_SIGMOID);
 #define FG_CHOOSE(FAMILY, NAME)                                                            \
     case FAMILY:                                                                           \
         *partial = FG_NAME(NAME##_any);                                                    \
@@ -717,9 +773,8 @@ static FG_TARGET void FG_NAME(pass_context_init)(FG_NAME(pass_context) *x,
                     : x->A == 4 ? FG_NAME(tile_g3_apart)
                     : x->G == 3 ? FG_NAME(tile_g3)
                     : x->G == 2 ? FG_NAME(tile_g2) : FG_NAME(tile_g1);
-    FG_NAME(choose_cells)(x->family, d->act, d->rec_act, &x->cells_full, &x->cells_partial);
-    FG_NAME(choose_cells)(FG_FAMILY_CANDIDATE, d->act, d->rec_act, &x->candidate_full,
-                          &x->candidate_partial);
+    FG_NAME(choose_cells)(x->family, d, &x->cells_full, &x->cells_partial);
+    FG_NAME(choose_cells)(FG_FAMILY_CANDIDATE, d, &x->candidate_full, &x->candidate_partial);
 }
 
 /* The block of units jb, with the biases at `bias_offset` (a GRU candidate: 2 H). */
@@ -731,6 +786,8 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(cell_block) FG_NAME(block_at)(
     block.bias = (const FG_T *)x->d->bias + bias_offset + j0;
     block.new_gate_bias = x->d->new_gate_bias != NULL
                           ? (const FG_T *)x->d->new_gate_bias + j0 : NULL;
+    block.peephole = x->d->peephole != NULL ? (const FG_T *)x->d->peephole + j0 : NULL;
+    block.d = x->d;
     block.hidden = x->H;
     block.wn = x->H - j0 < FG_W ? x->H - j0 : FG_W;
     return block;
@@ -924,5 +981,8 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
 }
 
 #undef FG_IS_VALID
+#undef FG_VACT
+#undef FG_VREC
+#undef FG_VCELL
 #undef FG_W
 #undef FG_MR

@@ -27,6 +27,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_RawFree, PyMem_RawMalloc
 from cpython.pycapsule cimport PyCapsule_GetPointer
+from libc.math cimport INFINITY
 
 cimport numpy as cnp
 import numpy as np
@@ -41,6 +42,8 @@ cdef extern from "constants.h" nogil:
         FG_CELL_LSTM, FG_CELL_GRU, FG_CELL_RNN
         FG_LINEAR, FG_TANH, FG_SIGMOID, FG_RELU, FG_ELU, FG_SELU, FG_SOFTSIGN, FG_SOFTPLUS
         FG_EXPONENTIAL, FG_HARD_SIGMOID, FG_HARD_SIGMOID_KERAS2, FG_SILU, FG_GELU
+        FG_LEAKY_RELU, FG_THRESHOLDED_RELU, FG_SCALED_TANH, FG_AFFINE, FG_HARD_SIGMOID_AFFINE
+        FG_ELU_ALPHA
         FG_INPUT_IN_STEP, FG_INPUT_PACKED, FG_INPUT_BLAS
         FG_SPLIT_NONE, FG_SPLIT_BATCH, FG_SPLIT_HIDDEN
         FG_ISA_BASE, FG_ISA_AVX2, FG_ISA_AVX512
@@ -62,6 +65,7 @@ cdef extern from "fused.h" nogil:
         const void *recurrent
         const void *recurrent_new
         const void *projection
+        const void *peephole
         void *h
         void *c
         void *h_spare
@@ -73,6 +77,11 @@ cdef extern from "fused.h" nogil:
         Py_ssize_t out_width
         Py_ssize_t block_begin, block_end
         int synchronize
+        int cell_act
+        double act_alpha, act_beta, rec_alpha, rec_beta, cell_alpha, cell_beta
+        int clipping
+        double clip
+        int input_forget
     int fg_isa()
     Py_ssize_t fg_block_width(int is_double)
     Py_ssize_t fg_tile_rows(int gates)
@@ -106,6 +115,10 @@ cdef Py_ssize_t FUSED_INPUT_MAX_WIDTH = 16
 cdef int PACKED_INPUT_MIN_ISA = 1
 #: The process's kernel thread count (fastgate.threads; 0: not read yet), and whether
 #: threads may split the hidden units at all (only when threads were asked for explicitly).
+# Arrays per layer direction in a PreparedWeights (see prepare).
+cdef enum:
+    WEIGHT_ARRAYS = 7
+
 cdef int process_threads = 0
 cdef bint hidden_split_allowed = False
 
@@ -134,7 +147,8 @@ cdef int _default_threads() except -1:
 
 def kernel_constants():
     """The kernels' constants as the compiled module has them (constants.h): ``{table:
-    {name: value}}`` for ``cells``, ``gates``, ``activations``, ``input_modes``, ``splits``,
+    {name: value}}`` for ``cells``, ``gates``, ``activations``, ``parametric_activations``,
+    ``input_modes``, ``splits``,
     ``isas`` and ``limits``; tests/test_kernel_constants.py checks the Python tables
     against it."""
     return {
@@ -146,6 +160,10 @@ def kernel_constants():
             "elu": FG_ELU, "selu": FG_SELU, "softsign": FG_SOFTSIGN, "softplus": FG_SOFTPLUS,
             "exponential": FG_EXPONENTIAL, "hard_sigmoid": FG_HARD_SIGMOID,
             "hard_sigmoid_keras2": FG_HARD_SIGMOID_KERAS2, "silu": FG_SILU, "gelu": FG_GELU},
+        "parametric_activations": {
+            "leaky_relu": FG_LEAKY_RELU, "thresholded_relu": FG_THRESHOLDED_RELU,
+            "scaled_tanh": FG_SCALED_TANH, "affine": FG_AFFINE,
+            "hard_sigmoid": FG_HARD_SIGMOID_AFFINE, "elu": FG_ELU_ALPHA},
         "input_modes": {"in_step": FG_INPUT_IN_STEP, "packed": FG_INPUT_PACKED,
                         "blas": FG_INPUT_BLAS},
         "splits": {"none": FG_SPLIT_NONE, "batch": FG_SPLIT_BATCH, "hidden": FG_SPLIT_HIDDEN},
@@ -188,16 +206,17 @@ def block_width(dtype):
 
 
 def prepare(int cell, bint reset_after, input_kernel, recurrent_kernel, input_bias,
-            recurrent_bias, projection):
+            recurrent_bias, projection, peephole=None):
     """The arrays a :class:`LayerPlan` reads, per layer direction.
 
-    Returns ``(input_kernel, recurrent, bias, new_gate_bias, recurrent_new, projection)``:
+    Returns ``(input_kernel, recurrent, bias, new_gate_bias, recurrent_new, projection,
+    peephole)``:
     the input kernel as is (for the all-steps GEMM); ``recurrent`` the packed input kernel
     followed by the packed recurrent kernel, ``[W; U]`` (for a GRU with the reset gate before
     ``U_n``, their ``r, z`` columns only, and ``recurrent_new`` their ``n`` columns);
     ``bias = b_i + b_h``, except a reset-after GRU's ``n`` gate, where ``b_hn`` sits inside
-    ``r * (...)`` and is kept apart in ``new_gate_bias``; ``projection`` packed. Absent parts
-    are empty arrays.
+    ``r * (...)`` and is kept apart in ``new_gate_bias``; ``projection`` packed; an LSTM's
+    ``peephole`` weights ``(3H,)`` (i, f, o) as they are. Absent parts are empty arrays.
     """
     dtype = input_kernel.dtype
     gates = FG_GATES(cell)
@@ -225,7 +244,8 @@ def prepare(int cell, bint reset_after, input_kernel, recurrent_kernel, input_bi
     packed_projection = empty if projection is None else _aligned(pack_gates(projection, 1))
     weights = PreparedWeights(np.ascontiguousarray(input_kernel), recurrent,
                               np.ascontiguousarray(bias), new_gate_bias, recurrent_new,
-                              packed_projection)
+                              packed_projection,
+                              empty if peephole is None else np.ascontiguousarray(peephole))
     weights.recurrent_finite = bool(np.isfinite(recurrent_kernel).all())
     return weights
 
@@ -259,13 +279,14 @@ cdef class PreparedWeights:
     #: every recurrent weight is finite: 0 @ U is exactly 0 (see LayerPlan.forward's zero_state)
     cdef public bint recurrent_finite
     cdef Py_ssize_t input_rows, input_columns
-    cdef Py_ssize_t sizes[6]
-    cdef void *pointers[6]
+    cdef Py_ssize_t sizes[WEIGHT_ARRAYS]
+    cdef void *pointers[WEIGHT_ARRAYS]
 
     def __init__(self, input_kernel, recurrent, bias, new_gate_bias, recurrent_new,
-                 projection):
+                 projection, peephole):
         cdef Py_ssize_t i
-        self.arrays = (input_kernel, recurrent, bias, new_gate_bias, recurrent_new, projection)
+        self.arrays = (input_kernel, recurrent, bias, new_gate_bias, recurrent_new, projection,
+                       peephole)
         self.dtype = input_kernel.dtype
         if self.dtype not in (np.float32, np.float64):
             raise ValueError("PreparedWeights: arrays must be float32 or float64")
@@ -279,7 +300,7 @@ cdef class PreparedWeights:
             self.pointers[i] = <void *> <size_t> array.ctypes.data if array.size else NULL
 
     def __len__(self):
-        return 6
+        return WEIGHT_ARRAYS
 
     def __getitem__(self, index):
         return self.arrays[index]
@@ -327,7 +348,10 @@ cdef class LayerPlan:
     """
     cdef readonly tuple prepared
     cdef readonly object dtype
-    cdef int cell, act, rec_act, typenum
+    cdef int cell, act, rec_act, cell_act, typenum
+    # the activations' parameters (parametrised activations), ONNX's clip and input_forget
+    cdef double act_alpha, act_beta, rec_alpha, rec_beta, cell_alpha, cell_beta, clip
+    cdef bint input_forget
     cdef bint reset_after, batch_first, is_double
     cdef Py_ssize_t num_directions, num_layers, entries, input_size, hidden, width, out_width
     cdef Py_ssize_t gate_count
@@ -342,8 +366,9 @@ cdef class LayerPlan:
         self.pointers = NULL
         self.recurrent_finite = NULL
 
-    def __init__(self, int cell, tuple activation_codes, bint reset_after, prepared,
-                 int num_directions, Py_ssize_t width, bint batch_first):
+    def __init__(self, int cell, tuple activations, bint reset_after, prepared,
+                 int num_directions, Py_ssize_t width, bint batch_first,
+                 double clip=float("inf"), bint input_forget=False):
         cdef PreparedWeights weights
         cdef Py_ssize_t k, layer, in_width, gates_width, block
         self.prepared = tuple(prepared)
@@ -351,7 +376,12 @@ cdef class LayerPlan:
         if num_directions not in (1, 2) or self.entries == 0 or self.entries % num_directions:
             raise ValueError("LayerPlan: bad number of weight entries")
         self.cell = cell
-        self.act, self.rec_act = activation_codes
+        # (code, alpha, beta) of the activation, the recurrent one and the cell state's
+        (self.act, self.act_alpha, self.act_beta), \
+            (self.rec_act, self.rec_alpha, self.rec_beta), \
+            (self.cell_act, self.cell_alpha, self.cell_beta) = activations
+        self.clip = clip
+        self.input_forget = input_forget
         self.reset_after = reset_after
         self.batch_first = batch_first
         self.num_directions = num_directions
@@ -365,11 +395,12 @@ cdef class LayerPlan:
         self.hidden = weights.input_columns // self.gate_count
         self.width = width
         self.out_width = num_directions * width
-        self.layer_key = (cell, bool(reset_after), self.act, self.rec_act, bool(self.is_double),
+        self.layer_key = (cell, bool(reset_after)) + tuple(v for a in activations for v in a) + (
+                          clip, bool(input_forget), bool(self.is_double),
                           self.input_size, self.hidden, width, self.num_layers, num_directions)
         gates_width = self.gate_count * self.hidden
         block = fg_block_width(self.is_double)
-        self.pointers = <void **> PyMem_Malloc(6 * self.entries * sizeof(void *))
+        self.pointers = <void **> PyMem_Malloc(WEIGHT_ARRAYS * self.entries * sizeof(void *))
         self.recurrent_finite = <bint *> PyMem_Malloc(self.entries * sizeof(bint))
         if self.pointers == NULL or self.recurrent_finite == NULL:
             raise MemoryError()
@@ -390,11 +421,13 @@ cdef class LayerPlan:
                     or (weights.sizes[5] != 0 and (
                         cell != FG_CELL_LSTM
                         or weights.sizes[5] != _packed_size(self.hidden, 1, width, block)))
-                    or (weights.sizes[5] == 0 and width != self.hidden)):
+                    or (weights.sizes[5] == 0 and width != self.hidden)
+                    or (weights.sizes[6] != 0 and (cell != FG_CELL_LSTM
+                                                   or weights.sizes[6] != 3 * self.hidden))):
                 raise ValueError(f"LayerPlan: prepared weights {k} do not match the layer "
                                  f"shape (packed for another CPU?)")
-            for i in range(6):
-                self.pointers[6 * k + i] = weights.pointers[i]
+            for i in range(WEIGHT_ARRAYS):
+                self.pointers[WEIGHT_ARRAYS * k + i] = weights.pointers[i]
             self.recurrent_finite[k] = weights.recurrent_finite
 
     def __dealloc__(self):
@@ -894,7 +927,7 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
                                           else projection_buffer)
         for direction in range(plan.num_directions):
             k = layer * plan.num_directions + direction
-            pointers = plan.pointers + 6 * k
+            pointers = plan.pointers + WEIGHT_ARRAYS * k
             direction_args.reverse = direction == 1
             direction_args.zero_state = zero_state and plan.recurrent_finite[k]
             direction_args.bias = pointers[2]
@@ -902,6 +935,7 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
             direction_args.recurrent = pointers[1]
             direction_args.recurrent_new = pointers[4]
             direction_args.projection = pointers[5]
+            direction_args.peephole = pointers[6]
             direction_args.h = h + k * batch * width
             direction_args.c = c + k * batch * hidden if c != NULL else NULL
             direction_args.out = layer_output + direction * width
@@ -940,6 +974,16 @@ cdef inline void _direction_constants(LayerPlan plan, fg_direction *d, Py_ssize_
     d.block_begin = 0
     d.block_end = 0
     d.synchronize = 0
+    d.cell_act = plan.cell_act
+    d.act_alpha = plan.act_alpha
+    d.act_beta = plan.act_beta
+    d.rec_alpha = plan.rec_alpha
+    d.rec_beta = plan.rec_beta
+    d.cell_alpha = plan.cell_alpha
+    d.cell_beta = plan.cell_beta
+    d.clipping = plan.clip < INFINITY
+    d.clip = plan.clip
+    d.input_forget = plan.input_forget
 
 
 cdef inline void _run_split(floating *dtype_tag, const fg_direction *d,

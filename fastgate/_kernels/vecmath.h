@@ -108,10 +108,19 @@ FG_ALWAYS_INLINE double fg_tanh(double x) { return 1.0 - 2.0 / (1.0 + fg_exp(2.0
 
 static inline double fg_clip01(double x) { return x < 0 ? 0 : (x > 1 ? 1 : x); }
 
-/* The rarer activations, one value at a time through libm (as the oracle computes them). */
-static double fg_activate_scalar(int code, double x, int is_float)
+/* The rarer activations, one value at a time through libm (as the oracle computes them);
+ * alpha and beta are the parameters of the parametrised ones. */
+static double fg_activate_scalar(int code, double x, int is_float, double alpha, double beta)
 {
     switch (code) {
+    case FG_LEAKY_RELU: return x >= 0 ? x : alpha * x;
+    case FG_THRESHOLDED_RELU: return x > alpha ? x : 0;
+    case FG_SCALED_TANH: return alpha * (is_float ? (double)tanhf((float)(beta * x))
+                                                  : tanh(beta * x));
+    case FG_AFFINE: return alpha * x + beta;
+    case FG_HARD_SIGMOID_AFFINE: return fg_clip01(alpha * x + beta);
+    case FG_ELU_ALPHA:
+        return x >= 0 ? x : alpha * (is_float ? (double)expm1f((float)x) : expm1(x));
     case FG_TANH: return is_float ? (double)tanhf((float)x) : tanh(x);
     case FG_SIGMOID: return 1.0 / (1.0 + (is_float ? (double)expf((float)-x) : exp(-x)));
     case FG_RELU: return x > 0 ? x : 0;
@@ -135,8 +144,10 @@ static double fg_activate_scalar(int code, double x, int is_float)
     }
 }
 
-/* x[0..n) = act(x[0..n)) in place: tanh / sigmoid / linear / relu vectorized, others scalar. */
-FG_ALWAYS_INLINE void fg_activate_f(int code, float *restrict x, ptrdiff_t n)
+/* x[0..n) = act(x[0..n)) in place: tanh / sigmoid / linear / relu vectorized, others scalar
+ * (alpha, beta: the parameters of a parametrised activation). */
+FG_ALWAYS_INLINE void fg_activate_f(int code, double alpha, double beta, float *restrict x,
+                                    ptrdiff_t n)
 {
     ptrdiff_t j;
     if (code == FG_SIGMOID) {
@@ -155,13 +166,14 @@ FG_ALWAYS_INLINE void fg_activate_f(int code, float *restrict x, ptrdiff_t n)
                 float v = 0.2f * x[j] + 0.5f;
                 x[j] = v < 0 ? 0 : (v > 1 ? 1 : v);
             } else {
-                x[j] = (float)fg_activate_scalar(code, x[j], 1);
+                x[j] = (float)fg_activate_scalar(code, x[j], 1, alpha, beta);
             }
         }
     }
 }
 
-FG_ALWAYS_INLINE void fg_activate_d(int code, double *restrict x, ptrdiff_t n)
+FG_ALWAYS_INLINE void fg_activate_d(int code, double alpha, double beta, double *restrict x,
+                                    ptrdiff_t n)
 {
     ptrdiff_t j;
     if (code == FG_SIGMOID) {
@@ -171,7 +183,7 @@ FG_ALWAYS_INLINE void fg_activate_d(int code, double *restrict x, ptrdiff_t n)
     } else if (code == FG_RELU) {
         for (j = 0; j < n; j++) x[j] = x[j] > 0 ? x[j] : 0.0;
     } else if (code != FG_LINEAR) {
-        for (j = 0; j < n; j++) x[j] = fg_activate_scalar(code, x[j], 0);
+        for (j = 0; j < n; j++) x[j] = fg_activate_scalar(code, x[j], 0, alpha, beta);
     }
 }
 

@@ -84,7 +84,9 @@ def _report(args: argparse.Namespace, obj: Any, x: np.ndarray, fast: float,
 
     batch, steps = _batch_and_steps(obj, x)
     print(f"model:    {obj!r}")
-    print(f"input:    {x.shape} {x.dtype}: {batch} sequences x {steps} steps; "
+    shape = ({k: v.shape for k, v in x.items()} if isinstance(x, dict)
+             else f"{x.shape} {x.dtype}")
+    print(f"input:    {shape}: {batch} sequences x {steps} steps; "
           f"{fastgate.get_num_threads()} BLAS thread(s)")
     print(f"{fastgate.backend() + ':':<9} median {format_time(fast)} per batch "
           f"({runs(args.repeat)}), {format_count(batch / fast)} sequences/s, "
@@ -113,6 +115,9 @@ def _batch_and_steps(obj: Any, x: np.ndarray) -> tuple[int, int]:
     from ..layers import RecurrentLayer
     from ..ops import Dense
 
+    if isinstance(x, dict):   # an ONNX model's feed: every open dimension has one size
+        size = min((d for a in x.values() for d in a.shape), default=1)
+        return size, size
     if isinstance(obj, RecurrentLayer) and not obj.batch_first:
         return x.shape[1], x.shape[0]
     one_step = isinstance(obj, (_Cell, Dense))

@@ -26,7 +26,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="show what a model file holds",
         description="Format, the framework (and version) that saved it, layers, sizes, "
                     "activations, gate order and parameter counts.")
-    parser.add_argument("file", help=".keras, .h5, .weights.h5, .pt, .safetensors, .fastgate")
+    parser.add_argument("file",
+                        help=".keras, .h5, .weights.h5, .pt, .safetensors, .fastgate, .onnx")
     parser.set_defaults(handler=command_inspect)
 
 
@@ -88,7 +89,18 @@ def _describe_keras_hdf5(path: str) -> dict[str, str]:
     return {"format": kind, "saved_by": saved_by}
 
 
-_DESCRIBERS = {formats.FASTGATE: _describe_native, formats.SAFETENSORS: _describe_safetensors,
+def _describe_onnx(path: str) -> dict[str, str]:
+    from ..importers.protobuf import read_model
+
+    model = read_model(path)
+    producer = f"{model.producer_name or '?'} {model.producer_version}".strip()
+    opsets = ", ".join(f"{domain or 'ai.onnx'} {version}"
+                       for domain, version in model.opset_import.items())
+    return {"format": f"ONNX (IR version {model.ir_version}, opset {opsets})",
+            "saved_by": producer}
+
+
+_DESCRIBERS = {formats.FASTGATE: _describe_native, formats.ONNX: _describe_onnx, formats.SAFETENSORS: _describe_safetensors,
                formats.TORCH_ZIP: _describe_torch_zip,
                formats.TORCH_LEGACY: _describe_torch_legacy,
                formats.KERAS_ARCHIVE: _describe_keras_archive,
@@ -97,7 +109,8 @@ _DESCRIBERS = {formats.FASTGATE: _describe_native, formats.SAFETENSORS: _describ
 
 def describe_file(path: str) -> dict[str, str]:
     """What kind of file ``path`` is: ``{"format", "saved_by", "source"}``, ``source`` being
-    ``"fastgate"``, ``"keras"`` or ``"torch"`` (whose gate order the file stores)."""
+    ``"fastgate"``, ``"keras"``, ``"torch"`` or ``"onnx"`` (whose gate order the file
+    stores)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     if os.path.isdir(path):
@@ -140,6 +153,15 @@ def _recurrent_row(name: str, obj: Any, layer: Any, source: str, dirs: str,
         f"{layer.activation}/{layer.recurrent_activation}"
     if layer.cell == "gru":
         options.append("reset_after" if layer.reset_after else "reset_before")
+    if getattr(layer, "peepholes", False):
+        options.append("peepholes")
+    if layer.cell == "lstm" and getattr(layer, "cell_activation", layer.activation) \
+            != layer.activation:
+        options.append(f"cell_activation={layer.cell_activation}")
+    if getattr(layer, "clip", None) is not None:
+        options.append(f"clip={layer.clip:g}")
+    if getattr(layer, "input_forget", False):
+        options.append("input_forget")
     if layer.batch_first and not isinstance(obj, (Recurrent, Bidirectional)):
         options.append("batch_first")
     if layer.dtype != np.float32:
@@ -212,27 +234,57 @@ def _torch_modules(path: str) -> list[tuple[str, Any]]:
     return modules
 
 
+def _onnx_contents(model: Any) -> list[tuple[str, Any]]:
+    """Print an ONNX graph as fastgate maps it (one line per step it runs); its layers."""
+    from ..importers.onnx import OnnxRecurrent
+
+    print(f"contents:  ONNX graph {model.name!r}: {len(model.steps)} steps after folding "
+          f"{len(model.constants)} constants; inputs {model.input_names}, outputs "
+          f"{model.output_names}")
+    print("graph:")
+    for line in model.summary().splitlines()[1:]:
+        print("  " + line.strip())
+    named: list[tuple[str, Any]] = []
+    for step in model.steps:
+        function = step.function
+        if isinstance(function, OnnxRecurrent):
+            for layer, reverse in function.layers:
+                named.append((step.name + (" (reverse)" if reverse else ""), layer))
+        elif hasattr(function, "dense") or hasattr(function, "embedding"):
+            named.append((step.name, getattr(function, "dense", None)
+                          or getattr(function, "embedding")))
+    return named
+
+
 # ============================================================================ the command
 def _loaded_contents(path: str, args: argparse.Namespace) -> tuple[list[tuple[str, Any]],
                                                                       bool]:
     """Print the ``contents:`` line of a loaded file; its ``[(name, object)]`` and whether
     the objects form a plain chain."""
+    from ..importers.onnx import OnnxModel
     from ..model import MODEL_INPUT, Model
 
     obj = load_model(path, args)
+    if isinstance(obj, OnnxModel):
+        return _onnx_contents(obj), True
     if not isinstance(obj, Model):
         print(f"contents:  {obj!r}")
         return [(Path(path).stem, obj)], True
-    shape = "any" if obj.input_shape is None else "(" + ", ".join(
-        "B" if k == 0 else ("*" if d is None else str(d))
-        for k, d in enumerate(obj.input_shape)) + ")"
-    print(f"contents:  Model {obj.name!r}, input shape {shape}"
-          + (", stateful" if obj.stateful else ""))
+    def shown(shape: Any) -> str:
+        return "any" if shape is None else "(" + ", ".join(
+            "B" if k == 0 else ("*" if d is None else str(d)) for k, d in enumerate(shape)) + ")"
+
+    if len(obj.input_shapes) == 1:
+        inputs = f"input shape {shown(obj.input_shape)}"
+    else:
+        inputs = "inputs " + ", ".join(f"{name} {shown(shape)}" for name, shape in
+                                       zip(obj.input_names, obj.input_shapes))
+    print(f"contents:  Model {obj.name!r}, {inputs}" + (", stateful" if obj.stateful else ""))
     named = [(node.name, node.op) for node in obj.nodes]
     sources = [("input" if node.source[0] == MODEL_INPUT else
                 obj.nodes[node.source[0]].name) for node in obj.nodes]
-    chain = all(s == ("input" if k == 0 else obj.nodes[k - 1].name)
-                for k, s in enumerate(sources))
+    chain = all(s == ("input" if k == 0 else obj.nodes[k - 1].name) and node.is_plain
+                for k, (s, node) in enumerate(zip(sources, obj.nodes)))
     return named, chain
 
 
@@ -290,7 +342,7 @@ def _print_layers(named: list[tuple[str, Any]], chain: bool, source: str,
         if isinstance(problem, str):
             print(f"  {name}: {problem}")
     if importable and source != "fastgate":
-        framework = {"keras": "Keras", "torch": "PyTorch"}.get(source, source)
+        framework = {"keras": "Keras", "torch": "PyTorch", "onnx": "ONNX"}.get(source, source)
         print(f"gates:     the file stores {framework}'s gate order; fastgate reorders once, "
               f"at load")
     if source != "torch" or args.prefix is not None or args.kind is not None:

@@ -101,6 +101,8 @@ def output_names(obj: Any, count: int) -> list[str]:
         return ["output", "h_n", "c_n"][:count]
     if isinstance(obj, LSTMCell):
         return ["h", "c"]
+    if hasattr(obj, "output_names"):   # a Model (Keras layer names) or an ONNX graph
+        return list(obj.output_names)
     return ["output"] if count == 1 else [f"output_{k}" for k in range(count)]
 
 

@@ -42,6 +42,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from .._version import __version__
+from ..activations import PARAMETRIC_ACTIVATIONS, activation_parameters
 from ..cells import _Cell
 from ..errors import ConfigError, UnsupportedLayerError
 from ..layers import RecurrentLayer
@@ -230,20 +231,49 @@ class _RecurrentOutputs(NamedTuple):
     y_c: str | None
 
 
-def _onnx_activations(layer: RecurrentLayer, where: str) -> list[str]:
-    """The fastgate activations of one direction, in the ONNX op's order (f, g, h)."""
+#: fastgate's parametrised activations (fastgate.activations) as ONNX recurrent activations.
+_PARAMETRISED_ACTIVATIONS = {"leaky_relu": "LeakyRelu", "thresholded_relu": "ThresholdedRelu",
+                             "scaled_tanh": "ScaledTanh", "affine": "Affine",
+                             "hard_sigmoid": "HardSigmoid", "elu": "Elu"}
+
+
+def _onnx_activation(name: str, where: str) -> tuple[str, float | None, float | None]:
+    """``(ONNX name, alpha, beta)`` of a fastgate activation inside a recurrent op."""
+    if name in _RECURRENT_ACTIVATIONS:
+        return _RECURRENT_ACTIVATIONS[name]
+    base = name.partition("(")[0]
+    if base in _PARAMETRISED_ACTIVATIONS and name != base:
+        alpha, beta = activation_parameters(name)
+        takes_beta = PARAMETRIC_ACTIVATIONS[base][1] == ("alpha", "beta")
+        return _PARAMETRISED_ACTIVATIONS[base], alpha, (beta if takes_beta else None)
+    raise UnsupportedLayerError(
+        f"activation {name!r} inside a recurrent cell has no ONNX equivalent (the ONNX "
+        f"recurrent ops offer {sorted(_RECURRENT_ACTIVATIONS)} and the parametrised "
+        f"{sorted(_PARAMETRISED_ACTIVATIONS)})", layer=where)
+
+
+def _onnx_activations(layer: RecurrentLayer, where: str
+                      ) -> list[tuple[str, float | None, float | None]]:
+    """The activations of one direction, in the ONNX op's order (f, g, h), as ONNX names
+    with their alpha and beta (None where the activation takes none)."""
     if layer.cell == "lstm":
-        names = [layer.recurrent_activation, layer.activation, layer.activation]
+        names = [layer.recurrent_activation, layer.activation, layer.cell_activation]
     elif layer.cell == "gru":
         names = [layer.recurrent_activation, layer.activation]
     else:
         names = [layer.activation]
-    for name in names:
-        if name not in _RECURRENT_ACTIVATIONS:
-            raise UnsupportedLayerError(
-                f"activation {name!r} inside a recurrent cell has no ONNX equivalent (the "
-                f"ONNX recurrent ops offer {sorted(_RECURRENT_ACTIVATIONS)})", layer=where)
-    return names
+    return [_onnx_activation(name, where) for name in names]
+
+
+def _onnx_peepholes(entries: Sequence[Any], cell: str, dtype: np.dtype) -> np.ndarray | None:
+    """``P`` of the ONNX LSTM (``(dirs, 3H)``, gates i, o, f) from fastgate's (i, f, o)."""
+    if cell != "lstm" or entries[0].peephole is None:
+        return None
+    rows = []
+    for entry in entries:
+        p_i, p_f, p_o = np.split(np.asarray(entry.peephole), 3)
+        rows.append(np.concatenate([p_i, p_o, p_f]))
+    return np.stack(rows).astype(dtype)
 
 
 def _recurrent_op(g: _Graph, layer: RecurrentLayer, index: int, directions: int, x: str,
@@ -272,16 +302,23 @@ def _recurrent_op(g: _Graph, layer: RecurrentLayer, index: int, directions: int,
     else:
         inputs.append("")
     inputs += [lengths, h0] + ([c0] if cell == "lstm" else [])
+    peepholes = _onnx_peepholes(entries, cell, dtype)
+    if peepholes is not None:
+        inputs += [""] * (7 - len(inputs)) + [g.constant(peepholes, f"{where}_P")]
     while inputs[-1] == "":
         inputs.pop()
-    names = _onnx_activations(layer, where) * directions
+    activations = _onnx_activations(layer, where) * directions
     attributes: dict[str, Any] = {
-        "activations": [_RECURRENT_ACTIVATIONS[name][0] for name in names],
+        "activations": [onnx_name for onnx_name, _, _ in activations],
         "direction": "bidirectional" if directions == 2 else ("reverse" if reverse
                                                               else "forward"),
         "hidden_size": layer.hidden_size}
-    alphas = [_RECURRENT_ACTIVATIONS[name][1] for name in names]
-    betas = [_RECURRENT_ACTIVATIONS[name][2] for name in names]
+    if layer.clip is not None:
+        attributes["clip"] = float(layer.clip)
+    if cell == "lstm" and layer.input_forget:
+        attributes["input_forget"] = 1
+    alphas = [alpha for _, alpha, _ in activations]
+    betas = [beta for _, _, beta in activations]
     if any(a is not None for a in alphas):  # consumed in order by the activations taking one
         attributes["activation_alpha"] = [float(a) for a in alphas if a is not None]
     if any(b is not None for b in betas):

@@ -20,8 +20,9 @@ nothing itself:
 * ``RNN(cell)`` is the layer of that cell; ``RNN(StackedRNNCells)`` runs its cells as
   stacked layers (:class:`fastgate.sequence_ops.StackedRecurrent`).
 
-Supported: ``Sequential`` and functional models with one input whose layers each take one
-tensor (a chain, possibly with several outputs). Anything else raises
+Supported: ``Sequential`` and functional graphs (several inputs and outputs, shared layers,
+merges, attention, ``mask=`` and ``initial_state=`` call arguments: the graph itself is
+read by :mod:`fastgate.importers.keras_graph`). Anything else raises
 :class:`~fastgate.errors.UnsupportedLayerError` naming the layer.
 """
 
@@ -40,12 +41,14 @@ from ..activations import canonical_name
 from ..errors import ConfigError, FastgateError, UnsupportedLayerError, WeightFormatError
 from ..layers import GRU, LSTM, SimpleRNN
 from ..layout import GATE_COUNT, CellWeights, reorder_gates
+from ..graph_ops import Attention, Dot, Merge
 from ..model import MODEL_INPUT, Model, Node
 from ..ops import (AXIS_ACTIVATIONS, Activation, Bidirectional, Dense, Embedding, Flatten,
                    GlobalPooling1D, Masking, Recurrent, RepeatVector)
 from ..sequence_ops import (BatchNormalization, Conv1D, Cropping1D, LayerNormalization, Permute,
                             Pooling1D, Reshape, StackedRecurrent, TimeDistributed, UpSampling1D,
                             ZeroPadding1D)
+from .keras_graph import KerasCall, build_graph, is_keras_operation, parse_calls
 from .keras_legacy import SavedBy, modern_config, modernize, saved_by
 from .keras_hdf5 import (Keras3Weights, LegacyWeights, hdf5_errors, is_hdf5,
                          keras3_group_name, open_hdf5, read_attribute, read_keras_archive)
@@ -57,6 +60,9 @@ _RECURRENT = {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "rnn", "CuDNNLSTM": "ls
 _FASTGATE_LAYER = {"lstm": LSTM, "gru": GRU, "rnn": SimpleRNN}
 # Identity at inference; each passes the mask on (Keras: supports_masking = True).
 _IDENTITY = {"Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout"}
+_MERGES = {"Concatenate": "concatenate", "Add": "add", "Subtract": "subtract",
+           "Multiply": "multiply", "Average": "average", "Maximum": "maximum",
+           "Minimum": "minimum"}
 _POOLING = {"GlobalMaxPooling1D": "max", "GlobalMaxPool1D": "max",
             "GlobalAveragePooling1D": "average", "GlobalAvgPool1D": "average"}
 _SEQUENCE_CLASSES = {"BatchNormalization", "LayerNormalization", "Conv1D", "Convolution1D",
@@ -64,8 +70,10 @@ _SEQUENCE_CLASSES = {"BatchNormalization", "LayerNormalization", "Conv1D", "Conv
                      "ZeroPadding1D", "Cropping1D", "UpSampling1D", "Reshape", "Permute",
                      "RNN"}  # translated by _SEQUENCE_LAYERS (into fastgate.sequence_ops)
 SUPPORTED_LAYERS = sorted({"InputLayer", "Dense", "Embedding", "Masking", "Activation",
-                           "Flatten", "RepeatVector", "TimeDistributed", "Bidirectional"}
-                          | set(_RECURRENT) | _IDENTITY | set(_POOLING) | _SEQUENCE_CLASSES)
+                           "Flatten", "RepeatVector", "TimeDistributed", "Bidirectional",
+                           "Dot", "Attention", "AdditiveAttention"}
+                          | set(_RECURRENT) | _IDENTITY | set(_POOLING) | _SEQUENCE_CLASSES
+                          | set(_MERGES))
 _WEIGHTED = ({"Dense", "Embedding", "TimeDistributed", "Bidirectional", "BatchNormalization",
               "LayerNormalization", "Conv1D", "Convolution1D", "RNN"} | set(_RECURRENT))
 
@@ -77,8 +85,9 @@ class KerasLayer:
     class_name: str
     name: str
     config: dict
-    inbound: tuple[str, int] | None = None  # (producing layer, tensor index)
+    calls: list[KerasCall] = field(default_factory=list)  # functional models: its calls
     weight_group: str | None = None  # Keras 3 weights layout only
+    operation: bool = False  # a Keras 3 tensor operation (keras.ops), not a layer
 
 
 @dataclass
@@ -470,8 +479,11 @@ def _refusal(ctx: _Context, layer: KerasLayer) -> UnsupportedLayerError:
         f"fastgate supports", layer.name)
 
 # ----------------------------------------------------------------------------- layers
-def _translate(ctx: _Context, layer: KerasLayer) -> list[tuple[str, Any]]:
-    """The fastgate ops of one Keras layer, as ``(name suffix, op)``; ``[]`` for identity."""
+def _translate(ctx: _Context, layer: KerasLayer, call: KerasCall | None = None
+               ) -> list[tuple[str, Any]]:
+    """The fastgate ops of one Keras layer, as ``(name suffix, op)``; ``[]`` for identity.
+
+    ``call`` is the layer's call in a functional graph (``None`` in a Sequential model)."""
     kind, config, name = layer.class_name, layer.config, layer.name
     if kind in _IDENTITY:
         return []
@@ -508,7 +520,50 @@ def _translate(ctx: _Context, layer: KerasLayer) -> list[tuple[str, Any]]:
         return [("", _bidirectional(ctx, layer))]
     if kind in _SEQUENCE_LAYERS:
         return _SEQUENCE_LAYERS[kind](ctx, layer)
+    if kind in _MERGES:
+        mask_rule = "keras3" if ctx.keras_major >= 3 else "keras2"
+        return [("", Merge(_MERGES[kind], axis=int(config.get("axis", -1)),
+                           mask_rule=mask_rule, dtype=ctx.dtype))]
+    if kind == "Dot":
+        return [("", Dot(config.get("axes", -1), normalize=bool(config.get("normalize")),
+                         dtype=ctx.dtype))]
+    if kind in ("Attention", "AdditiveAttention"):
+        return [("", _attention(ctx, layer, call))]
     raise _refusal(ctx, layer)
+
+
+def _attention(ctx: _Context, layer: KerasLayer, call: KerasCall | None) -> Attention:
+    """Keras ``Attention`` / ``AdditiveAttention``; the call says which masks are given,
+    whether a key is given, ``use_causal_mask`` and ``return_attention_scores``."""
+    config, name = layer.config, layer.name
+    if call is None:
+        raise ctx.unsupported(f"{layer.class_name} needs a functional model ([query, value] "
+                              f"inputs)", name)
+    additive = layer.class_name == "AdditiveAttention"
+    score_mode = "additive" if additive else config.get("score_mode", "dot")
+    if score_mode not in ("dot", "concat", "additive"):
+        raise ctx.unsupported(f"Attention score_mode {score_mode!r} is not supported", name)
+    use_scale = bool(config.get("use_scale", additive))
+    count = int(use_scale) + int(score_mode == "concat")
+    weights = ctx.get_weights(layer, [""]) if count else []
+    weights = _expect(ctx, weights, count, name,
+                      ", ".join(n for n, on in (("scale", use_scale),
+                                                ("concat_score_weight",
+                                                 score_mode == "concat")) if on))
+    scale = weights[0][1] if use_scale else None
+    concat = weights[-1][1] if score_mode == "concat" else None
+    if len(call.inputs) not in (2, 3):
+        raise ctx.unsupported(f"{layer.class_name} takes [query, value] or [query, value, "
+                              f"key], got {len(call.inputs)} inputs", name)
+    masks = call.mask or []
+    if len(masks) > 2:
+        raise ctx.unsupported(f"{layer.class_name} mask: [query_mask, value_mask] expected, "
+                              f"got {len(masks)} entries", name)
+    given = [k < len(masks) and masks[k] is not None for k in range(2)]
+    causal = bool(call.options.get("use_causal_mask") or config.get("causal"))
+    return Attention(score_mode, scale=scale, concat_score_weight=concat, causal=causal,
+                     return_scores=bool(call.options.get("return_attention_scores")),
+                     has_key=len(call.inputs) == 3, given_masks=given, dtype=ctx.dtype)
 
 
 def _bidirectional(ctx: _Context, layer: KerasLayer) -> Bidirectional:
@@ -543,6 +598,8 @@ def _bidirectional(ctx: _Context, layer: KerasLayer) -> Bidirectional:
 
 
 def _output_count(op: Any) -> int:
+    if isinstance(op, Attention):
+        return 2 if op.return_scores else 1
     if isinstance(op, Recurrent):
         return 1 + (len(op.layer.state_shapes) if op.return_state else 0)
     if isinstance(op, Bidirectional):
@@ -552,47 +609,6 @@ def _output_count(op: Any) -> int:
 
 
 # ----------------------------------------------------------------------------- configs
-def _keras_tensors(value: Any) -> list[tuple[str, int]]:
-    """Every Keras 3 ``__keras_tensor__`` reference inside ``value``: (layer, tensor index)."""
-    if isinstance(value, dict):
-        if value.get("class_name") == "__keras_tensor__":
-            history = value.get("config", {}).get("keras_history", [])
-            return [(str(history[0]), int(history[2]))]
-        return [t for v in value.values() for t in _keras_tensors(v)]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _keras_tensors(v)]
-    return []
-
-
-def _inbound(entry: dict, path: Any) -> tuple[str, int] | None:
-    """The one input tensor of a functional layer, ``None`` for an input layer."""
-    name = entry.get("name") or entry.get("config", {}).get("name")
-    nodes = entry.get("inbound_nodes") or []
-    if not nodes:
-        return None
-    if len(nodes) > 1:
-        raise UnsupportedLayerError(f"{entry.get('class_name')} is called {len(nodes)} times "
-                                    f"(shared layers are not supported)", path=path, layer=name)
-    node = nodes[0]
-    if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
-        tensors = _keras_tensors(node.get("args", []))
-        extra = sorted(key for key, value in (node.get("kwargs") or {}).items()
-                       if key != "mask" and _keras_tensors(value))
-    else:  # Keras 2: [[layer, node_index, tensor_index, kwargs], ...]
-        tensors = [(str(t[0]), int(t[2])) for t in node]
-        extra = sorted(key for t in node if len(t) > 3 and isinstance(t[3], dict)
-                       for key in t[3] if key not in ("mask", "training"))
-    if extra:
-        raise UnsupportedLayerError(f"{entry.get('class_name')} is called with {extra} "
-                                    f"(only single-input layers are supported)", path=path,
-                                    layer=name)
-    if len(tensors) != 1:
-        raise UnsupportedLayerError(f"{entry.get('class_name')} takes {len(tensors)} inputs "
-                                    f"(only chains of single-input layers are supported)",
-                                    path=path, layer=name)
-    return tensors[0]
-
-
 def _batch_shape(config: dict) -> list | None:
     for key in ("batch_shape", "batch_input_shape"):
         if config.get(key) is not None:
@@ -600,16 +616,30 @@ def _batch_shape(config: dict) -> list | None:
     return None
 
 
-def _refs(value: Any) -> list[tuple[str, int]]:
-    """Keras ``input_layers`` / ``output_layers``: one ``[name, node, index]`` or a list."""
+def _refs(value: Any) -> list[tuple[str, int, int]]:
+    """Keras ``input_layers`` / ``output_layers``: one ``[name, node, index]``, a list of
+    them, or a dict of them (Keras 3 dict inputs / outputs, in key order)."""
+    if isinstance(value, dict):
+        value = list(value.values())
     if isinstance(value, list) and value and isinstance(value[0], str):
         value = [value]
-    return [(str(v[0]), int(v[2])) for v in (value or [])]
+    return [(str(v[0]), int(v[1]), int(v[2])) for v in (value or [])]
 
 
-def _parse(config: dict, path: Any) -> tuple[str, list[KerasLayer], list | None, str | None,
-                                             list[tuple[str, int]] | None]:
-    """``(model name, layers, input batch shape, input layer name, outputs)``."""
+@dataclass
+class _Architecture:
+    """What :func:`_parse` reads from a model configuration."""
+
+    name: str
+    layers: list[KerasLayer]
+    input_shapes: list          # per model input: its batch shape (or None)
+    input_names: list[str]      # functional: the input layers; Sequential: []
+    outputs: list | None        # functional: (layer, call, tensor) per output; else None
+    output_names: list[str] | None = None
+    dict_outputs: bool = False  # the model was built with a dict of outputs
+
+
+def _parse(config: dict, path: Any) -> _Architecture:
     kind = config.get("class_name")
     body = config.get("config")
     if not isinstance(body, dict) or not isinstance(body.get("layers"), list):
@@ -622,7 +652,8 @@ def _parse(config: dict, path: Any) -> tuple[str, list[KerasLayer], list | None,
             raise WeightFormatError(f"malformed layer entry in the configuration: "
                                     f"{str(entry)[:200]}", path=path)
         layer_name = str(entry.get("name") or entry["config"].get("name"))
-        layers.append(KerasLayer(str(entry.get("class_name")), layer_name, entry["config"]))
+        layers.append(KerasLayer(str(entry.get("class_name")), layer_name, entry["config"],
+                                 operation=is_keras_operation(entry)))
     if kind == "Sequential":
         shape = None
         for layer in layers[:1]:
@@ -633,48 +664,29 @@ def _parse(config: dict, path: Any) -> tuple[str, list[KerasLayer], list | None,
             if k and layer.class_name == "InputLayer":
                 raise UnsupportedLayerError("InputLayer inside a Sequential model",
                                             path=path, layer=layer.name)
-        return model_name, layers, shape, None, None
+        return _Architecture(model_name, layers, [shape], [], None)
     if kind not in ("Functional", "Model"):
         raise UnsupportedLayerError(f"model class {kind!r} is not supported (Sequential or "
                                     f"functional models only; subclassed models have no "
                                     f"architecture to read)", path=path, layer=model_name)
     for entry, layer in zip(body["layers"], layers):
-        layer.inbound = _inbound(entry, path) if layer.class_name != "InputLayer" else None
+        layer.calls = parse_calls(entry, path) if layer.class_name != "InputLayer" else []
     inputs = _refs(body.get("input_layers"))
-    if len(inputs) != 1:
-        raise UnsupportedLayerError(f"the model has {len(inputs)} inputs; only one is "
-                                    f"supported", path=path, layer=model_name)
+    if not inputs:
+        raise WeightFormatError("the functional model lists no input layers", path=path)
     by_name = {layer.name: layer for layer in layers}
-    input_layer = by_name.get(inputs[0][0])
-    if input_layer is None:
-        raise WeightFormatError(f"input layer {inputs[0][0]!r} is not in the configuration",
-                                path=path)
-    return (model_name, layers, _batch_shape(input_layer.config), input_layer.name,
-            _refs(body.get("output_layers")))
-
-
-def _needed(layers: list[KerasLayer], outputs: list[tuple[str, int]], input_name: str,
-            path: Any) -> set[str]:
-    """The layers on a path from the input to an output (Keras 3 also lists the small ops
-    that compute masks; those feed only ``mask=`` arguments and are not needed)."""
-    by_name = {layer.name: layer for layer in layers}
-    needed: set[str] = set()
-    stack = [name for name, _ in outputs]
-    while stack:
-        name = stack.pop()
-        if name in needed:
-            continue
-        layer = by_name.get(name)
-        if layer is None:
-            raise WeightFormatError(f"layer {name!r} is referenced but not in the "
-                                    f"configuration", path=path)
-        needed.add(name)
-        if layer.inbound is not None:
-            stack.append(layer.inbound[0])
-        elif name != input_name:
-            raise UnsupportedLayerError(f"{layer.class_name} has no input and is not the "
-                                        f"model input", path=path, layer=name)
-    return needed
+    shapes = []
+    for name, _, _ in inputs:
+        if name not in by_name:
+            raise WeightFormatError(f"input layer {name!r} is not in the configuration",
+                                    path=path)
+        shapes.append(_batch_shape(by_name[name].config))
+    outputs = _refs(body.get("output_layers"))
+    output_layers = body.get("output_layers")
+    names = (list(output_layers) if isinstance(output_layers, dict)
+             else [f"{n}" + (f"[{t}]" if t else "") for n, _, t in outputs])
+    return _Architecture(model_name, layers, shapes, [name for name, _, _ in inputs],
+                         outputs, names, isinstance(output_layers, dict))
 
 
 def from_config(config: dict | str, weights: Any, *, keras_version: str | None = None,
@@ -714,12 +726,14 @@ def _from_config(config: dict | str, weights: Any, *, keras_version: str | None,
     keras_version = config.get("keras_version") or keras_version
     config, weights, saved_by = modernize(config, weights, keras_version=keras_version,
                                           backend=config.get("backend"))
-    model_name, layers, input_shape, input_name, outputs = _parse(config, path)
+    architecture = _parse(config, path)
+    layers = architecture.layers
 
     if isinstance(weights, Keras3Weights):
         used: dict[str, int] = {}
         for layer in layers:
-            layer.weight_group = keras3_group_name(layer.class_name, used)
+            if not layer.operation:  # keras.ops are not layers: no weights group
+                layer.weight_group = keras3_group_name(layer.class_name, used)
 
         def get_weights(layer: KerasLayer, parts: list[str]) -> list[tuple[str, np.ndarray]]:
             return weights.get(layer.weight_group or "", parts, layer.name)
@@ -738,51 +752,36 @@ def _from_config(config: dict | str, weights: Any, *, keras_version: str | None,
 
     ctx = _Context(saved_by.major, get_weights, path)
 
+    if architecture.outputs is None:
+        nodes, model_outputs = _sequential_nodes(ctx, layers)
+        return Model(nodes, model_outputs, input_shape=architecture.input_shapes[0],
+                     name=architecture.name)
+    keras3 = any(layer.calls and isinstance(entry.get("inbound_nodes", [None])[0], dict)
+                 for layer, entry in zip(layers, config["config"]["layers"]))
+    nodes, model_outputs = build_graph(
+        layers, architecture.input_names, architecture.outputs,
+        translate=lambda layer, call: _translate(ctx, layer, call),
+        output_count=_output_count, keras3=keras3, path=path)
+    return Model(nodes, model_outputs, input_shapes=architecture.input_shapes,
+                 input_names=architecture.input_names,
+                 output_names=architecture.output_names,
+                 dict_outputs=architecture.dict_outputs, name=architecture.name)
+
+
+def _sequential_nodes(ctx: _Context, layers: list[KerasLayer]
+                      ) -> tuple[list[Node], list[tuple[int, int]]]:
+    """A Sequential model: each layer reads the one before; masks travel along."""
     nodes: list[Node] = []
-    last_node: dict[str, int] = {}  # Keras layer -> its last fastgate node
-    passthrough: dict[str, tuple[int, int]] = {}  # identity layer -> what it passes on
-
-    def resolve(ref: tuple[str, int], consumer: str) -> tuple[int, int]:
-        name, index = ref
-        if name == input_name:
-            return (MODEL_INPUT, 0)
-        if name in passthrough:
-            return passthrough[name]
-        if name not in last_node:
-            raise WeightFormatError(f"layer {consumer!r} reads {name!r}, which comes later or "
-                                    f"is not a supported input", path=path, layer=consumer)
-        node = last_node[name]
-        if index >= _output_count(nodes[node].op):
-            raise WeightFormatError(f"layer {consumer!r} reads output {index} of {name!r}, "
-                                    f"which has {_output_count(nodes[node].op)}", path=path,
-                                    layer=consumer)
-        return (node, index)
-
-    sequential = outputs is None
-    needed = None if sequential else _needed(layers, outputs, input_name, path)
     previous: tuple[int, int] = (MODEL_INPUT, 0)
     for layer in layers:
-        if layer.class_name == "InputLayer" or (needed is not None and layer.name not in needed):
+        if layer.class_name == "InputLayer":
             continue
-        source = previous if sequential else resolve(layer.inbound, layer.name)
-        translated = _translate(ctx, layer)
-        if not translated:
-            passthrough[layer.name] = source
-            previous = source
-            continue
-        for suffix, op in translated:
-            nodes.append(Node(layer.name + suffix, op, source))
-            source = (len(nodes) - 1, 0)
-        last_node[layer.name] = len(nodes) - 1
-        previous = source
-    if sequential:
-        if previous[0] == MODEL_INPUT:
-            model_outputs = [previous]
-        else:
-            model_outputs = [(previous[0], k) for k in range(_output_count(nodes[-1].op))]
-    else:
-        model_outputs = [resolve(ref, "<model outputs>") for ref in outputs]
-    return Model(nodes, model_outputs, input_shape=input_shape, name=model_name)
+        for suffix, op in _translate(ctx, layer):
+            nodes.append(Node(layer.name + suffix, op, previous))
+            previous = (len(nodes) - 1, 0)
+    if previous[0] == MODEL_INPUT:
+        return nodes, [previous]
+    return nodes, [(previous[0], k) for k in range(_output_count(nodes[-1].op))]
 
 
 # ----------------------------------------------------------------------------- entry points

@@ -97,7 +97,8 @@ def open_hdf5(source: Any, path: Any) -> Any:
                 with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
                     _check_global_heaps(data, path)
         return h5py.File(source, "r")
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, OverflowError) as error:
+        # (h5py raises OverflowError for a superblock address beyond what fits in ssize_t)
         raise WeightFormatError(f"not a readable HDF5 file (truncated or corrupt?): {error}",
                                 path=path) from error
 
