@@ -121,3 +121,11 @@ def rng(request):
     """A NumPy generator seeded from the test's name (reproducible, distinct per test)."""
     seed = sum(map(ord, request.node.nodeid)) % (2**32)
     return np.random.default_rng(seed)
+
+
+def randomize(model, seed=0):
+    """Give a Keras model seeded random weights, ``normal(0, 0.3)`` in float32; returns it."""
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32)
+                       for w in model.get_weights()])
+    return model

@@ -26,11 +26,7 @@ L = keras.layers
 ATOL = 1e-5
 
 
-def randomize(model, seed=0):
-    rng = np.random.default_rng(seed)
-    model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32)
-                       for w in model.get_weights()])
-    return model
+from conftest import randomize  # noqa: E402
 
 
 def sequences(rng, batch=3, steps=5, width=3):

@@ -25,11 +25,7 @@ L = keras.layers
 ATOL = 1e-5  # float32 outputs of O(1)
 
 
-def randomize(model, seed):
-    rng = np.random.default_rng(seed)
-    model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32)
-                       for w in model.get_weights()])
-    return model
+from conftest import randomize  # noqa: E402
 
 
 def padded(rng, batch=4, steps=6, width=3, *, empty_row=False):

@@ -28,11 +28,7 @@ ATOL = 1e-5  # float32 outputs of O(1)
 FORMATS = ("keras", "h5", "weights_h5", "legacy_weights_h5", "live")
 
 
-def randomize(model: keras.Model, seed: int) -> keras.Model:
-    rng = np.random.default_rng(seed)
-    model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32)
-                       for w in model.get_weights()])
-    return model
+from conftest import randomize  # noqa: E402
 
 
 def float_inputs(rng, batch, steps, width, *, pad=True):
