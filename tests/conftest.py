@@ -129,3 +129,16 @@ def randomize(model, seed=0):
     model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32)
                        for w in model.get_weights()])
     return model
+
+
+def assert_same(actual, expected, what, atol=1e-5):
+    """A model's float32 outputs (one array or a list) equal Keras' ``expected`` within
+    ``atol`` (float32 outputs of O(1)), shape for shape."""
+    if isinstance(expected, (list, tuple)):
+        assert isinstance(actual, list) and len(actual) == len(expected), what
+        for k, (a, e) in enumerate(zip(actual, expected)):
+            assert_same(a, e, f"{what} output {k}", atol)
+        return
+    assert actual.dtype == np.float32, f"{what}: dtype {actual.dtype}"
+    assert actual.shape == expected.shape, f"{what}: {actual.shape} != {expected.shape}"
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=atol, err_msg=what)

@@ -150,14 +150,7 @@ def built(tmp_path_factory):
     return get
 
 
-def assert_same(actual, expected, what):
-    if isinstance(expected, (list, tuple)):
-        assert isinstance(actual, list) and len(actual) == len(expected), what
-        for k, (a, e) in enumerate(zip(actual, expected)):
-            assert_same(a, e, f"{what} output {k}")
-        return
-    assert actual.shape == expected.shape, f"{what}: {actual.shape} != {expected.shape}"
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=ATOL, err_msg=what)
+from conftest import assert_same  # noqa: E402
 
 
 @pytest.mark.parametrize("source", ["keras", "h5", "live"])
