@@ -8,7 +8,12 @@ A *plan* is data, the sequence of the kernel's passes with their parameters (FFT
   step first) or ``"blas"`` (one BLAS GEMM does, through SciPy, loaded only then);
 - ``split`` and ``threads``: one thread (``"none"``), threads over disjoint batch rows
   (``"batch"``, never synchronizing), or over the hidden units of every row (``"hidden"``,
-  meeting at a barrier after each step).
+  meeting at a barrier after each step);
+- ``rows``: how a thread walks its batch rows: ``"all"`` (each step computes every row,
+  then the next step) or ``"blocked"`` (rows in blocks whose per-row data (``x_t``, ``h``,
+  ``c``) fit in L2, each block through all steps before the next: a large batch's state then
+  stays in L2 instead of streaming from L3 at every step, while the weights stream once per
+  block and step; rows are independent, so this is exact).
 
 Every plan computes the same function (the compiled-vs-oracle tests run every candidate).
 Two modes choose one, per call:
@@ -39,44 +44,53 @@ import numpy as np
 from .backend import compiled_module
 from .errors import BackendError
 
-__all__ = ["Plan", "Explanation", "INPUT_MODES", "SPLITS", "set_mode", "get_mode",
+__all__ = ["Plan", "Explanation", "INPUT_MODES", "SPLITS", "ROWS", "set_mode", "get_mode",
            "explain", "candidates", "save", "load", "clear"]
 
 #: The kernel's input modes (constants.h FG_INPUT_*).
 INPUT_MODES = {"in_step": 0, "packed": 1, "blas": 2}
 #: The kernel's thread splits (constants.h FG_SPLIT_*).
 SPLITS = {"none": 0, "batch": 1, "hidden": 2}
+#: The kernel's row orders (constants.h FG_ROWS_*).
+ROWS = {"all": 0, "blocked": 1}
 _INPUT_NAMES = {code: name for name, code in INPUT_MODES.items()}
 _SPLIT_NAMES = {code: name for name, code in SPLITS.items()}
+_ROW_NAMES = {code: name for name, code in ROWS.items()}
 
 
 @dataclass(frozen=True)
 class Plan:
-    """One way to run a call: the input pass of the first and later layers, and the thread
-    split (see the module docstring)."""
+    """One way to run a call: the input pass of the first and later layers, the thread
+    split and the row order (see the module docstring)."""
 
     first_input: str
     later_input: str
     split: str
     threads: int
+    rows: str = "all"
 
     @classmethod
     def from_codes(cls, codes: tuple) -> "Plan":
-        """The plan of the kernel's code tuple ``(first, later, split, threads)``."""
-        first, later, split, threads = codes
-        return cls(_INPUT_NAMES[first], _INPUT_NAMES[later], _SPLIT_NAMES[split], int(threads))
+        """The plan of the kernel's code tuple ``(first, later, split, threads, rows)`` (a
+        4-tuple, as plan files written before the row order existed hold: all rows)."""
+        first, later, split, threads, *rows = codes
+        if len(rows) > 1:
+            raise ValueError(f"a plan has 4 or 5 codes, not {len(codes)}")
+        return cls(_INPUT_NAMES[first], _INPUT_NAMES[later], _SPLIT_NAMES[split], int(threads),
+                   _ROW_NAMES[rows[0] if rows else 0])
 
     def codes(self) -> tuple:
         """The kernel's code tuple of this plan."""
         return (INPUT_MODES[self.first_input], INPUT_MODES[self.later_input],
-                SPLITS[self.split], self.threads)
+                SPLITS[self.split], self.threads, ROWS[self.rows])
 
     def __str__(self) -> str:
         inputs = (self.first_input if self.first_input == self.later_input
                   else f"{self.first_input}, then {self.later_input}")
         threads = "1 thread" if self.split == "none" else f"{self.threads} threads " \
                                                             f"split over the {self.split}"
-        return f"x W {inputs}; {threads}"
+        rows = "; rows in L2-sized blocks" if self.rows == "blocked" else ""
+        return f"x W {inputs}; {threads}{rows}"
 
 
 @dataclass(frozen=True)
@@ -209,9 +223,15 @@ def _estimate_reason(plan: Any, chosen: Plan, steps: int, batch: int, masked: bo
         threads = ("one thread (a call under "
                    f"{limits['threading_min_work']:.0e} multiply-adds, a batch of fewer "
                    f"than two register tiles, or one thread configured)")
+    if chosen.rows == "blocked":
+        rows = (f"; each thread's rows make at least {limits['row_blocks_min']:g} blocks of "
+                f"{limits['row_block_bytes'] // 1024} KB of state: block by block through all "
+                f"steps")
+    else:
+        rows = ""
     mode = kernels.planning()
     note = "" if mode == "estimate" else " (measure mode: not measured yet, or a tiny call)"
-    return f"cost model{note}: {inputs}; {threads}"
+    return f"cost model{note}: {inputs}; {threads}{rows}"
 
 
 def save(path: str | os.PathLike) -> None:
@@ -239,7 +259,7 @@ def load(path: str | os.PathLike) -> int:
         try:
             key = tuple(entry["shape_class"])
             plan = Plan.from_codes(tuple(entry["plan"])).codes()
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, IndexError) as error:
             raise ValueError(f"{os.fspath(path)}: a malformed entry ({error})") from None
         loaded[key] = {"plan": plan, "timings": []}
     cache.update(loaded)

@@ -49,6 +49,7 @@ def test_activation_codes_agree():
 def test_plan_codes_agree():
     assert constants()["input_modes"] == plans.INPUT_MODES
     assert constants()["splits"] == plans.SPLITS
+    assert constants()["rows"] == plans.ROWS
 
 
 def test_isa_names_agree():

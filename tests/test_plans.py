@@ -36,10 +36,11 @@ CASES = [
 ]
 
 #: Every plan the tests try: 3 x 3 input modes x (one thread, 2 threads over the batch,
-#: 2 threads over the hidden units).
-ALL_PLANS = [plans.Plan(first, later, split, threads)
+#: 2 threads over the hidden units) x (all rows at once, in row blocks).
+ALL_PLANS = [plans.Plan(first, later, split, threads, rows)
              for first, later in itertools.product(plans.INPUT_MODES, repeat=2)
-             for split, threads in (("none", 1), ("batch", 2), ("hidden", 2))]
+             for split, threads in (("none", 1), ("batch", 2), ("hidden", 2))
+             for rows in plans.ROWS]
 
 
 def build(case, dtype, seed=5):
@@ -84,7 +85,7 @@ def refusal_expected(layer, plan, batch, masked):
             layer.num_layers > 1 and plan.later_input == "packed")
         return packed or plan.threads > batch
     if plan.split == "hidden":
-        return (masked or layer.output_size != layer.hidden_size
+        return (masked or plan.rows == "blocked" or layer.output_size != layer.hidden_size
                 or (layer.cell == "gru" and not layer.reset_after))
     return False
 
@@ -113,7 +114,77 @@ def test_every_plan_matches_the_oracle(case, dtype):
         for actual, expected in zip((h_n, c_n), expected_states):
             assert_close(actual, expected, dtype, scale_with_value=True,
                          what=f"state, {plan}")
-    assert ran >= 9  # at least every input mode pair on one thread
+    assert ran >= 18  # at least every input mode pair and row order on one thread
+
+
+#: Shapes for the blocked row order with its block size shrunk (small_row_blocks): several
+#: row blocks, partial tiles, every pass.
+BLOCKED_CASES = [
+    dict(cell="lstm", hidden=37, batch=29, steps=5),
+    dict(cell="lstm", hidden=21, batch=23, steps=4, proj=13, masked=True),
+    dict(cell="lstm", hidden=18, batch=19, steps=3, layers=2, bidirectional=True),
+    dict(cell="gru", hidden=35, batch=26, steps=4, masked=True),
+    dict(cell="gru", hidden=29, batch=21, steps=4, reset_after=False, masked=True),
+    dict(cell="rnn", hidden=45, batch=17, steps=5, bidirectional=True),
+]
+
+
+@pytest.fixture
+def small_row_blocks():
+    """Row blocks of 2 KB of per-row data: a few rows each on the shapes above."""
+    kernels = fastgate._kernels.recurrent
+    previous = kernels.set_row_block_bytes(2048)
+    try:
+        yield
+    finally:
+        kernels.set_row_block_bytes(previous)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", BLOCKED_CASES,
+                         ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_row_blocks_match_the_oracle(case, dtype, small_row_blocks):
+    layer, x, lengths = build(case, dtype)
+    expected_out, expected_states = oracle(layer, x, lengths)
+    for first, later in [("in_step", "in_step"), ("packed", "blas"), ("blas", "in_step")]:
+        for split, threads in (("none", 1), ("batch", 2)):
+            plan = plans.Plan(first, later, split, threads, "blocked")
+            if refusal_expected(layer, plan, x.shape[1], lengths is not None):
+                continue
+            out, h_n, c_n = run_plan(layer, x, lengths, plan)
+            assert_close(out, expected_out, dtype, scale_with_value=True, what=f"out, {plan}")
+            for actual, expected in zip((h_n, c_n), expected_states):
+                assert_close(actual, expected, dtype, scale_with_value=True,
+                             what=f"state, {plan}")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_row_blocks_with_ragged_lengths_match_the_oracle(cell, small_row_blocks):
+    """Sorted sequences shrink the active batch across row blocks (the estimate takes row
+    blocks at this batch with the block size shrunk), batch-major."""
+    rng = np.random.default_rng(4)
+    weights = random_cell_weights(cell, 9, 40, bidirectional=True, rng=rng, scale=0.2,
+                                  dtype=np.float32)
+    layer = LAYERS[cell](weights, bidirectional=True, batch_first=True)
+    x = rng.normal(size=(40, 11, 9)).astype(np.float32)
+    lengths = rng.integers(0, 12, size=40)
+    assert plans.explain(layer, x, lengths=lengths).plan.rows == "blocked"
+    with fastgate.use_backend("python"):
+        expected_out, expected_state = layer(x, lengths=lengths)
+    out, final = layer(x, lengths=lengths)
+    assert_close(out, expected_out, np.float32, what="outputs")
+    for actual, expected in zip(*(((f,) if cell != "lstm" else f)
+                                  for f in (final, expected_state))):
+        assert_close(actual, expected, np.float32, what="final state")
+
+
+def test_the_estimate_takes_row_blocks_for_large_batches_only():
+    layer = fastgate.LSTM.random(64, 256)
+    large = plans.explain(layer, np.zeros((2, 4000, 64), np.float32))
+    assert large.plan.rows == "blocked" and "block by block" in large.reason
+    assert "rows in L2-sized blocks" in str(large.plan)
+    for batch in (1, 32, 256):  # the benchmark shapes' batches keep all rows at once
+        assert plans.explain(layer, np.zeros((2, batch, 64), np.float32)).plan.rows == "all"
 
 
 def test_the_estimate_is_a_candidate_and_candidates_run():
@@ -138,7 +209,13 @@ def test_a_plan_the_kernel_cannot_run_is_refused():
                             None, False, False, 0, True, (0, 0, 0, 2))
     with pytest.raises(ValueError, match="input mode"):
         layer._plan.forward(x, *(np.zeros(s, np.float32) for s in _state_shapes(layer, 2)),
-                            None, False, False, 0, True, (7, 0, 0, 1))
+                            None, False, False, 0, True, (7, 0, 0, 1, 0))
+    with pytest.raises(ValueError, match="unknown row order"):
+        layer._plan.forward(x, *(np.zeros(s, np.float32) for s in _state_shapes(layer, 2)),
+                            None, False, False, 0, True, (0, 0, 0, 1, 2))
+    layer, x, _ = build(dict(cell="lstm", hidden=16, batch=2, steps=3), np.float32)
+    with pytest.raises(ValueError, match="hidden split runs all rows"):
+        run_plan(layer, x, None, plans.Plan("in_step", "in_step", "hidden", 2, "blocked"))
 
 
 def test_explain_in_estimate_mode_gives_the_cost_model_and_its_reason():
@@ -207,6 +284,10 @@ def test_a_malformed_plan_file_is_refused(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"fastgate_plans": 1, "entries": [{"shape_class": [1],
                                                                   "plan": [9, 0, 0, 1]}]}))
+    with pytest.raises(ValueError, match="malformed"):
+        plans.load(path)
+    path.write_text(json.dumps({"fastgate_plans": 1, "entries": [{"shape_class": [1],
+                                                                  "plan": [0, 0, 0, 1, 5]}]}))
     with pytest.raises(ValueError, match="malformed"):
         plans.load(path)
     path.write_text("[]")

@@ -29,6 +29,7 @@ typedef struct {
     void *projected_input;          /* (T*B, G*H) x W of every row (FG_INPUT_PACKED: the
                                        kernel's input pass writes it first; FG_INPUT_BLAS:
                                        the caller did), unused in step */
+    int row_blocking;               /* FG_ROWS_*: rows all at once or in L2-sized blocks */
     int zero_state;                 /* h starts at zero and U is finite: the first step
                                        skips h U (exactly 0) */
     const void *bias;               /* (G*H,): b_i + b_h, except the GRU reset-after n gate */
@@ -79,6 +80,10 @@ typedef struct {
 #define FG_BARRIER() ((void)0)
 #define FG_THREAD_ID(thread, count) ((void)0)
 #endif
+
+/* The bytes of a row block of FG_ROWS_BLOCKED (constants.h; tests shrink it to run many
+ * blocks on small shapes: recurrent.set_row_block_bytes). */
+static ptrdiff_t fg_row_block_bytes = FG_L2_ROWS_BYTES;
 
 /* ------------------------------------------------------------------- instantiations */
 /* The cell families of a pass's epilogue (packed_step.h): LSTM, GRU reset-after, GRU

@@ -943,15 +943,10 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(end_step)(const fg_direction *d,
     st->t_previous = st->t;
 }
 
-/* Runs batch rows [row_begin, row_end) of one direction over every step: the passes in
- * order. Rows are independent: threads given disjoint row ranges share nothing and never
- * synchronize. Threads may instead split the hidden blocks (d->block_end > 0: this call
- * computes blocks [d->block_begin, d->block_end) of every row); each step then reads the h
- * that the others wrote, so with d->synchronize they meet at a barrier after every step.
- * The caller splits blocks only without a mask, a projection or a GRU reset-before, whose
- * steps read whole rows of what the cells just wrote. */
-static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t row_begin,
-                                             ptrdiff_t row_end)
+/* Runs batch rows [row_begin, row_end) of one direction over every step: the passes of
+ * each step in order (after the input pass of all rows, run_direction). */
+static FG_TARGET void FG_NAME(run_rows)(const fg_direction *d, ptrdiff_t row_begin,
+                                        ptrdiff_t row_end)
 {
     FG_NAME(pass_context) x;
     FG_NAME(step_state) st;
@@ -961,8 +956,6 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
     st.h_previous = (FG_T *)d->h;
     st.h_next = (FG_T *)d->h_spare;
     st.hp_stride = st.hn_stride = d->width;
-    if (d->input_mode == FG_INPUT_PACKED)
-        FG_NAME(input_pass)(&x);
     for (s = 0; s < d->steps; s++) {
         FG_NAME(begin_step)(&x, &st, s);
         FG_NAME(gates_pass)(&x, &st);
@@ -978,6 +971,43 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
         }
     }
     FG_NAME(final_state_pass)(&x, &st);
+}
+
+/* Rows per block of FG_ROWS_BLOCKED: as many whole tiles as fit fg_row_block_bytes of
+ * what a step reads and writes per row (x_t, h, h', c, x W; cell_out / gate_buffer). */
+static FG_TARGET ptrdiff_t FG_NAME(row_block_rows)(const fg_direction *d, ptrdiff_t mr)
+{
+    const ptrdiff_t gates_width = FG_GATES(d->cell) * d->hidden;
+    const ptrdiff_t per_row = (d->input_mode == FG_INPUT_IN_STEP ? d->input_width
+                                                                  : gates_width)
+                              + 2 * d->width + 2 * d->hidden;
+    const ptrdiff_t rows = fg_row_block_bytes / (per_row * (ptrdiff_t)sizeof(FG_T));
+    return rows > mr ? rows / mr * mr : mr;
+}
+
+/* Runs batch rows [row_begin, row_end) of one direction: the packed input pass (of every
+ * row: the caller runs it on one thread or a hidden split), then the steps of the rows all
+ * at once, or with FG_ROWS_BLOCKED block by block (rows are independent). Threads given
+ * disjoint row ranges share nothing and never synchronize. Threads may instead split the
+ * hidden blocks (d->block_end > 0: this call computes blocks [d->block_begin, d->block_end)
+ * of every row); each step then reads the h that the others wrote, so with d->synchronize
+ * they meet at a barrier after every step. The caller splits blocks only without a mask, a
+ * projection or a GRU reset-before, whose steps read whole rows of what the cells just
+ * wrote, and without row blocks. */
+static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t row_begin,
+                                             ptrdiff_t row_end)
+{
+    FG_NAME(pass_context) x;
+    ptrdiff_t block_rows = row_end - row_begin, b;
+    if (d->input_mode == FG_INPUT_PACKED || d->row_blocking == FG_ROWS_BLOCKED) {
+        FG_NAME(pass_context_init)(&x, d, row_begin, row_end);
+        if (d->input_mode == FG_INPUT_PACKED)
+            FG_NAME(input_pass)(&x);
+        if (d->row_blocking == FG_ROWS_BLOCKED)
+            block_rows = FG_NAME(row_block_rows)(d, x.mr);
+    }
+    for (b = row_begin; b < row_end; b += block_rows)
+        FG_NAME(run_rows)(d, b, row_end - b < block_rows ? row_end : b + block_rows);
 }
 
 #undef FG_IS_VALID

@@ -46,6 +46,7 @@ cdef extern from "constants.h" nogil:
         FG_ELU_ALPHA
         FG_INPUT_IN_STEP, FG_INPUT_PACKED, FG_INPUT_BLAS
         FG_SPLIT_NONE, FG_SPLIT_BATCH, FG_SPLIT_HIDDEN
+        FG_ROWS_ALL, FG_ROWS_BLOCKED, FG_L2_ROWS_BYTES
         FG_ISA_BASE, FG_ISA_AVX2, FG_ISA_AVX512
         FG_BASE_VBYTES, FG_BASE_ACC, FG_AVX2_VBYTES, FG_AVX2_ACC
         FG_AVX512_VBYTES, FG_AVX512_ACC, FG_MAX_ACC, FG_MAX_TILE_ROWS, FG_MAX_THREADS
@@ -59,6 +60,7 @@ cdef extern from "fused.h" nogil:
         Py_ssize_t input_width
         int input_mode
         void *projected_input
+        int row_blocking
         int zero_state
         const void *bias
         const void *new_gate_bias
@@ -83,6 +85,7 @@ cdef extern from "fused.h" nogil:
         double clip
         int input_forget
     int fg_isa()
+    Py_ssize_t fg_row_block_bytes
     Py_ssize_t fg_block_width(int is_double)
     Py_ssize_t fg_tile_rows(int gates)
     void fg_run_direction_f(const fg_direction *d, Py_ssize_t row_begin, Py_ssize_t row_end)
@@ -113,6 +116,10 @@ cdef Py_ssize_t FUSED_INPUT_MAX_WIDTH = 16
 #: LSTM, x W 25 ms in the packed kernel vs 9.6 ms sgemm; B=256, T=50, D=256, H=512, 317 vs
 #: 129 ms), while with AVX2/AVX-512 the packed kernel is 1.5-2x faster than OpenBLAS.
 cdef int PACKED_INPUT_MIN_ISA = 1
+#: From this many row blocks per thread on (FG_ROWS_BLOCKED, blocks of FG_L2_ROWS_BYTES),
+#: a thread runs its rows block by block through all steps (each block's state stays in L2;
+#: the weights stream once per block and step).
+cdef double ROW_BLOCKS_MIN = 3.0
 #: The process's kernel thread count (fastgate.threads; 0: not read yet), and whether
 #: threads may split the hidden units at all (only when threads were asked for explicitly).
 # Arrays per layer direction in a PreparedWeights (see prepare).
@@ -167,6 +174,7 @@ def kernel_constants():
         "input_modes": {"in_step": FG_INPUT_IN_STEP, "packed": FG_INPUT_PACKED,
                         "blas": FG_INPUT_BLAS},
         "splits": {"none": FG_SPLIT_NONE, "batch": FG_SPLIT_BATCH, "hidden": FG_SPLIT_HIDDEN},
+        "rows": {"all": FG_ROWS_ALL, "blocked": FG_ROWS_BLOCKED},
         "isas": {"base": FG_ISA_BASE, "avx2": FG_ISA_AVX2, "avx512": FG_ISA_AVX512},
         "limits": {"base_vector_bytes": FG_BASE_VBYTES, "base_accumulators": FG_BASE_ACC,
                    "avx2_vector_bytes": FG_AVX2_VBYTES, "avx2_accumulators": FG_AVX2_ACC,
@@ -174,6 +182,16 @@ def kernel_constants():
                    "avx512_accumulators": FG_AVX512_ACC, "max_accumulators": FG_MAX_ACC,
                    "max_tile_rows": FG_MAX_TILE_ROWS, "max_threads": FG_MAX_THREADS},
     }
+
+
+def set_row_block_bytes(Py_ssize_t size):
+    """Set the bytes of a row block of the blocked row order (0: constants.h's
+    FG_L2_ROWS_BYTES) and return the previous value. Tests shrink it so that small shapes
+    run many row blocks."""
+    global fg_row_block_bytes
+    previous = fg_row_block_bytes
+    fg_row_block_bytes = size if size > 0 else FG_L2_ROWS_BYTES
+    return previous
 
 
 def isa():
@@ -586,7 +604,7 @@ cdef class LayerPlan:
         them), the estimate's first; tuples as :meth:`estimate` returns."""
         cdef CallPlan call
         cdef list plans = []
-        cdef int first, later, split, threads
+        cdef int first, later, split, threads, rows
         cdef tuple modes = (FG_INPUT_IN_STEP, FG_INPUT_PACKED, FG_INPUT_BLAS)
         num_threads = self._threads(num_threads)
         plans.append(_plan_tuple(_estimate(self, steps, batch, masked, True, num_threads)))
@@ -595,12 +613,15 @@ cdef class LayerPlan:
                 for split, threads in ((FG_SPLIT_NONE, 1),
                                        (FG_SPLIT_BATCH, min(num_threads, batch)),
                                        (FG_SPLIT_HIDDEN, num_threads)):
-                    call.first_input, call.later_input = first, later
-                    call.split, call.threads = split, threads
-                    if (_plan_problem(self, call, batch, masked) is None
-                            and (split != FG_SPLIT_HIDDEN or hidden_split_allowed)
-                            and _plan_tuple(call) not in plans):
-                        plans.append(_plan_tuple(call))
+                    for rows in (FG_ROWS_ALL, FG_ROWS_BLOCKED):
+                        call.first_input, call.later_input = first, later
+                        call.split, call.threads, call.rows = split, threads, rows
+                        if (_plan_problem(self, call, batch, masked) is None
+                                and (split != FG_SPLIT_HIDDEN or hidden_split_allowed)
+                                and (rows == FG_ROWS_ALL
+                                     or batch >= 2 * _row_block_rows(self, first))
+                                and _plan_tuple(call) not in plans):
+                            plans.append(_plan_tuple(call))
         return plans
 
     def shape_class(self, Py_ssize_t steps, Py_ssize_t batch, bint masked=False,
@@ -714,6 +735,7 @@ cdef struct CallPlan:
     int later_input     # FG_INPUT_* of the layers after it
     int split           # FG_SPLIT_*
     int threads         # threads of the split (1 with FG_SPLIT_NONE)
+    int rows            # FG_ROWS_*: the batch rows all at once or in blocks
 
 cdef enum:
     PLAN_ESTIMATE = 0
@@ -752,6 +774,7 @@ def estimate_thresholds():
     return dict(threading_min_work=THREADING_MIN_WORK,
                 split_min_step_work=SPLIT_MIN_STEP_WORK,
                 fused_input_min_batch=FUSED_INPUT_MIN_BATCH,
+                row_blocks_min=ROW_BLOCKS_MIN, row_block_bytes=fg_row_block_bytes,
                 fused_input_max_width=FUSED_INPUT_MAX_WIDTH,
                 packed_input_min_isa=PACKED_INPUT_MIN_ISA,
                 measure_min_work=MEASURE_MIN_WORK, measure_budget=MEASURE_BUDGET)
@@ -804,7 +827,23 @@ cdef CallPlan _estimate(LayerPlan plan, Py_ssize_t steps, Py_ssize_t batch, bint
                             or (steps == 1 and zero_state) else FG_INPUT_PACKED)
     if plan.num_layers == 1:
         call.later_input = call.first_input   # (one name per plan)
+    # Row blocks where a thread's rows make several.
+    call.rows = (FG_ROWS_BLOCKED
+                 if call.split != FG_SPLIT_HIDDEN
+                 and batch >= ROW_BLOCKS_MIN * call.threads
+                              * _row_block_rows(plan, call.first_input)
+                 else FG_ROWS_ALL)
     return call
+
+
+cdef Py_ssize_t _row_block_rows(LayerPlan plan, int first_input) noexcept nogil:
+    # about the rows of a row block of the first layer (packed_step.h row_block_rows, which
+    # also rounds them to whole tiles)
+    cdef Py_ssize_t item = sizeof(double) if plan.is_double else sizeof(float)
+    cdef Py_ssize_t per_row = ((plan.input_size if first_input == FG_INPUT_IN_STEP
+                                else plan.gate_count * plan.hidden)
+                               + 2 * plan.width + 2 * plan.hidden)
+    return max(1, fg_row_block_bytes // (per_row * item))
 
 
 cdef object _plan_problem(LayerPlan plan, CallPlan call, Py_ssize_t batch, bint masked):
@@ -813,6 +852,10 @@ cdef object _plan_problem(LayerPlan plan, CallPlan call, Py_ssize_t batch, bint 
     for mode in (call.first_input, call.later_input):
         if mode not in (FG_INPUT_IN_STEP, FG_INPUT_PACKED, FG_INPUT_BLAS):
             return f"unknown input mode {mode}"
+    if call.rows not in (FG_ROWS_ALL, FG_ROWS_BLOCKED):
+        return f"unknown row order {call.rows}"
+    if call.rows == FG_ROWS_BLOCKED and call.split == FG_SPLIT_HIDDEN:
+        return "a hidden split runs all rows at once (its threads meet after every step)"
     if call.split == FG_SPLIT_NONE:
         return None if call.threads == 1 else "one thread without a split"
     if call.split == FG_SPLIT_BATCH:
@@ -834,12 +877,15 @@ cdef object _plan_problem(LayerPlan plan, CallPlan call, Py_ssize_t batch, bint 
 
 
 cdef tuple _plan_tuple(CallPlan call):
-    return (call.first_input, call.later_input, call.split, call.threads)
+    return (call.first_input, call.later_input, call.split, call.threads, call.rows)
 
 
 cdef CallPlan _plan_from_tuple(object plan) except *:
+    # (first, later, split, threads, rows), or without the row order: all rows at once
     cdef CallPlan call
-    call.first_input, call.later_input, call.split, call.threads = plan
+    if len(plan) == 4:
+        plan = tuple(plan) + (FG_ROWS_ALL,)
+    call.first_input, call.later_input, call.split, call.threads, call.rows = plan
     return call
 
 
@@ -912,6 +958,7 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
     _direction_constants(plan, &direction_args, steps, batch, batch_major, mask,
                          hold_masked_output, workspace)
     direction_args.active_rows = active
+    direction_args.row_blocking = call.rows
 
     layer_input = x
     for layer in range(plan.num_layers):
