@@ -436,26 +436,27 @@ class RecurrentLayer:
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The compiled forward pass of sequences of ``lengths`` (``mask`` their valid
         steps): sorted longest first, so that step ``t`` computes only the sequences still
-        running (the active batch shrinks as they end), then put back in their order."""
+        running (the active batch shrinks as they end); the kernel writes the outputs back
+        in the caller's order (``output_rows``), the final states are put back here."""
         lengths = np.asarray(lengths).astype(np.int64)
         order = np.argsort(-lengths, kind="stable")
         batch_axis = 0 if self.batch_first else 1
         sorted_already = bool(np.all(order == np.arange(len(order))))
+        output_rows = None
         if not sorted_already:
             x = np.take(x, order, axis=batch_axis)
             mask = mask[:, order]
             h0 = np.ascontiguousarray(h0[:, order])
             c0 = None if c0 is None else np.ascontiguousarray(c0[:, order])
-        steps = mask.shape[0]
+            output_rows = order.astype(np.intp)
         active_rows = np.count_nonzero(mask, axis=1).astype(np.intp)
         out = self._plan.forward(np.ascontiguousarray(x), h0, c0,
                                  np.ascontiguousarray(mask, dtype=np.uint8), self.batch_first,
-                                 False, 0, False, None, active_rows)
+                                 False, 0, False, None, active_rows, output_rows)
         if sorted_already:
             return out, h0, c0
         inverse = np.argsort(order)
-        return (np.take(out, inverse, axis=batch_axis), h0[:, inverse],
-                None if c0 is None else c0[:, inverse])
+        return out, h0[:, inverse], None if c0 is None else c0[:, inverse]
 
     def _run_compiled(self, x: np.ndarray, steps: int, batch: int, h0: np.ndarray,
                       c0: np.ndarray | None, mask: np.ndarray | None, batch_major: bool,

@@ -357,6 +357,48 @@ def test_ragged_batches_shrink_the_active_batch_and_match_the_oracle(cell):
         assert_close(actual, expected, np.float32, what="final state")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_sorted_rows_written_in_the_callers_order_on_every_plan(cell, dtype):
+    """The ragged kernel entry: rows sorted longest first, outputs written back to the
+    caller's rows (output_rows), 2 threads splitting the rows by work, both row orders."""
+    rng = np.random.default_rng(8)
+    layer = LAYERS[cell](random_cell_weights(cell, 7, 26, num_layers=2, bidirectional=True,
+                                             rng=rng, scale=0.25, dtype=dtype),
+                         bidirectional=True, dtype=dtype)
+    steps, batch = 9, 23
+    x = rng.normal(size=(steps, batch, 7)).astype(dtype)
+    lengths = rng.integers(0, steps + 1, size=batch)
+    expected_out, expected_states = oracle(layer, x, lengths)
+    order = np.argsort(-lengths, kind="stable").astype(np.intp)
+    mask = (np.arange(steps)[:, None] < lengths[order][None, :]).astype(np.uint8)
+    active = np.count_nonzero(mask, axis=1).astype(np.intp)
+    for plan in [plans.Plan("in_step", "in_step", "none", 1),
+                 plans.Plan("in_step", "blas", "batch", 2),
+                 plans.Plan("blas", "in_step", "batch", 2, "blocked")]:
+        h0, c0 = (np.zeros(s, dtype) if s is not None else None
+                  for s in _state_shapes(layer, batch))
+        out = layer._plan.forward(np.ascontiguousarray(x[:, order]), h0, c0, mask, False,
+                                  False, 0, True, plan.codes(), active, order)
+        assert_close(out, expected_out, dtype, what=f"out, {plan}")
+        inverse = np.argsort(order)
+        for actual, expected in zip((h0, c0), expected_states):
+            assert_close(actual[:, inverse], expected, dtype, what=f"state, {plan}")
+
+
+def test_output_rows_must_be_a_permutation_with_active_rows():
+    layer, x, _ = build(dict(cell="gru", hidden=8, batch=3, steps=4), np.float32)
+    h0 = np.zeros((1, 3, 8), np.float32)
+    mask = np.ones((4, 3), np.uint8)
+    active = np.full(4, 3, np.intp)
+    with pytest.raises(ValueError, match="not a permutation"):
+        layer._plan.forward(x, h0, None, mask, False, False, 0, True, None, active,
+                            np.array([0, 2, 2], np.intp))
+    with pytest.raises(ValueError, match="with active_rows"):
+        layer._plan.forward(x, h0, None, mask, False, False, 0, True, None, None,
+                            np.array([0, 1, 2], np.intp))
+
+
 def test_active_rows_must_agree_with_the_mask():
     layer, x, _ = build(dict(cell="gru", hidden=8, batch=3, steps=4), np.float32)
     h0 = np.zeros((1, 3, 8), np.float32)

@@ -47,6 +47,9 @@ typedef struct {
     const ptrdiff_t *active_rows;   /* (T,): with rows sorted by length, longest first, the
                                        valid rows of step t are [0, active_rows[t]): the
                                        product and cells skip the others; or NULL */
+    const ptrdiff_t *output_rows;   /* (B,): with a mask, row b's outputs go to batch row
+                                       output_rows[b] of `out` (sorted rows back in the
+                                       caller's order); NULL: to row b */
     void *out;                      /* output rows, already offset to this direction */
     ptrdiff_t out_width;
     ptrdiff_t block_begin;          /* with block_end > 0: compute only the hidden blocks */

@@ -869,23 +869,24 @@ static FG_TARGET void FG_NAME(projection_pass)(const FG_NAME(pass_context) *x,
 }
 
 /* mask_pass (with a mask): masked rows keep their state; outputs are h', or 0 / the
- * previous output where masked (hold_masked_output). */
+ * previous output where masked (hold_masked_output), in batch row output_rows[b] if given. */
 static FG_TARGET void FG_NAME(mask_pass)(const FG_NAME(pass_context) *x,
                                          const FG_NAME(step_state) *st)
 {
     const fg_direction *d = x->d;
     const ptrdiff_t P = x->P;
     FG_T *out = (FG_T *)d->out;
-    ptrdiff_t b;
+    ptrdiff_t b, row;
     for (b = x->row_begin; b < x->row_end; b++) {
-        FG_T *out_row = out + (st->t * d->step_stride + b * d->batch_stride) * d->out_width;
+        row = d->output_rows != NULL ? d->output_rows[b] : b;
+        FG_T *out_row = out + (st->t * d->step_stride + row * d->batch_stride) * d->out_width;
         if (FG_IS_VALID(st, b)) {
             memcpy(out_row, st->h_next + b * P, P * sizeof(FG_T));
             continue;
         }
         memcpy(st->h_next + b * P, st->h_previous + b * P, P * sizeof(FG_T));
         if (d->hold_masked_output && st->t_previous >= 0)
-            memcpy(out_row, out + (st->t_previous * d->step_stride + b * d->batch_stride)
+            memcpy(out_row, out + (st->t_previous * d->step_stride + row * d->batch_stride)
                                   * d->out_width, P * sizeof(FG_T));
         else
             memset(out_row, 0, P * sizeof(FG_T));

@@ -75,6 +75,7 @@ cdef extern from "fused.h" nogil:
         void *gate_buffer
         const unsigned char *mask
         const Py_ssize_t *active_rows
+        const Py_ssize_t *output_rows
         void *out
         Py_ssize_t out_width
         Py_ssize_t block_begin, block_end
@@ -342,6 +343,24 @@ cdef bint _rows_prefix_valid(const Py_ssize_t *active, const unsigned char *mask
     return True
 
 
+cdef struct SortedRows:
+    # a ragged call's rows, sorted by length, longest first (fastgate.layers._run_ragged)
+    const Py_ssize_t *active   # (T,): the valid rows of step t are [0, active[t])
+    const Py_ssize_t *output   # (B,) or NULL: row b's outputs go to batch row output[b]
+
+
+cdef bint _is_permutation(const Py_ssize_t *order, Py_ssize_t n):
+    # whether order[:n] holds each of 0 .. n - 1 once
+    cdef bytearray seen = bytearray(n)
+    cdef unsigned char *marks = seen
+    cdef Py_ssize_t i
+    for i in range(n):
+        if order[i] < 0 or order[i] >= n or marks[order[i]]:
+            return False
+        marks[order[i]] = 1
+    return True
+
+
 cdef inline bint _is_c_array(object array, int ndim, int typenum):
     # an ndarray (not a subclass) of ndim dimensions and dtype typenum, C-contiguous
     return (type(array) is cnp.ndarray
@@ -525,7 +544,8 @@ cdef class LayerPlan:
         return y, ((h, c) if self.cell == FG_CELL_LSTM else h)
 
     def forward(self, x, h_state, c_state, mask, bint batch_major, bint hold_masked_output,
-                int num_threads=0, bint zero_state=False, plan=None, active_rows=None):
+                int num_threads=0, bint zero_state=False, plan=None, active_rows=None,
+                output_rows=None):
         """Run the layer on ``x`` ``(T, B, D)`` (``(B, T, D)`` if ``batch_major``); returns
         the outputs, in ``x``'s layout.
 
@@ -538,12 +558,16 @@ cdef class LayerPlan:
         :meth:`estimate` returns (``ValueError`` if the kernel cannot run it); by default
         the planner chooses (:mod:`fastgate.plans`). ``active_rows``, with a mask whose
         valid rows at step ``t`` are ``[0, active_rows[t])`` (sequences sorted by length,
-        longest first), is that ``(T,)`` intp array: then a step computes only those rows.
+        longest first), is that ``(T,)`` intp array: then a step computes only those rows;
+        with it, ``output_rows`` (a permutation of the batch, ``(B,)`` intp) may say where
+        each row's outputs go: row ``b`` of ``x`` to batch row ``output_rows[b]`` of the result
+        (the caller's order; the final states stay in ``x``'s).
         """
         cdef cnp.npy_intp dims[3]
         cdef Py_ssize_t steps, batch
         cdef const unsigned char *mask_pointer = NULL
-        cdef const Py_ssize_t *active_pointer = NULL
+        cdef SortedRows sorted_rows
+        sorted_rows.active = sorted_rows.output = NULL
         if not self._is_input(x, 3):
             raise ValueError(f"forward: x must be a C-contiguous {self.dtype} array (., ., "
                              f"{self.input_size})")
@@ -567,14 +591,23 @@ cdef class LayerPlan:
                     or cnp.PyArray_DIMS(<cnp.ndarray> active_rows)[0] != steps):
                 raise ValueError("forward: active_rows must be a C-contiguous (steps,) intp "
                                  "array, with a mask")
-            active_pointer = <const Py_ssize_t *> cnp.PyArray_DATA(<cnp.ndarray> active_rows)
-            if not _rows_prefix_valid(active_pointer, mask_pointer, steps, batch):
+            sorted_rows.active = <const Py_ssize_t *> cnp.PyArray_DATA(<cnp.ndarray> active_rows)
+            if not _rows_prefix_valid(sorted_rows.active, mask_pointer, steps, batch):
                 raise ValueError("forward: the mask has valid rows beyond active_rows")
+        if output_rows is not None:
+            if (active_rows is None or not _is_c_array(output_rows, 1, cnp.NPY_INTP)
+                    or cnp.PyArray_DIMS(<cnp.ndarray> output_rows)[0] != batch):
+                raise ValueError("forward: output_rows must be a C-contiguous (batch,) intp "
+                                 "array, with active_rows")
+            sorted_rows.output = <const Py_ssize_t *> cnp.PyArray_DATA(
+                <cnp.ndarray> output_rows)
+            if not _is_permutation(sorted_rows.output, batch):
+                raise ValueError("forward: output_rows is not a permutation of the batch")
         out = cnp.PyArray_EMPTY(3, dims, self.typenum, 0)
         self._call(cnp.PyArray_DATA(<cnp.ndarray> x), steps, batch, batch_major, h_state,
                    c_state, mask_pointer, hold_masked_output,
                    cnp.PyArray_DATA(<cnp.ndarray> out), num_threads, zero_state, plan,
-                   active_pointer)
+                   &sorted_rows if active_rows is not None else NULL)
         return out
 
     cdef inline tuple _zero_state(self, Py_ssize_t batch, bint flat=False):
@@ -642,7 +675,7 @@ cdef class LayerPlan:
                    object h_state, object c_state, const unsigned char *mask,
                    bint hold_masked_output, void *out, int num_threads,
                    bint zero_state, object forced=None,
-                   const Py_ssize_t *active=NULL) except -1:
+                   const SortedRows *sorted_rows=NULL) except -1:
         # the plan of the call (forced, measured or estimated), then the kernel
         cdef CallPlan call
         if steps == 0 or batch == 0:
@@ -659,15 +692,15 @@ cdef class LayerPlan:
                     and _work(self, steps, batch) >= MEASURE_MIN_WORK):
                 call = self._measured(call, x, steps, batch, batch_major, h_state, c_state,
                                       mask, hold_masked_output, out, num_threads, zero_state,
-                                      active)
+                                      sorted_rows)
         return self._execute(call, x, steps, batch, batch_major, h_state, c_state, mask,
-                             hold_masked_output, out, zero_state, active)
+                             hold_masked_output, out, zero_state, sorted_rows)
 
     cdef CallPlan _measured(self, CallPlan estimate, void *x, Py_ssize_t steps,
                             Py_ssize_t batch, bint batch_major, object h_state,
                             object c_state, const unsigned char *mask,
                             bint hold_masked_output, void *out, int num_threads,
-                            bint zero_state, const Py_ssize_t *active) except *:
+                            bint zero_state, const SortedRows *sorted_rows) except *:
         # The cached plan of this shape class, or the fastest candidate timed on this call's
         # input (states copied, outputs overwritten by the real run after), within
         # max(MEASURE_BUDGET, 5 calls of the estimate).
@@ -689,7 +722,7 @@ cdef class LayerPlan:
             c = c_state.copy() if c_state is not None else None
             began = perf_counter()
             self._execute(_plan_from_tuple(candidate), x, steps, batch, batch_major, h, c,
-                          mask, hold_masked_output, out, zero_state, active)
+                          mask, hold_masked_output, out, zero_state, sorted_rows)
             timings.append((perf_counter() - began, candidate))
             if len(timings) == 1:
                 budget = max(MEASURE_BUDGET, 5 * timings[0][0])
@@ -702,7 +735,7 @@ cdef class LayerPlan:
     cdef int _execute(self, CallPlan call, void *x, Py_ssize_t steps, Py_ssize_t batch,
                       bint batch_major, object h_state, object c_state,
                       const unsigned char *mask, bint hold_masked_output, void *out,
-                      bint zero_state, const Py_ssize_t *active) except -1:
+                      bint zero_state, const SortedRows *sorted_rows) except -1:
         # the checked arrays' pointers to the kernel, without the GIL
         cdef void *h = cnp.PyArray_DATA(<cnp.ndarray> h_state)
         cdef void *c = (cnp.PyArray_DATA(<cnp.ndarray> c_state) if self.cell == FG_CELL_LSTM
@@ -715,11 +748,11 @@ cdef class LayerPlan:
             if self.is_double:
                 status = _run(self, <double *> x, steps, batch, batch_major, <double *> h,
                               <double *> c, mask, hold_masked_output, <double *> out,
-                              zero_state, call, active)
+                              zero_state, call, sorted_rows)
             else:
                 status = _run(self, <float *> x, steps, batch, batch_major, <float *> h,
                               <float *> c, mask, hold_masked_output, <float *> out,
-                              zero_state, call, active)
+                              zero_state, call, sorted_rows)
         if status:
             raise MemoryError()
         return 0
@@ -923,7 +956,7 @@ cdef inline void _gemm(blas_int m, blas_int n, blas_int k, const floating *a,
 cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
               bint batch_major, floating *h, floating *c, const unsigned char *mask,
               bint hold_masked_output, floating *out, bint zero_state,
-              CallPlan call, const Py_ssize_t *active) noexcept nogil:
+              CallPlan call, const SortedRows *sorted_rows) noexcept nogil:
     # The layer over checked arrays: x (steps * batch, input_size) rows, h and c
     # (entries, batch, width / hidden), out (steps * batch, out_width) rows, rows addressed
     # as fg_direction says, by the plan `call`. Returns 1 if the workspace cannot be
@@ -957,7 +990,7 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
     layer_buffers = projection_buffer + (rows * gates_width if projecting else 0)
     _direction_constants(plan, &direction_args, steps, batch, batch_major, mask,
                          hold_masked_output, workspace)
-    direction_args.active_rows = active
+    direction_args.active_rows = sorted_rows.active if sorted_rows != NULL else NULL
     direction_args.row_blocking = call.rows
 
     layer_input = x
@@ -970,6 +1003,9 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
         direction_args.input = layer_input
         direction_args.input_width = in_width
         direction_args.input_mode = call.first_input if layer == 0 else call.later_input
+        # (the last layer writes the caller's order; a layer input stays sorted)
+        direction_args.output_rows = (sorted_rows.output if sorted_rows != NULL
+                                      and layer == plan.num_layers - 1 else NULL)
         direction_args.projected_input = (NULL if direction_args.input_mode == FG_INPUT_IN_STEP
                                           else projection_buffer)
         for direction in range(plan.num_directions):
@@ -1049,9 +1085,40 @@ cdef inline void _run_split(floating *dtype_tag, const fg_direction *d,
         return
     for chunk in range(call.threads + 1):
         bounds[chunk] = d.batch * chunk // call.threads
+    if d.active_rows != NULL:
+        _balance_sorted_rows(d, call.threads, bounds)
     for chunk in prange(call.threads, num_threads=call.threads, schedule="static",
                         chunksize=1):
         _run_rows(dtype_tag, d, bounds[chunk], bounds[chunk + 1])
+
+
+cdef inline double _sorted_rows_work(const fg_direction *d, Py_ssize_t rows) noexcept nogil:
+    # the row-steps of rows [0, rows) of a ragged call (the valid rows of step t are
+    # [0, active_rows[t]))
+    cdef double work = 0
+    cdef Py_ssize_t t
+    for t in range(d.steps):
+        work += min(d.active_rows[t], rows)
+    return work
+
+
+cdef void _balance_sorted_rows(const fg_direction *d, int threads,
+                               Py_ssize_t *bounds) noexcept nogil:
+    # Thread bounds giving each thread about the same row-steps: sorted longest first, equal
+    # row counts would give the first thread the longest sequences (uniform lengths: ~2.4x
+    # the last one's work at 2 threads).
+    cdef double total = _sorted_rows_work(d, d.batch)
+    cdef Py_ssize_t low, high, middle
+    cdef int chunk
+    for chunk in range(1, threads):
+        low, high = bounds[chunk - 1], d.batch
+        while low < high:   # the first row count whose work reaches chunk / threads
+            middle = (low + high) // 2
+            if _sorted_rows_work(d, middle) * threads < total * chunk:
+                low = middle + 1
+            else:
+                high = middle
+        bounds[chunk] = low
 
 
 cdef inline void _run_rows(floating *dtype_tag, const fg_direction *d, Py_ssize_t begin,
