@@ -512,6 +512,16 @@ def _keras_recurrent(g: _Graph, op: Recurrent, source: _Tensor, where: str,
         raise UnsupportedLayerError("a stateful layer carries its state from one call to the "
                                     "next; an ONNX graph cannot", layer=where)
     x, mask = g.cast(source.value, dtype).name, source.mask
+    if op.time_major:   # (T, B, D) in, (T, B, H) out: written as the batch-major op, transposed
+        batch_major = Recurrent(layer, return_sequences=op.return_sequences,
+                                return_state=op.return_state, go_backwards=op.go_backwards,
+                                zero_output_for_mask=op.zero_output_for_mask)
+        outputs, masks = _keras_recurrent(g, batch_major, _Tensor(_Value(g.transpose(
+            x, [1, 0, 2], f"{where}_bm"), 3, dtype), mask), where, flip_sequence)
+        if op.return_sequences:
+            outputs[0] = _Value(g.transpose(outputs[0].name, [1, 0, 2], f"{where}_seq_tm"),
+                                3, dtype)
+        return outputs, masks
     read_mask = mask
     if mask is None:
         result = _recurrent_op(g, layer, 0, 1, g.transpose(x, [1, 0, 2], f"{where}_tm"),
