@@ -127,6 +127,29 @@ def test_constant_subgraphs_are_folded_at_load():
     np.testing.assert_array_equal(ours.predict(np.zeros((1, 2), np.float32)), [[3, 4]])
 
 
+@pytest.mark.parametrize("opset", [11, 13, 18])
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceProd"])
+def test_reductions_match_onnxruntime(op, opset):
+    """tf2onnx computes shapes with ReduceProd; axes are an attribute before opset 13
+    (ReduceSum) / 18 (ReduceProd), an input from then on."""
+    axes_input = opset >= {"ReduceSum": 13, "ReduceProd": 18}[op]
+    nodes = [helper.make_node(op, ["X", "axes"] if axes_input else ["X"], ["Y"], keepdims=0,
+                              **({} if axes_input else {"axes": [0, -1]})),
+             helper.make_node(op, ["X"], ["Z"])]   # every axis, kept
+    model = helper.make_model(helper.make_graph(
+        nodes, "reduce", [helper.make_tensor_value_info("X", F, ["A", 3, "C"])],
+        [helper.make_tensor_value_info(name, F, None) for name in ("Y", "Z")],
+        [const("axes", np.array([0, -1], np.int64))] if axes_input else []),
+        opset_imports=[helper.make_opsetid("", opset)])
+    x = np.random.default_rng(4).uniform(0.5, 1.5, (2, 3, 4)).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"X": x})
+    got = fastgate.from_onnx(model.SerializeToString()).run(None, {"X": x})
+    for a, b in zip(got, expected):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
+
+
 def test_gather_on_a_table_is_an_embedding_with_negative_ids():
     table = np.random.default_rng(2).standard_normal((7, 3)).astype(np.float32)
     model = helper.make_model(helper.make_graph(

@@ -711,8 +711,10 @@ def _loop_message(node: NodeProto) -> str:
             f"elementwise ops instead of an LSTM/GRU/RNN op, and fastgate does not run "
             f"{node.op_type}. To avoid it: export the nn.LSTM / nn.GRU / nn.RNN module itself "
             f"(not a cell called in a Python loop, not torch.jit.script), from a model in "
-            f"eval() mode; with tf2onnx, use Keras LSTM/GRU layers with their default "
-            f"options so that its rewriters match them")
+            f"eval() mode. tf2onnx (1.17) writes a loop for SimpleRNN, GRU(reset_after=False) "
+            f"and any masked layer (Masking, Embedding(mask_zero=True)); fastgate loads the "
+            f"Keras file itself, and `fastgate convert model.h5 model.onnx` writes these "
+            f"layers as ONNX ops")
 
 
 def _map_node(node: NodeProto, constants: dict, opset: int) -> tuple[Any, list[str]]:
@@ -789,6 +791,9 @@ def build_model(model: OnnxModelProto, path: Any = None) -> Model:
     constants: dict[str, np.ndarray] = dict(graph.initializers)
     inputs = [info for info in graph.inputs if info.name not in constants]
     available = set(constants) | {info.name for info in inputs}
+    loop = next((node for node in graph.nodes if node.op_type in _LOOP_OPS), None)
+    if loop is not None:   # said first: no other op of the file matters then
+        raise UnsupportedLayerError(_loop_message(loop), path=path, layer=loop.name)
     steps: list[GraphStep] = []
     zeros: set[str] = set()   # run-time values known to be all zeros
     for node in graph.nodes:
