@@ -122,9 +122,10 @@ def _typed_input(value: Any, dtype: np.dtype, what: str) -> np.ndarray:
 
 
 def _count_parameters(value: Any) -> int:
-    """Number of weights in an op, counted from its serialization spec."""
+    """Number of weights in an op, counted from its serialization spec (floating-point
+    arrays: an ONNX graph's integer constants are shapes and axes, not weights)."""
     if isinstance(value, np.ndarray):
-        return int(value.size)
+        return int(value.size) if value.dtype.kind in "fc" else 0
     if hasattr(value, "_get_spec"):
         return _count_parameters(value._get_spec())
     if isinstance(value, dict):
