@@ -167,6 +167,7 @@ def _check_model(model: Any) -> str:
             raise ConfigError(f"model {model.name!r} is stateful (Keras stateful=True): its "
                               f"output depends on the order of the batches, which a cluster "
                               f"does not keep; run model.predict in one process")
+        model.check_batch_first("fastgate.dask")
         return "model"
     if isinstance(model, RecurrentLayer):
         return "layer"

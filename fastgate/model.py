@@ -263,6 +263,23 @@ class Model:
 
     # ------------------------------------------------------------------ description
     @property
+    def inputs_batch_first(self) -> bool:
+        """Whether the first axis of every input is the batch: a Keras or fastgate model's
+        is; an imported ONNX graph's typed inputs say no such thing (PyTorch exports its
+        layers time-major, ``(T, B, D)``)."""
+        return all(dtype is None for dtype in self.input_dtypes)
+
+    def check_batch_first(self, what: str) -> None:
+        """Raise :class:`~fastgate.errors.ConfigError` for ``what`` (which splits or joins
+        inputs on their first axis) unless :attr:`inputs_batch_first`."""
+        if not self.inputs_batch_first:
+            raise ConfigError(f"{what} splits or joins the inputs of model {self.name!r} on "
+                              f"their first axis, but its inputs (an ONNX graph's "
+                              f"{self.input_names}) need not have the batch there (a "
+                              f"time-major export has the steps); give whole batches to "
+                              f"run() / predict()")
+
+    @property
     def stateful(self) -> bool:
         """Whether some op carries state from one call to the next (Keras ``stateful``)."""
         return any(getattr(node.op, "stateful", False) for node in self.nodes)
@@ -539,6 +556,8 @@ class Model:
             batch_size = fixed or 32
         if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if batch_size is not None:
+            self.check_batch_first("predict(batch_size=...)")
         total = inputs[0].shape[0] if inputs[0].ndim else 0
         if batch_size is None or total <= batch_size:
             return self._result(self._run(inputs))

@@ -216,3 +216,24 @@ def test_files_of_fastgate_0x_load_as_a_model():
     assert isinstance(model, fastgate.Model)
     feed = feeds(source)
     assert_all_close(model.run(None, feed), ort_outputs(source.SerializeToString(), feed))
+
+
+def test_what_splits_or_joins_inputs_on_their_first_axis_refuses_an_onnx_graph():
+    """A time-major graph's first axis is the steps: predict(batch_size=...), the serving
+    Batcher and Sessions, and fastgate.dask would split or join the wrong axis."""
+    from fastgate.serving import Batcher, Sessions
+
+    torch.manual_seed(5)
+    model = fastgate.from_onnx(exported(Sequencer("GRU"), np.zeros((4, 2, 5), np.float32),
+                                        output_names=["y", "h_n"]))
+    assert not model.inputs_batch_first
+    x = np.zeros((6, 2, 5), np.float32)
+    for make in (lambda: model.predict(x, batch_size=1), lambda: Batcher(model),
+                 lambda: Sessions(model)):
+        with pytest.raises(fastgate.ConfigError, match="first axis"):
+            make()
+    import dask.array as da
+    import fastgate.dask as fastgate_dask
+
+    with pytest.raises(fastgate.ConfigError, match="first axis"):
+        fastgate_dask.predict(model, da.zeros((6, 2, 5), chunks=3, dtype=np.float32))

@@ -94,6 +94,7 @@ class Batcher:
         if model.stateful:
             raise ConfigError(f"model {model.name!r} is stateful (Keras stateful=True): its "
                               f"carried state would mix the requests of a batch")
+        model.check_batch_first("Batcher")
         self.model = model
         self.padding = padding_value(model)
         self._sequence_outputs = self._outputs_with_steps()
