@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DTypeError, InputError, ShapeError, UnsupportedLayerError
+from ..errors import ConfigError, InputError, ShapeError, UnsupportedLayerError
 from ..errors import WeightFormatError
 from ..layers import GRU, LSTM, SimpleRNN
 from ..layout import GATE_COUNT, CellWeights, reorder_gates
