@@ -237,3 +237,14 @@ def test_what_splits_or_joins_inputs_on_their_first_axis_refuses_an_onnx_graph()
 
     with pytest.raises(fastgate.ConfigError, match="first axis"):
         fastgate_dask.predict(model, da.zeros((6, 2, 5), chunks=3, dtype=np.float32))
+
+
+def test_a_saved_onnx_node_runs_only_onnx_functions():
+    """A .fastgate file whose ONNX node would call another object (a layer, a model op)
+    is refused at load."""
+    from fastgate.importers.onnx_graph import OnnxOp
+
+    for function in (fastgate.LSTM.random(2, 3), fastgate.Dense(np.ones((2, 2), np.float32))):
+        with pytest.raises(fastgate.WeightFormatError, match="no ONNX function"):
+            OnnxOp._from_spec({"op_type": "Add", "name": "n", "function": function,
+                               "arguments": [{"value": 0}]})

@@ -156,6 +156,9 @@ class OnnxRecurrent:
     initial_c)``, it returns ``[Y, Y_h, Y_c]`` (``Y_c`` for LSTM only) in the node's layout.
     """
 
+    #: An ONNX function (OnnxOp runs only these, also from a saved file).
+    onnx_function = True
+
     def __init__(self, cell: str, layers: Sequence[tuple[Any, bool]], *, layout: int,
                  direction: str, name: str = "") -> None:
         self.cell = cell
@@ -375,6 +378,9 @@ class OnnxRuntimeWeightsRecurrent:
     """A recurrent node whose weights (W, R, B or P) are graph inputs, not constants: its
     layers are built from the weights of a call, and kept while later calls pass the same."""
 
+    #: An ONNX function (OnnxOp runs only these, also from a saved file).
+    onnx_function = True
+
     def __init__(self, node: NodeProto) -> None:
         self.node = node
         self._weights: tuple | None = None
@@ -441,6 +447,9 @@ class OnnxEmbeddingStep:
     """``Gather`` (axis 0) on a constant table as a :class:`fastgate.Embedding`; negative
     ids count from the end, as ONNX says."""
 
+    #: An ONNX function (OnnxOp runs only these, also from a saved file).
+    onnx_function = True
+
     def __init__(self, embedding: Embedding) -> None:
         self.embedding = embedding
 
@@ -504,6 +513,9 @@ def _embedding_step(node: NodeProto, constants: dict) -> OnnxEmbeddingStep | Non
 @serializable
 class OnnxNumpyStep:
     """One of :data:`fastgate.importers.onnx_ops.NUMPY_OPS` run on a node's inputs."""
+
+    #: An ONNX function (OnnxOp runs only these, also from a saved file).
+    onnx_function = True
 
     def __init__(self, node: NodeProto, opset: int) -> None:
         self.node, self.opset = node, int(opset)

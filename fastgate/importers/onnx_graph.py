@@ -71,7 +71,7 @@ class OnnxOp:
     @classmethod
     def _from_spec(cls, spec: dict[str, Any]) -> "OnnxOp":
         function = spec["function"]
-        if not callable(function) or hasattr(function, "apply"):
+        if not getattr(function, "onnx_function", False):
             raise WeightFormatError(f"ONNX node {spec['name']!r} of a saved model has no "
                                     f"ONNX function")
         arguments = []
