@@ -248,3 +248,28 @@ def test_a_saved_onnx_node_runs_only_onnx_functions():
         with pytest.raises(fastgate.WeightFormatError, match="no ONNX function"):
             OnnxOp._from_spec({"op_type": "Add", "name": "n", "function": function,
                                "arguments": [{"value": 0}]})
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_a_folded_chain_exports_back_to_onnx(batch_first):
+    """An imported chain (time-major or batch-first Recurrent, Dense head) written again by
+    fastgate's exporter gives ONNX Runtime the same outputs."""
+    from fastgate.export.onnx import to_onnx_bytes
+
+    class Tagger(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.batch_first = batch_first
+            self.rnn = torch.nn.LSTM(5, 8, batch_first=batch_first)
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0])
+
+    torch.manual_seed(6)
+    data = exported(Tagger(), np.zeros((4, 2, 5), np.float32), output_names=["y"])
+    model = fastgate.from_onnx(data)
+    assert op_kinds(model) == ["Recurrent", "Dense"]
+    x = np.random.default_rng(7).standard_normal((6, 3, 5)).astype(np.float32)
+    again = to_onnx_bytes(model)
+    assert_all_close(ort_outputs(again, {"input": x}), ort_outputs(data, {"x": x}))

@@ -824,6 +824,9 @@ def _input_spec(model: Model) -> tuple[np.dtype, list[int | str | None]]:
     names = ["batch", "steps"]
     dims = [names[k] if d is None and k < 2 else (f"dim{k}" if d is None else d)
             for k, d in enumerate(shape)]
+    if model.input_dtypes[0] is not None:   # a typed input (an imported ONNX graph's)
+        return model.input_dtypes[0], [f"dim{k}" if d is None else d
+                                       for k, d in enumerate(shape)]
     return np.dtype(np.int64 if ids else np.float32), dims
 
 
@@ -843,7 +846,7 @@ def _model_graph(g: _Graph, model: Model) -> None:
     for node_index, index in model.outputs:
         value = fetch((node_index, index)).value
         name = "input" if node_index == MODEL_INPUT else _node_name(model.nodes[node_index])
-        if node_index != MODEL_INPUT or value.dtype.kind == "f":
+        if not model.native_dtypes and (node_index != MODEL_INPUT or value.dtype.kind == "f"):
             value = g.cast(value, np.float32)  # Model outputs are float32, as Keras'
         g.add_output(value, f"{name}_{index}" if index else f"{name}_output")
 
