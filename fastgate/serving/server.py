@@ -82,6 +82,16 @@ def _json(document: dict[str, Any], status: int = 200) -> Answer:
     return status, encode_json(document), _JSON
 
 
+def _drop(futures: list[asyncio.Future]) -> None:
+    """Cancel the futures of a failed request (their errors read, so none is logged as
+    never retrieved)."""
+    for future in futures:
+        if future.done() and not future.cancelled():
+            future.exception()
+        else:
+            future.cancel()
+
+
 def _output_names(model: Model) -> list[str]:
     names = []
     for node, index in model.outputs:
@@ -287,22 +297,22 @@ class ServingApp:
             instances = list(batch)
         else:
             instances = decode_instances(body)
-        futures = []
+        futures: list[asyncio.Future] = []
         try:
             for index, x in enumerate(instances):
                 try:
-                    futures.append(self.batcher.submit(x))
+                    futures.append(self.batcher.submit_async(x))
                 except FastgateError as error:
                     raise type(error)(f"instance {index}: {error}") from None
+            results = []
+            for index, future in enumerate(futures):
+                try:
+                    results.append(await future)
+                except Exception as error:
+                    raise HTTPError(_status_of(error), f"instance {index}: {error}") from None
         except BaseException:
-            for future in futures:
-                future.cancel()
+            _drop(futures)
             raise
-        results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures),
-                                       return_exceptions=True)
-        for index, result in enumerate(results):
-            if isinstance(result, BaseException):
-                raise HTTPError(_status_of(result), f"instance {index}: {result}")
         return self._answer(results, binary)
 
     def _answer(self, results: list[Any], binary: bool) -> Answer:
