@@ -206,9 +206,12 @@ def _run_in_batches(model: Any, kind: str, x: np.ndarray, return_state: bool,
 
 
 def _score_block(block: np.ndarray, name: str, kind: str, return_state: bool,
-                 batch_rows: int | None = None) -> tuple[np.ndarray, ...]:
-    """A task: the outputs of the worker's model on one block of ``X``."""
-    return _run_in_batches(_worker_model(name), kind, block, return_state, batch_rows)
+                 batch_rows: int | None = None, single: bool = False
+                 ) -> tuple[np.ndarray, ...] | np.ndarray:
+    """A task: the outputs of the worker's model on one block of ``X`` (``single``: the one
+    output itself, so that no task is spent taking it out of a tuple)."""
+    outputs = _run_in_batches(_worker_model(name), kind, block, return_state, batch_rows)
+    return outputs[0] if single else outputs
 
 
 # ============================================================================ predict
@@ -324,9 +327,10 @@ def predict(model: Any, X: Any, client: Client | None = None, *, return_state: b
     examples = _probe(model, kind, X, batch_axis, return_state)
     name = _ship(model, client, kernel_threads)
     blocks = X.to_delayed(optimize_graph=False).ravel()
-    score = dask.delayed(_score_block, pure=True, nout=len(examples))
+    single = len(examples) == 1
+    score = dask.delayed(_score_block, pure=True, nout=None if single else len(examples))
     token = tokenize(name, kind, return_state, batch_rows, X.name)
-    scored = [score(block, name, kind, return_state, batch_rows,
+    scored = [score(block, name, kind, return_state, batch_rows, single,
                     dask_key_name=f"fastgate-predict-{token}-{k}")
               for k, block in enumerate(blocks)]
     results = []
@@ -336,7 +340,8 @@ def predict(model: Any, X: Any, client: Client | None = None, *, return_state: b
         for rows, parts in zip(X.chunks[batch_axis], scored):
             shape = list(example.shape)
             shape[axis] = rows
-            pieces.append(da.from_delayed(parts[index], tuple(shape), dtype=example.dtype,
+            pieces.append(da.from_delayed(parts if single else parts[index], tuple(shape),
+                                          dtype=example.dtype,
                                           meta=example[:0] if example.ndim else example))
         results.append(da.concatenate(pieces, axis=axis))
     if kind == "model":
