@@ -860,9 +860,9 @@ cdef CallPlan _estimate(LayerPlan plan, Py_ssize_t steps, Py_ssize_t batch, bint
                             or (steps == 1 and zero_state) else FG_INPUT_PACKED)
     if plan.num_layers == 1:
         call.later_input = call.first_input   # (one name per plan)
-    # Row blocks where a thread's rows make several.
+    # Row blocks where a thread's rows make several (never below 64 rows: skip the sum).
     call.rows = (FG_ROWS_BLOCKED
-                 if call.split != FG_SPLIT_HIDDEN
+                 if call.split != FG_SPLIT_HIDDEN and batch >= 64
                  and batch >= ROW_BLOCKS_MIN * call.threads
                               * _row_block_rows(plan, call.first_input)
                  else FG_ROWS_ALL)
