@@ -33,6 +33,23 @@
  */
 
 typedef FG_T FG_NAME(vec) __attribute__((vector_size(FG_VBYTES), aligned(sizeof(FG_T))));
+/* The same vector as a view of any FG_T memory (may_alias): a load or store through it is
+ * one vector move. A memcpy of a whole vector is not, except for AVX-512
+ * (prefer-vector-width=512): GCC expands it in 16-byte pieces, and a 32-byte load of what
+ * two 16-byte stores just wrote misses store forwarding (the AVX2 epilogues ran 2x slower:
+ * each tile and operand went through the stack in halves). */
+typedef FG_T FG_NAME(uvec) __attribute__((vector_size(FG_VBYTES), aligned(sizeof(FG_T)),
+                                          may_alias));
+
+FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vload)(const FG_T *p)
+{
+    return *(const FG_NAME(uvec) *)p;
+}
+
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(vstore)(FG_T *p, FG_NAME(vec) v)
+{
+    *(FG_NAME(uvec) *)p = v;
+}
 
 #define FG_W ((ptrdiff_t)(FG_VBYTES / sizeof(FG_T)))
 /* Tile height for G gates: as many rows as the accumulator registers allow. */
@@ -106,7 +123,7 @@ FG_ALWAYS_INLINE void FG_NAME(tile_product)(const int G, const int MR, const int
     for (i = 0; i < A * MR; i++) {
         if (A * MR < 8)
             acc[i] += acc2[i];
-        memcpy(tile + i * FG_W, &acc[i], sizeof(V));
+        *(FG_NAME(uvec) *)(tile + i * FG_W) = acc[i];   /* (vstore, without the target) */
     }
 }
 
@@ -150,13 +167,6 @@ typedef void (*FG_NAME(tile_fn))(ptrdiff_t, const FG_T *restrict, ptrdiff_t, ptr
  * absolute error < 4e-7 on sigmoid and tanh, fastgate's float contract is 1e-5), double
  * exactly as vecmath.h's fg_sigmoid and fg_tanh. */
 typedef __typeof__((FG_NAME(vec)){0} < (FG_NAME(vec)){0}) FG_NAME(ivec);
-
-FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vload)(const FG_T *p)
-{
-    FG_NAME(vec) v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
 
 FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vclamp)(FG_NAME(vec) x, FG_T lo, FG_T hi)
 {
@@ -288,7 +298,10 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vload_n)(const FG_T *p, ptrdiff_
 FG_ALWAYS_INLINE FG_TARGET void FG_NAME(vstore_n)(FG_T *p, FG_NAME(vec) v, ptrdiff_t wn,
                                                   const int full)
 {
-    memcpy(p, &v, (full ? FG_W : wn) * sizeof(FG_T));
+    if (full)
+        FG_NAME(vstore)(p, v);
+    else
+        memcpy(p, &v, wn * sizeof(FG_T));
 }
 
 /* act(x): sigmoid and tanh on the vector, the other activations by vecmath.h's loops
@@ -301,10 +314,9 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vactivate_with)(int code, double
         return FG_NAME(vsigmoidf)(x);
     if (code == FG_TANH)
         return FG_NAME(vtanhf)(x);
-    memcpy(lanes, &x, sizeof x);
+    FG_NAME(vstore)(lanes, x);
     FG_ACTIVATE(code, alpha, beta, lanes, FG_W);
-    memcpy(&x, lanes, sizeof x);
-    return x;
+    return FG_NAME(vload)(lanes);
 }
 
 /* The operands of up to two batch rows of a tile, for the hidden units [j0, j0 + wn). */
@@ -544,12 +556,12 @@ static FG_TARGET void FG_NAME(project_inputs)(const FG_T *restrict x, ptrdiff_t 
         for (row = 0; row < rows; row += n) {
             n = rows - row < mr ? rows - row : mr;
             tile_gates(n, x + row * D, D, D, packed + jb * panel_size, NULL, 0, 0, NULL, tile);
-            /* (whole blocks by a copy of constant size: a vector store, not a libc call) */
+            /* (whole blocks by a vector store, not a libc call) */
             for (r = 0; r < n; r++)
                 for (gate = 0; gate < gates; gate++)
                     if (wn == FG_W)
-                        memcpy(projected + (row + r) * GH + column + gate * H + j0,
-                               tile + (r * gates + gate) * FG_W, FG_W * sizeof(FG_T));
+                        FG_NAME(vstore)(projected + (row + r) * GH + column + gate * H + j0,
+                                        FG_NAME(vload)(tile + (r * gates + gate) * FG_W));
                     else
                         memcpy(projected + (row + r) * GH + column + gate * H + j0,
                                tile + (r * gates + gate) * FG_W, wn * sizeof(FG_T));
