@@ -521,6 +521,8 @@ struct FG_NAME(pass_context) {
     /* the epilogues of the gates pass (and of a GRU candidate pass), for whole blocks and
      * for the last, partial one (choose_cells) */
     FG_NAME(cells_fn) cells_full, cells_partial, candidate_full, candidate_partial;
+    /* the gates pass of a step with one row, or NULL: the generic one (one_row_blocks) */
+    void (*one_row)(const FG_NAME(pass_context) *, const FG_NAME(step_state) *, ptrdiff_t);
 };
 
 /* Where one step reads and writes. */
@@ -787,6 +789,7 @@ static FG_TARGET void FG_NAME(pass_context_init)(FG_NAME(pass_context) *x,
                     : x->G == 2 ? FG_NAME(tile_g2) : FG_NAME(tile_g1);
     FG_NAME(choose_cells)(x->family, d, &x->cells_full, &x->cells_partial);
     FG_NAME(choose_cells)(FG_FAMILY_CANDIDATE, d, &x->candidate_full, &x->candidate_partial);
+    x->one_row = NULL;   /* (set by run_direction: choose_one_row is defined below) */
 }
 
 /* The block of units jb, with the biases at `bias_offset` (a GRU candidate: 2 H). */
@@ -805,6 +808,69 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(cell_block) FG_NAME(block_at)(
     return block;
 }
 
+/* gates_pass of one batch row (a batch-1 call) with a _fast epilogue (default activations,
+ * no ONNX options): per block, the tile product and the cells inlined at constant sizes.
+ * That drops the generic loop's two indirect calls, switch over tile heights and row loop
+ * per block: at batch 1 they were about a third of a step's instructions on AVX2 (H = 32:
+ * four blocks a step). A masked step of the row computes nothing (mask_pass keeps its
+ * state); the last, partial block takes the generic epilogue. */
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(one_row_blocks)(const FG_NAME(pass_context) *x,
+                                                        const FG_NAME(step_state) *st,
+                                                        const int family, const int G,
+                                                        const int last_apart, ptrdiff_t K2)
+{
+    const FG_T *recurrent = (const FG_T *)x->d->recurrent;
+    const ptrdiff_t b = x->row_begin;
+    const FG_T *x_row = st->step_x + b * x->x_stride, *h_row = st->h_previous
+                                                               + b * st->hp_stride;
+    FG_T tile[4 * FG_W];   /* G + last_apart <= 4 accumulators */
+    FG_NAME(cell_rows) rows;
+    ptrdiff_t jb;
+    if (!FG_IS_VALID(st, b))
+        return;
+    for (jb = x->block_begin; jb < x->block_end; jb++) {
+        const FG_NAME(cell_block) block = FG_NAME(block_at)(x, jb, 0);
+        const FG_T *panel = recurrent + jb * x->panel_size;
+        const FG_T *panel_u = recurrent + x->blocks * x->panel_size + jb * x->panel_u_size;
+        if (block.wn != FG_W) {
+            x->tile_gates(1, x_row, x->x_stride, x->K1, panel, h_row, st->hp_stride, K2,
+                          panel_u, tile);
+            x->cells_partial(x, st, tile, x->A * FG_W, b, 1, jb, &block);
+            continue;
+        }
+        FG_NAME(tile_product)(G, 1, last_apart, x_row, x->x_stride, x->K1, panel, h_row,
+                              st->hp_stride, K2, panel_u, tile);
+        FG_NAME(row_operands)(x, st, family, tile, b, jb, 0, &rows);
+        FG_NAME(cells)(family, 1, 1, FG_TANH, FG_SIGMOID, &rows, &block);
+    }
+}
+
+#define FG_DEFINE_ONE_ROW(NAME, FAMILY, G, LAST_APART)                                     \
+static FG_TARGET void FG_NAME(NAME)(const FG_NAME(pass_context) *x,                        \
+                                    const FG_NAME(step_state) *st, ptrdiff_t K2)           \
+{                                                                                          \
+    FG_NAME(one_row_blocks)(x, st, FAMILY, G, LAST_APART, K2);                             \
+}
+FG_DEFINE_ONE_ROW(one_row_lstm, FG_FAMILY_LSTM, 4, 0)
+FG_DEFINE_ONE_ROW(one_row_gru, FG_FAMILY_GRU, 3, 0)
+FG_DEFINE_ONE_ROW(one_row_gru_apart, FG_FAMILY_GRU, 3, 1)
+FG_DEFINE_ONE_ROW(one_row_rnn, FG_FAMILY_RNN, 1, 0)
+#undef FG_DEFINE_ONE_ROW
+
+/* The one-row gates pass of this call's cells, or NULL (see one_row_blocks). */
+typedef void (*FG_NAME(one_row_fn))(const FG_NAME(pass_context) *,
+                                    const FG_NAME(step_state) *, ptrdiff_t);
+static FG_TARGET FG_NAME(one_row_fn) FG_NAME(choose_one_row)(const FG_NAME(pass_context) *x)
+{
+    if (x->cells_full == FG_NAME(cells_lstm_fast))
+        return FG_NAME(one_row_lstm);
+    if (x->cells_full == FG_NAME(cells_gru_fast))
+        return x->A == 4 ? FG_NAME(one_row_gru_apart) : FG_NAME(one_row_gru);
+    if (x->cells_full == FG_NAME(cells_rnn_fast))
+        return FG_NAME(one_row_rnn);
+    return NULL;
+}
+
 /* gates_pass: the recurrent product (and x_t W in step) tile by tile over this call's
  * blocks and rows, each tile handed to its cells. */
 static FG_TARGET void FG_NAME(gates_pass)(const FG_NAME(pass_context) *x,
@@ -816,6 +882,10 @@ static FG_TARGET void FG_NAME(gates_pass)(const FG_NAME(pass_context) *x,
     const ptrdiff_t K2 = st->s == 0 && d->zero_state ? 0 : x->P;
     FG_T tile[FG_MAX_ACC * FG_W];
     ptrdiff_t jb, b, rows;
+    if (x->one_row != NULL && st->row_end - x->row_begin == 1) {
+        x->one_row(x, st, K2);
+        return;
+    }
     for (jb = x->block_begin; jb < x->block_end; jb++) {
         const FG_T *panel = recurrent + jb * x->panel_size;
         const FG_T *panel_u = recurrent + x->blocks * x->panel_size + jb * x->panel_u_size;
@@ -969,6 +1039,7 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
     FG_NAME(step_state) st;
     ptrdiff_t s;
     FG_NAME(pass_context_init)(&x, d, row_begin, row_end);
+    x.one_row = FG_NAME(choose_one_row)(&x);
     st.t_previous = -1;
     st.h_previous = (FG_T *)d->h;
     st.h_next = (FG_T *)d->h_spare;
