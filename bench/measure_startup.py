@@ -40,6 +40,7 @@ import json, sys, time
 start = time.perf_counter()
 import numpy as np
 numpy_done = time.perf_counter()
+numpy_cpu = time.process_time()
 import fastgate
 imported = time.perf_counter()
 load = getattr(fastgate, "load", None)
@@ -50,11 +51,13 @@ loaded = time.perf_counter()
 x = np.random.default_rng(0).standard_normal((10, 5)).astype(np.float32)
 out, state = model(x)
 predicted = time.perf_counter()
+predicted_cpu = time.process_time()
 def status(key):  # kB; VmHWM (peak RSS) starts afresh at exec, unlike ru_maxrss
     return [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)][0]
 print(json.dumps({"numpy": numpy_done - start, "import": imported - numpy_done,
                   "load": loaded - imported, "predict": predicted - loaded,
                   "beyond_numpy": predicted - numpy_done, "total": predicted - start,
+                  "beyond_numpy_cpu": predicted_cpu - numpy_cpu,
                   "rss_mb": status("VmRSS") / 1024, "peak_rss_mb": status("VmHWM") / 1024,
                   "backend": fastgate.backend(), "modules": len(sys.modules),
                   "heavy": sorted(m for m in ("torch", "keras", "tensorflow", "h5py", "onnx",
@@ -114,8 +117,8 @@ def cold_start(repeats: int) -> dict:
                               "[0] / 1024}))") for _ in range(repeats)]
         runs = [run_child(STARTUP_CHILD, path) for _ in range(repeats)]
     result = {key: statistics.median(run[key] for run in runs)
-              for key in ("numpy", "import", "load", "predict", "beyond_numpy", "total",
-                          "rss_mb", "peak_rss_mb")}
+              for key in ("numpy", "import", "load", "predict", "beyond_numpy",
+                          "beyond_numpy_cpu", "total", "rss_mb", "peak_rss_mb")}
     result.update({key: runs[-1][key] for key in ("backend", "modules", "heavy")},
                   bare_peak_rss_mb=statistics.median(b["peak"] for b in baseline),
                   repeats=repeats)
@@ -134,7 +137,8 @@ def startup(repeats: int) -> list[str]:
         f"| load small .fastgate model | {result['load'] * 1e3:.1f} ms |",
         f"| first prediction (10, 5) | {result['predict'] * 1e3:.1f} ms |",
         f"| **beyond import numpy** (target <= {TARGET_MS} ms: "
-        f"{'met' if ok_time else 'NOT met'}) | **{result['beyond_numpy'] * 1e3:.0f} ms** |", "",
+        f"{'met' if ok_time else 'NOT met'}) | **{result['beyond_numpy'] * 1e3:.0f} ms** "
+        f"({result['beyond_numpy_cpu'] * 1e3:.0f} ms of CPU) |", "",
         f"RSS after the first prediction: {result['rss_mb']:.1f} MB, peak "
         f"{result['peak_rss_mb']:.1f} MB (target <= {TARGET_MB} MB: "
         f"{'met' if ok_rss else 'NOT met'}); a bare interpreter peaks at "

@@ -29,6 +29,7 @@ def test_cold_start(benchmark):
         engine="startup", isa=kernel_isa(), repeats=REPEATS,
         numpy_ms=round(result["numpy"] * 1e3, 1),
         beyond_numpy_ms=round(result["beyond_numpy"] * 1e3, 1),
+        beyond_numpy_cpu_ms=round(result["beyond_numpy_cpu"] * 1e3, 1),
         import_ms=round(result["import"] * 1e3, 1), load_ms=round(result["load"] * 1e3, 2),
         predict_ms=round(result["predict"] * 1e3, 2), peak_rss_mb=round(result["peak_rss_mb"], 1),
         bare_peak_rss_mb=round(result["bare_peak_rss_mb"], 1),
