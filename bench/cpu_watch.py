@@ -21,9 +21,11 @@ import time
 from typing import Callable
 
 #: Seconds to pause before each timed block. Measured with `python bench/measure_spin.py`
-#: (2 threads, shared machine): after a call returns, ORT's pool spins 0-XXX ms, torch's and
-#: fastgate's OpenMP pools XXX ms; the pause is a margin above that, and wait_until_quiet
-#: then checks that the process's other threads are idle.
+#: and the bench's own ``spin_after`` (2 threads, Zen 4, on a machine shared with load 7-10,
+#: which stretches every figure): after a call returns, fastgate's OpenMP threads stay busy
+#: 13-38 ms, torch's 11-57 ms, SciPy's OpenBLAS 92-101 ms (its threads' timeout, 2^28 cycles),
+#: ORT's 23-270 ms (once 630). The pause covers the common case; wait_until_quiet then waits
+#: out the rest, until the process's other threads are idle.
 PAUSE = 0.1
 
 _TASKS = "/proc/self/task"
