@@ -77,12 +77,15 @@ def test_cpu_watch_counts_busy_threads_and_their_spin():
     try:
         with cpu_watch.CpuWatch() as watch:
             worker.start()
-            _burn(0.3)
+            _burn(0.5)
         assert watch.busy_threads == 2, watch.summary()
-        assert len(watch.summary()["thread_cpu_fractions"]) == 2
-        timer = threading.Timer(0.1, stop.set)
+        # other tests' idle pools (torch, ORT) may show up below 5%
+        assert sum(f >= 0.05 for f in watch.summary()["thread_cpu_fractions"]) == 2
+        timer = threading.Timer(0.2, stop.set)
         timer.start()
-        assert 0.09 <= cpu_watch.until_quiet(limit=5.0) < 5.0
+        # windows of 50 ms: on a loaded machine a burning thread may wait a few time
+        # slices for a core, but not a whole window
+        assert 0.19 <= cpu_watch.until_quiet(window=0.05, limit=5.0) < 5.0
     finally:
         stop.set()
     worker.join()
@@ -108,8 +111,9 @@ def test_report_has_a_table_per_isa_and_counts_targets(tmp_path):
         "avx512": [
             _benchmark("fastgate", "S1", "lstm", 1, 2e-6, "avx512"),
             _benchmark("onnxruntime", "S1", "lstm", 1, 10e-6, "avx512"),   # 0.2: met
-            _benchmark("fastgate", "S6", "lstm", 1, 0.40, "avx512"),
-            _benchmark("torch", "S6", "lstm", 1, 0.42, "avx512"),           # 0.95: not met
+            _benchmark("fastgate", "S6", "lstm", 1, 0.40, "avx512", cpu_seconds_per_call=0.2),
+            _benchmark("torch", "S6", "lstm", 1, 0.42, "avx512",            # 0.95: not met
+                       cpu_seconds_per_call=0.4),
             _benchmark("sgemm", "S6", "lstm", 1, flops_s6 / 100e9 / 1e3, "avx512",
                        flops=flops_s6 / 1e3),                             # 100 GFLOP/s
             _benchmark("fastgate", "S7", "lstm", 1, 0.030, "avx512", real_tokens=1859),
@@ -133,6 +137,7 @@ def test_report_has_a_table_per_isa_and_counts_targets(tmp_path):
     assert "**4 of 5** targets met with the avx512 kernels" in text
     assert "**0 of 1** targets met with the avx2 kernels" in text
     assert "| S6 | 256,50,256,512,1,1 | lstm | 1 | 400.00 ms | 420.00 ms |" in text
+    assert "| <= 0.9 | **no** | 0.50 |" in text  # S6's CPU-time ratio
     assert "| 1 | 100.0 | 100.7 | 95.9 | 101% | >= 85% | yes |" in text
     assert "| S7 | lstm | 1 | 58% | 30.00 ms | 50.00 ms | 0.60 | <= 0.75 | yes |" in text
     assert "| 0.90 | <= 0.8 | **no** |" in text
