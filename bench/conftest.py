@@ -10,6 +10,8 @@ python one), ``--threads 1,2``, ``--cells lstm,gru``, ``--isa base|avx2|avx512``
 kernels' instruction set, through ``FASTGATE_ISA``; refused if this CPU lacks it) and
 ``--pause SECONDS`` (before each timed block, after which the bench also waits until no other
 thread of the process uses the CPU: see bench/cpu_watch.py). Not collected by ``pytest tests/``.
+At the end pytest prints each engine's GFLOP/s and the same run's sgemm GFLOP/s; report.py
+makes the tables and checks the targets.
 
 ``engines`` (and so ``fastgate``) is imported only from ``pytest_configure`` on, after
 ``--isa`` has set ``FASTGATE_ISA``: the kernels read it once, at their first call.
@@ -134,6 +136,39 @@ def set_threads(threads):
     fastgate.set_num_threads(threads)
     torch.set_num_threads(threads)
     return threads
+
+
+#: ``(group, engine, threads, median seconds, flops)`` of every timed block, for the summary.
+TIMED: list[tuple] = []
+
+
+@pytest.fixture
+def timed_rows() -> list:
+    """The session's list of timed blocks (:data:`TIMED`), printed as GFLOP/s at the end."""
+    return TIMED
+
+
+def pytest_terminal_summary(terminalreporter):
+    """GFLOP/s per group and engine, and at S6 the share of the same run's sgemm."""
+    import engines
+    if not TIMED:
+        return
+    sgemm = {threads: flops / seconds for _, engine, threads, seconds, flops in TIMED
+             if engine == "sgemm"}
+    groups: dict[str, list[str]] = {}
+    for group, engine, threads, seconds, flops in TIMED:
+        if engine == "sgemm" or not flops:
+            continue
+        rate = flops / seconds
+        share = (f" ({rate / sgemm[threads]:.0%} of sgemm)"
+                 if threads in sgemm and group.startswith(engines.SGEMM_SHAPE + " ") else "")
+        groups.setdefault(group, []).append(f"{engine} {rate / 1e9:.1f}{share}")
+    write = terminalreporter.write_line
+    terminalreporter.section("GFLOP/s (2 T B (D+H) G H per layer and direction)")
+    for threads, rate in sorted(sgemm.items()):
+        write(f"sgemm t{threads} (S6 LSTM step GEMM): {rate / 1e9:.1f}")
+    for group, cells in groups.items():
+        write(f"{group}: " + ", ".join(cells))
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def case(cache, shape_name, cell, dtype=np.float32) -> Case:
     return cache[key]
 
 
-def measure(benchmark, hot, threads: int, pause: float) -> None:
+def measure(benchmark, hot, threads: int, pause: float, timed_rows: list) -> None:
     """Time ``hot`` once the process is quiet: auto-calibrated if it is fast, else a fixed
     number of rounds; record the block's thread use and fail if "1 thread" used more."""
     hot()
@@ -70,6 +70,11 @@ def measure(benchmark, hot, threads: int, pause: float) -> None:
     spin = until_quiet()  # how long this engine's worker threads spun after the block
     benchmark.extra_info.update(watch.summary(), paused=round(waited, 3),
                                 spin_after=round(spin, 3))
+    stats = getattr(benchmark.stats, "stats", None)  # None with --benchmark-disable
+    if stats is not None:
+        info = benchmark.extra_info
+        timed_rows.append((benchmark.group, info["engine"], threads, stats.median,
+                           info.get("flops")))
     assert threads > 1 or watch.busy_threads <= 1, (
         f"1 thread asked for, but {watch.busy_threads} threads were busy "
         f"(CPU fractions {watch.summary()['thread_cpu_fractions']})")
@@ -113,8 +118,8 @@ def runner(engine, case_, threads, onnx_directory):
     return hot, result, "onnxruntime", case_.reference
 
 
-def test_forward(benchmark, shape_name, cell, engine, set_threads, pause, case_cache,
-                 onnx_directory):
+def test_forward(benchmark, shape_name, cell, engine, set_threads, pause, timed_rows,
+                 case_cache, onnx_directory):
     threads = set_threads
     case_ = case(case_cache, shape_name, cell)
     benchmark.group = f"{shape_name} {cell} t{threads}"
@@ -129,13 +134,13 @@ def test_forward(benchmark, shape_name, cell, engine, set_threads, pause, case_c
     if engine == "torch":
         import torch
         with torch.inference_mode():
-            measure(benchmark, hot, threads, pause)
+            measure(benchmark, hot, threads, pause, timed_rows)
     else:
-        measure(benchmark, hot, threads, pause)
+        measure(benchmark, hot, threads, pause, timed_rows)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_dtype(benchmark, cell, dtype, set_threads, pause, case_cache):
+def test_dtype(benchmark, cell, dtype, set_threads, pause, timed_rows, case_cache):
     """fastgate float64 vs float32 at S5 (target: float64 within 2.5x of float32); not
     collected unless S5 is selected (conftest.pytest_collection_modifyitems)."""
     threads = set_threads
@@ -148,10 +153,10 @@ def test_dtype(benchmark, cell, dtype, set_threads, pause, case_cache):
     hot, result = engines.fastgate_runner(layer, x)
     np.testing.assert_allclose(result(), case_.reference, rtol=0, atol=ATOL)
     describe(benchmark, case_, cell, threads, f"fastgate-{dtype}", fastgate.backend(), dtype)
-    measure(benchmark, hot, threads, pause)
+    measure(benchmark, hot, threads, pause, timed_rows)
 
 
-def test_sgemm(benchmark, threads, pause):
+def test_sgemm(benchmark, threads, pause, timed_rows):
     """SciPy's BLAS sgemm on the S6 LSTM step's GEMM, ``[x_t, h] (B, D+H) @ [W; U]
     (D+H, 4H)``, at ``threads`` BLAS threads: the machine's GEMM rate of this run."""
     import threadpoolctl
@@ -181,4 +186,4 @@ def test_sgemm(benchmark, threads, pause):
             blas=[f"{p['internal_api']} {p['version']} {p['architecture']} "
                   f"{p['num_threads']} threads" for p in pools],
             loadavg_1m=round(os.getloadavg()[0], 2))
-        measure(benchmark, hot, threads, pause)
+        measure(benchmark, hot, threads, pause, timed_rows)
