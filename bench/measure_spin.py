@@ -5,7 +5,7 @@ fastgate's kernels link, OpenBLAS's pthreads pool) spin for a while after a para
 ends, waiting for more work. An engine timed during that time shares the cores with those
 spinning threads. This script calls each engine at ``--threads`` threads, then samples the
 per-thread CPU time of the process (bench/cpu_watch.py) and prints how long any other thread
-stayed busy; conftest.PAUSE, the pause before each timed block of ``pytest bench/``, is picked
+stayed busy; cpu_watch.PAUSE, the pause before each timed block of ``pytest bench/``, is picked
 above the largest of these.
 
 Usage::
