@@ -251,7 +251,9 @@ class Sessions:
 
     async def step_async(self, session_id: str, chunk: Any) -> np.ndarray | list[np.ndarray]:
         """:meth:`step` for coroutines."""
-        return await asyncio.wrap_future(self.submit(session_id, chunk))
+        chunk = self.prepare(chunk)
+        self._touch(session_id)
+        return await self._coalescer.submit_async((session_id, chunk))
 
     def _run_batch(self, items: list[tuple[str, np.ndarray]]) -> list[Any]:
         results: list[Any] = [None] * len(items)
