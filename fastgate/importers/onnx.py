@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import ConfigError, DTypeError, InputError, ShapeError, UnsupportedLayerError
 from ..errors import WeightFormatError
+from .. import trace as tracing
 from ..layers import GRU, LSTM, SimpleRNN
 from ..layout import GATE_COUNT, CellWeights, reorder_gates
 from ..ops import Dense, Embedding
@@ -667,6 +668,23 @@ class OnnxModel:
                 raise ShapeError(f"input {info.name!r}: expected shape {shown} (* = any), got "
                                  f"{array.shape}")
         return array
+
+    def trace(self, input_feed: Any, *, max_bytes: int = tracing.DEFAULT_MAX_BYTES
+              ) -> "tracing.Trace":
+        """Run the model on ``input_feed`` (``{name: array}``, or the array of a model of
+        one input) and return what the gates of every ``LSTM`` / ``GRU`` / ``RNN`` node
+        computed at every step (:class:`fastgate.trace.Trace`), named by their node. Above
+        ``max_bytes`` of traces (default 1 GiB) it raises
+        :class:`~fastgate.errors.ConfigError`, saying how much it needs."""
+        if not isinstance(input_feed, dict):
+            if len(self.input_names) != 1:
+                raise InputError(f"the model has inputs {self.input_names}: give a dict")
+            input_feed = {self.input_names[0]: input_feed}
+        with tracing.Recorder(max_bytes) as recorder:
+            self.run(None, input_feed)
+        label = tracing.layer_labels((step.name or step.op_type, step.function)
+                                     for step in self.steps)
+        return tracing.Trace(recorder.entries(label))
 
     def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any]
             ) -> list[np.ndarray]:
