@@ -447,7 +447,7 @@ def test_save_load_and_hdf5(lstm_trace, tmp_path):
 def test_plot_writes_a_png(lstm_trace, tmp_path):
     _, _, tr = lstm_trace
     path = tmp_path / "gates.png"
-    tr.plot(path, sequence=1)
+    tr.plot(path, sequence=1, gates=["forget", "c"])   # (the whole grid: docs/gates.png)
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20000
 
@@ -490,3 +490,23 @@ def test_demo_mentions_trace(capsys):
 
     assert main(["demo", "--repeat", "1"]) == 0
     assert "fastgate trace" in capsys.readouterr().out
+
+
+def test_a_recorder_sees_only_its_own_thread(lstm_trace):
+    """Tracing in one thread leaves calls made by other threads untraced (and untouched)."""
+    import threading
+
+    from fastgate.trace import Recorder
+
+    layer, x, _ = lstm_trace
+    expected, _ = layer(x)
+    results = []
+    with Recorder() as recorder:
+        worker = threading.Thread(target=lambda: results.append(layer(x)[0]))
+        worker.start()
+        worker.join()
+    assert recorder.records == [] and len(results) == 1
+    np.testing.assert_array_equal(results[0], expected)
+    with pytest.raises(ConfigError, match="already being recorded"):
+        with Recorder():
+            layer.trace(x)
