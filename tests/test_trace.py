@@ -7,7 +7,6 @@ O(1) values (scaled by |value| for c, which grows); against PyTorch / Keras reco
 (float32 frameworks), 1e-5.
 """
 
-import os
 import subprocess
 import sys
 
@@ -16,7 +15,6 @@ import pytest
 
 import fastgate
 from fastgate.errors import ConfigError
-from fastgate.layout import CellWeights
 from fastgate.trace import GATE_NAMES, Trace
 from conftest import assert_close, random_cell_weights, subprocess_env, torch_to_cellweights
 
