@@ -113,6 +113,22 @@ def test_trace_with_initial_state_and_threads(cell, rng):
     assert_same_trace(compiled, oracle, np.float32)
 
 
+def test_traced_call_does_not_split_the_hidden_units(rng):
+    """Batch 1 on 2 threads: untraced, the threads split the hidden units (and meet after
+    every step); a traced call runs them on one thread (its trace pass copies whole rows)."""
+    layer = fastgate.LSTM(random_cell_weights("lstm", 6, 128, rng=rng, dtype=np.float32))
+    x = rng.normal(0, 1, (40, 1, 6)).astype(np.float32)
+    original = fastgate.get_num_threads()
+    try:
+        fastgate.set_num_threads(2)
+        assert layer._plan.estimate(40, 1)[2] == fastgate.plans.SPLITS["hidden"]
+        compiled = layer.trace(x)
+    finally:
+        fastgate.set_num_threads(original)
+    with fastgate.use_backend("python"):
+        assert_same_trace(compiled, layer.trace(x), np.float32)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("isa", ["base", "avx2"])
 def test_every_instruction_set_traces_as_the_oracle(isa, tmp_path):
@@ -121,7 +137,7 @@ def test_every_instruction_set_traces_as_the_oracle(isa, tmp_path):
     env = subprocess_env(FASTGATE_ISA=isa)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-         "compiled_vs_oracle or initial_state_and_threads or cell_trace"],
+         "compiled_vs_oracle or threads or hidden_units or cell_trace"],
         env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-500:]
