@@ -5,6 +5,11 @@ at most 1.5x the forward pass (it writes B*T*(G+2)*H values besides the outputs)
 Run with ``pytest bench/test_trace.py --benchmark-only``; both engines of a cell share a
 benchmark group, and :func:`test_trace_ratio` times them interleaved and checks the ratio.
 Every trace is first checked against the layer's own output (its ``h``).
+
+Untraced calls do not pay for tracing (its epilogues are separate instantiations): callgrind,
+FASTGATE_ISA=avx2, instructions of run_direction_f_avx2 for one call, before tracing existed
+/ after: S5 LSTM 319,046,020 / 319,046,390; S2 LSTM 1,554,336 / 1,554,764, GRU 1,303,857 /
+1,304,218 (the difference: one trace check per step).
 """
 
 from __future__ import annotations
