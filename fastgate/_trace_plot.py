@@ -11,10 +11,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ConfigError
-from .trace import GATE_LABELS
 
 #: Panel size in inches (width, height).
 PANEL = (4.2, 2.9)
+
+#: Words for the traced values (fastgate.trace.GATE_NAMES) in titles.
+GATE_LABELS = {
+    "input": "Input Gate", "forget": "Forget Gate", "cell": "Cell Candidate (g)",
+    "output": "Output Gate", "c": "Cell State (c)", "h": "Hidden State (h)",
+    "reset": "Reset Gate", "update": "Update Gate", "candidate": "Candidate (n)",
+}
 
 
 def _matplotlib() -> tuple[Any, Any]:

@@ -66,13 +66,6 @@ _UNIT_RANGE = {"sigmoid", "hard_sigmoid", "hard_sigmoid_keras2"}
 _SYMMETRIC_RANGE = {"tanh", "softsign"}
 SATURATION = 0.05
 
-#: Words for the gates in titles and tables.
-GATE_LABELS = {
-    "input": "Input Gate", "forget": "Forget Gate", "cell": "Cell Candidate (g)",
-    "output": "Output Gate", "c": "Cell State (c)", "h": "Hidden State (h)",
-    "reset": "Reset Gate", "update": "Update Gate", "candidate": "Candidate (n)",
-}
-
 
 def trace_columns(cell: str, hidden: int, width: int) -> dict[str, slice]:
     """The columns of each traced value in a trace row of a ``cell`` layer (``hidden``
