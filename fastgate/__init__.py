@@ -29,7 +29,7 @@ from .loading import load
 from .importers.keras import from_keras
 from .cells import GRUCell, LSTMCell, RNNCell
 from .importers.torch import from_torch
-from .importers.onnx import OnnxModel, from_onnx
+from .importers.onnx import from_onnx
 from .serialization import save
 from .trace import Trace
 from .threads import get_num_threads, set_num_threads
@@ -43,7 +43,7 @@ __all__ = [
     "Masking", "Recurrent", "RepeatVector",
     # weights and files
     "CellWeights", "GATE_ORDERS", "reorder_gates", "load", "save", "from_keras", "from_torch",
-    "from_onnx", "OnnxModel",
+    "from_onnx",
     # gate introspection (layer.trace, model.trace)
     "Trace",
     # backends and threads

@@ -321,12 +321,10 @@ class RecurrentLayer:
         state : ndarray or (ndarray, ndarray)
             Final state, arranged as ``state``: ``h_n`` (LSTM: ``(h_n, c_n)``).
         """
-        plan = self._plan
-        if (plan is not None and state is None and lengths is None
-                and current_backend() == "compiled" and not tracing.recording):
+        if state is None and lengths is None:
             # The common call, checked and allocated by the plan (S1/S3-sized calls are
             # dominated by call overhead); None: x needs converting, the general path does.
-            result = plan.run(x)
+            result = self._compiled_run(x)
             if result is not None:
                 return result
         x = as_array(x, self.dtype, f"{type(self).__name__} input")
@@ -555,6 +553,16 @@ class RecurrentLayer:
         out, h_n, c_n = self.forward(chunk, h0, c0, batch_major=True)
         y = out[:, 0] if single else out
         return y, ((h_n, c_n) if self.cell == "lstm" else h_n)
+
+    def _compiled_run(self, x: Any) -> tuple[np.ndarray, State] | None:
+        """A call from zeros without lengths, by the kernel's
+        :meth:`~fastgate._kernels.recurrent.LayerPlan.run` without conversion: ``(out,
+        state)`` as :meth:`__call__` gives them; ``None`` under the python backend or when
+        ``x`` is not a C-contiguous 3-d array of the layer's dtype and input width."""
+        if (self._plan is None or current_backend() != "compiled"
+                or (tracing.recording and tracing.current_recorder() is not None)):
+            return None   # (a traced call takes the general path: forward writes the trace)
+        return self._plan.run(x)
 
     def _compiled_step(self, x: Any, state: Any, flat_state: bool = False
                        ) -> tuple[np.ndarray, State] | None:

@@ -439,6 +439,8 @@ def _label_op(table: dict[int, tuple], name: str, op: Any) -> None:
         for position, cell in enumerate(op.layers):
             table.setdefault(id(cell.layer), (name, position, "reverse", _flip_steps)
                              if op.go_backwards else (name, position, None, None))
+    elif kind == "OnnxOp":   # an ONNX node: its function computes it
+        _label_op(table, name, op.function)
     elif kind == "OnnxRecurrent":
         for layer, reverse in op.layers:
             table.setdefault(id(layer), (name, 0, "reverse", _reverse_valid_steps) if reverse

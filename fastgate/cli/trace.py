@@ -45,9 +45,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def traced(obj: Any, x: Any, lengths: Any, max_bytes: int) -> Trace:
-    """The trace of ``obj`` (a model, ONNX model, layer or cell) on ``x``."""
-    from ..cells import _Cell
-    from ..importers.onnx import OnnxModel
+    """The trace of ``obj`` (a model, layer or cell) on ``x``."""
     from ..layers import RecurrentLayer
 
     if isinstance(obj, RecurrentLayer):
@@ -55,7 +53,7 @@ def traced(obj: Any, x: Any, lengths: Any, max_bytes: int) -> Trace:
     if lengths is not None:
         raise ConfigError("--lengths applies to LSTM/GRU/RNN layers (a model's masks come "
                           "from its own Masking/Embedding layers)")
-    if isinstance(obj, (_Cell, OnnxModel)) or hasattr(obj, "trace"):
+    if hasattr(obj, "trace"):   # a Model (Keras, ONNX, torch) or a cell
         return obj.trace(x, max_bytes=max_bytes)
     raise ConfigError(f"{type(obj).__name__} has no recurrent layers to trace")
 
