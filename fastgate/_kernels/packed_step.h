@@ -395,9 +395,14 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_cells)(const int R, const int full,
         f = FG_VREC(rec_act, FG_NAME(vclip)(block, pre[r][1], plain));
         if (!plain && block->d->input_forget)
             f = 1 - i;
-        g = FG_VACT(act, FG_NAME(vclip)(block, pre[r][2], plain));
-        cell[r] = f * c[r] + i * g;
-        if (tracing) {   /* (a constant) the gates i, f, g at 0, H, 2 H; c' at 4 H */
+        /* (untraced, the expression as it was before tracing: its FMA contraction, hence
+         * its rounding, stays the same) */
+        if (!tracing) {
+            cell[r] = f * c[r] + i * FG_VACT(act, FG_NAME(vclip)(block, pre[r][2], plain));
+            continue;
+        }
+        cell[r] = f * c[r] + i * (g = FG_VACT(act, FG_NAME(vclip)(block, pre[r][2], plain)));
+        {   /* tracing: the gates i, f, g at 0, H, 2 H; c' at 4 H */
             FG_NAME(vstore_n)(rows->trace[r], i, wn, full);
             FG_NAME(vstore_n)(rows->trace[r] + H, f, wn, full);
             FG_NAME(vstore_n)(rows->trace[r] + 2 * H, g, wn, full);
@@ -412,10 +417,14 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_cells)(const int R, const int full,
             pre[r][3] += FG_NAME(vload_n)(peephole + 2 * H, wn, full) * cell[r];
 #pragma GCC unroll 2
     for (r = 0; r < R; r++) {
-        o = FG_VREC(rec_act, FG_NAME(vclip)(block, pre[r][3], plain));
-        if (tracing)
-            FG_NAME(vstore_n)(rows->trace[r] + 3 * H, o, wn, full);
-        cell[r] = o * (plain ? FG_VACT(act, cell[r]) : FG_VCELL(cell[r]));
+        if (!tracing) {
+            cell[r] = FG_VREC(rec_act, FG_NAME(vclip)(block, pre[r][3], plain))
+                      * (plain ? FG_VACT(act, cell[r]) : FG_VCELL(cell[r]));
+            continue;
+        }
+        cell[r] = (o = FG_VREC(rec_act, FG_NAME(vclip)(block, pre[r][3], plain)))
+                  * (plain ? FG_VACT(act, cell[r]) : FG_VCELL(cell[r]));
+        FG_NAME(vstore_n)(rows->trace[r] + 3 * H, o, wn, full);
     }
 #pragma GCC unroll 2
     for (r = 0; r < R; r++)
