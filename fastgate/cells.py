@@ -21,6 +21,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from . import trace as tracing
 from ._validation import as_array, as_cell_weights
 from .errors import ConfigError, ShapeError
 from .layers import GRU, LSTM, RecurrentLayer, SimpleRNN
@@ -151,6 +152,26 @@ class _Cell:
         out, h_n, c_n = self.layer.forward(chunk, h0, c0, batch_major=True)
         y = out[:, 0] if single else out
         return y, (h_n[0] if c_n is None else (h_n[0], c_n[0]))
+
+    # ------------------------------------------------------------------ tracing
+    def trace(self, x: Any, state: State | None = None, *,
+              max_bytes: int = tracing.DEFAULT_MAX_BYTES) -> "tracing.Trace":
+        """One step like ``cell(x, state)``, returning what its gates computed
+        (:class:`fastgate.trace.Trace`, one entry, ``T = 1``; an unbatched ``x`` is a batch
+        of one)."""
+        name = type(self).__name__
+        x = as_array(x, self.dtype, f"{name} input")
+        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
+            raise ShapeError(f"{name} input: expected (B, {self.input_size}) or "
+                             f"({self.input_size},), got shape {x.shape}")
+        unbatched = x.ndim == 1
+        batch = 1 if unbatched else x.shape[0]
+        h0, c0 = self._initial_states(state, batch, unbatched)
+        with tracing.Recorder(max_bytes) as recorder:
+            self.layer(x.reshape(1, batch, self.input_size),
+                       (h0, c0) if c0 is not None else h0)
+        label = name.lower()
+        return tracing.Trace(recorder.entries(lambda layer: (label, 0, None, None)))
 
     # ------------------------------------------------------------------ calling
     def _initial_states(self, state: State | None, batch: int, unbatched: bool

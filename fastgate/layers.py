@@ -18,6 +18,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from . import oracle, plans
+from . import trace as tracing
 # as_array and the two underscore names stay importable from here, for older imports.
 from ._validation import as_array
 from ._validation import as_cell_weights as _cell_weights
@@ -342,7 +343,8 @@ class RecurrentLayer:
         mask = None
         if lengths is not None:
             mask = self._lengths_mask(lengths, steps, batch)
-            if self._plan is not None and current_backend() == "compiled":
+            if (self._plan is not None and current_backend() == "compiled"
+                    and tracing.current_recorder() is None):
                 out, h_n, c_n = self._run_ragged(x, h0, c0, lengths, mask)
             else:
                 out, h_n, c_n = self.forward(x, h0, c0, mask=mask,
@@ -404,12 +406,20 @@ class RecurrentLayer:
         and ``c0`` are fresh C-contiguous arrays of the state shapes (they are updated in
         place and returned as the final state); ``mask`` is a ``(T, B)`` bool array of valid
         steps. See :func:`fastgate.oracle.run_direction` for ``hold_masked_output``.
+
+        Inside a traced call (:meth:`trace`, :mod:`fastgate.trace`) it also writes the gates
+        of every step into traces the active recorder allocates.
         """
         if batch_major:
             batch, steps = x.shape[:2]
         else:
             steps, batch = x.shape[:2]
         width = self.num_directions * self.output_size
+        recorder = tracing.current_recorder()
+        traces = None
+        if recorder is not None:
+            traces = recorder.allocate(self, steps, batch, batch_major, mask,
+                                       fill=np.nan if backend() == "python" else None)
         if backend() == "python":
             x_tm = x.transpose(1, 0, 2) if batch_major else x
             out, h_n, c_n = oracle.forward(
@@ -417,7 +427,10 @@ class RecurrentLayer:
                 activation=self.activation, recurrent_activation=self.recurrent_activation,
                 reset_after=self.reset_after, mask=mask, hold_masked_output=hold_masked_output,
                 cell_activation=self.cell_activation, clip=self.clip,
-                input_forget=self.input_forget)
+                input_forget=self.input_forget,
+                traces=None if traces is None else [
+                    tracing.column_views(t, self.cell, self.hidden_size, self.output_size,
+                                         batch_major) for t in traces])
             if out.shape[0] != steps:  # no steps: the oracle loop never ran
                 out = np.zeros((steps, batch, width), self.dtype)
             out = out.transpose(1, 0, 2) if batch_major else out
@@ -426,7 +439,7 @@ class RecurrentLayer:
                 c0[...] = c_n
             return np.ascontiguousarray(out, dtype=self.dtype), h0, c0
         out = self._run_compiled(x, steps, batch, h0, c0, mask, batch_major,
-                                 hold_masked_output)
+                                 hold_masked_output, traces)
         return out, h0, c0
 
     def _run_ragged(self, x: np.ndarray, h0: np.ndarray, c0: np.ndarray | None,
@@ -457,12 +470,48 @@ class RecurrentLayer:
 
     def _run_compiled(self, x: np.ndarray, steps: int, batch: int, h0: np.ndarray,
                       c0: np.ndarray | None, mask: np.ndarray | None, batch_major: bool,
-                      hold_masked_output: bool) -> np.ndarray:
+                      hold_masked_output: bool, traces: list | None = None) -> np.ndarray:
         """The compiled kernel on validated arrays (see :meth:`forward`); returns ``out``."""
         return self._plan.forward(
             np.ascontiguousarray(x), h0, c0,
             None if mask is None else np.ascontiguousarray(mask, dtype=np.uint8),
-            batch_major, hold_masked_output)
+            batch_major, hold_masked_output, traces=traces)
+
+    # ------------------------------------------------------------------ tracing
+    def trace(self, x: ArrayLike, state: State | None = None,
+              lengths: ArrayLike | None = None, *, sequences: Any = None,
+              max_bytes: int = tracing.DEFAULT_MAX_BYTES) -> "tracing.Trace":
+        """Run the layer like ``layer(x, state, lengths)`` and return what every gate
+        computed at every step (:class:`fastgate.trace.Trace`), from the same kernels.
+
+        ``sequences`` (an index, slice or list) traces only those sequences of the batch.
+        A trace holds ``B * T * (G + 2) * H`` values per layer and direction (``G`` gates);
+        above ``max_bytes`` (default 1 GiB) the call raises
+        :class:`~fastgate.errors.ConfigError`, saying how much it needs.
+        """
+        if sequences is not None:
+            x, state, lengths = self._sequences(x, state, lengths, sequences)
+        with tracing.Recorder(max_bytes) as recorder:
+            self(x, state, lengths)
+        name = type(self).__name__.lower()
+        return tracing.Trace(recorder.entries(lambda layer: (name, 0, None, None)))
+
+    def _sequences(self, x: ArrayLike, state: State | None, lengths: ArrayLike | None,
+                   sequences: Any) -> tuple[np.ndarray, State | None, ArrayLike | None]:
+        """``x``, ``state`` and ``lengths`` of the batch rows ``sequences`` picks."""
+        x = np.asarray(x)
+        if x.ndim != 3:
+            raise ConfigError(f"{type(self).__name__}.trace: sequences= picks sequences of a "
+                              f"batch, got an input of shape {x.shape}")
+        axis = 0 if self.batch_first else 1
+        rows = tracing.select_sequences(x.shape[axis], sequences)
+        if state is not None:
+            parts = list(state) if self.cell == "lstm" else [state]
+            parts = [np.asarray(part)[:, rows] for part in parts]
+            state = tuple(parts) if self.cell == "lstm" else parts[0]
+        if lengths is not None:
+            lengths = np.asarray(lengths)[rows]
+        return np.take(x, rows, axis=axis), state, lengths
 
     # ------------------------------------------------------------------ streaming
     def initial_state(self, batch_size: int = 1) -> State:
@@ -510,8 +559,9 @@ class RecurrentLayer:
         :meth:`~fastgate._kernels.recurrent.LayerPlan.run` without conversion: ``(out,
         state)`` as :meth:`__call__` gives them; ``None`` under the python backend or when
         ``x`` is not a C-contiguous 3-d array of the layer's dtype and input width."""
-        if self._plan is None or current_backend() != "compiled":
-            return None
+        if (self._plan is None or current_backend() != "compiled"
+                or (tracing.recording and tracing.current_recorder() is not None)):
+            return None   # (a traced call takes the general path: forward writes the trace)
         return self._plan.run(x)
 
     def _compiled_step(self, x: Any, state: Any, flat_state: bool = False

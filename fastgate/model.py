@@ -34,6 +34,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from . import trace as tracing
 from .errors import ConfigError, DTypeError, InputError, ShapeError, UnsupportedLayerError
 from .layers import as_array
 from .ops import Activation, Dense, Embedding, Recurrent
@@ -564,6 +565,27 @@ class Model:
         pieces = [self._run([a[start:start + batch_size] for a in inputs])
                   for start in range(0, total, int(batch_size))]
         return self._result([np.concatenate(parts, axis=0) for parts in zip(*pieces)])
+
+    # ------------------------------------------------------------------ tracing
+    def trace(self, x: ArrayLike, *, sequences: Any = None,
+              max_bytes: int = tracing.DEFAULT_MAX_BYTES) -> "tracing.Trace":
+        """Run the model on ``x`` (as :meth:`__call__`) and return what the gates of every
+        recurrent layer computed at every step (:class:`fastgate.trace.Trace`): one entry
+        per layer and direction, in the order the model runs them, named by their node.
+
+        ``sequences`` (an index, slice or list) traces only those rows of the batch. Above
+        ``max_bytes`` of traces (default 1 GiB) the call raises
+        :class:`~fastgate.errors.ConfigError`, saying how much it needs. (A Keras
+        ``stateful`` layer carries its state on, as from any call.)
+        """
+        inputs = self._prepare_inputs(x)
+        if sequences is not None:
+            rows = tracing.select_sequences(inputs[0].shape[0], sequences)
+            inputs = [np.asarray(a)[rows] for a in inputs]
+        with tracing.Recorder(max_bytes) as recorder:
+            self._run(inputs)
+        label = tracing.layer_labels((node.name, node.op) for node in self.nodes)
+        return tracing.Trace(recorder.entries(label))
 
     # ------------------------------------------------------------------ streaming
     def _stream_plan(self) -> _StreamPlan:

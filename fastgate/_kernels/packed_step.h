@@ -18,6 +18,7 @@
  *                    handed straight to its cells' epilogue (one per cell family, below);
  *   candidate_pass   a GRU with the reset gate before U_n: n from (r * h) U_n;
  *   projection_pass  a projected LSTM: h' = (o * act(c')) W_hr;
+ *   trace_pass       with a trace: h' of each row into it (the cells wrote the gates);
  *   mask_pass        masked rows keep their state; every row's output;
  *   and final_state_pass once at the end.
  *
@@ -379,6 +380,7 @@ typedef struct {
     FG_T *h[2];                  /* where the cells write h' (o * act(c') if projected) */
     FG_T *reset_h[2];            /* GRU reset-before, first half: r * h */
     FG_T *z[2];                  /* GRU reset-before: z */
+    FG_T *trace[2];              /* tracing: the row's trace at j0 (gate g at g H), else NULL */
 } FG_NAME(cell_rows);
 
 /* The constants of one block of units: biases at j0, gates H apart. */
@@ -426,8 +428,8 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(pre_activation)(
  * cell_act is act but for ONNX models, whose options the non-`plain` instantiation also
  * takes: peepholes p (i and f add p_i * c and p_f * c, o adds p_o * c'), pre-activations
  * clipped to [-clip, clip] (after the peepholes), and input_forget (f = 1 - i). */
-FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_cells)(const int R, const int full, int act,
-                                                    int rec_act,
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_cells)(const int R, const int full,
+                                                    const int tracing, int act, int rec_act,
                                                     const FG_NAME(cell_rows) *rows,
                                                     const FG_NAME(cell_block) *block)
 {
@@ -435,7 +437,7 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_cells)(const int R, const int full,
     const ptrdiff_t wn = block->wn, H = block->hidden;
     const int plain = full && act == FG_TANH && rec_act == FG_SIGMOID;   /* (constants) */
     const FG_T *peephole = plain ? NULL : block->peephole;
-    V pre[2][4], cell[2], c[2], i, f;
+    V pre[2][4], cell[2], c[2], i, f, g, o;
     int gate, r;
 #pragma GCC unroll 2
     for (r = 0; r < R; r++)
@@ -456,7 +458,19 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_cells)(const int R, const int full,
         f = FG_VREC(rec_act, FG_NAME(vclip)(block, pre[r][1], plain));
         if (!plain && block->d->input_forget)
             f = 1 - i;
-        cell[r] = f * c[r] + i * FG_VACT(act, FG_NAME(vclip)(block, pre[r][2], plain));
+        /* (untraced, the expression as it was before tracing: its FMA contraction, hence
+         * its rounding, stays the same) */
+        if (!tracing) {
+            cell[r] = f * c[r] + i * FG_VACT(act, FG_NAME(vclip)(block, pre[r][2], plain));
+            continue;
+        }
+        cell[r] = f * c[r] + i * (g = FG_VACT(act, FG_NAME(vclip)(block, pre[r][2], plain)));
+        {   /* tracing: the gates i, f, g at 0, H, 2 H; c' at 4 H */
+            FG_NAME(vstore_n)(rows->trace[r], i, wn, full);
+            FG_NAME(vstore_n)(rows->trace[r] + H, f, wn, full);
+            FG_NAME(vstore_n)(rows->trace[r] + 2 * H, g, wn, full);
+            FG_NAME(vstore_n)(rows->trace[r] + 4 * H, cell[r], wn, full);
+        }
     }
 #pragma GCC unroll 2
     for (r = 0; r < R; r++)
@@ -465,9 +479,16 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_cells)(const int R, const int full,
         for (r = 0; r < R; r++)
             pre[r][3] += FG_NAME(vload_n)(peephole + 2 * H, wn, full) * cell[r];
 #pragma GCC unroll 2
-    for (r = 0; r < R; r++)
-        cell[r] = FG_VREC(rec_act, FG_NAME(vclip)(block, pre[r][3], plain))
+    for (r = 0; r < R; r++) {
+        if (!tracing) {
+            cell[r] = FG_VREC(rec_act, FG_NAME(vclip)(block, pre[r][3], plain))
+                      * (plain ? FG_VACT(act, cell[r]) : FG_VCELL(cell[r]));
+            continue;
+        }
+        cell[r] = (o = FG_VREC(rec_act, FG_NAME(vclip)(block, pre[r][3], plain)))
                   * (plain ? FG_VACT(act, cell[r]) : FG_VCELL(cell[r]));
+        FG_NAME(vstore_n)(rows->trace[r] + 3 * H, o, wn, full);
+    }
 #pragma GCC unroll 2
     for (r = 0; r < R; r++)
         FG_NAME(vstore_n)(rows->h[r], cell[r], wn, full);
@@ -476,8 +497,8 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_cells)(const int R, const int full,
 /* GRU, reset after:  r = rec_act(x W_r + b_r + h U_r),  z = rec_act(x W_z + b_z + h U_z)
  *                    n = act(x W_n + b_in + r * (h U_n + b_hn));   h' = z * h + (1 - z) * n
  * x W_n is the input's third gate, or (in step) the tile's; h U_n is the tile's next one. */
-FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_cells)(const int R, const int full, int act,
-                                                   int rec_act,
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_cells)(const int R, const int full,
+                                                   const int tracing, int act, int rec_act,
                                                    const FG_NAME(cell_rows) *rows,
                                                    const FG_NAME(cell_block) *block)
 {
@@ -500,6 +521,11 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_cells)(const int R, const int full, 
             block, input_n + FG_NAME(vload_n)(block->bias + 2 * H, wn, full)
                    + reset * (recurrent_n + FG_NAME(vload_n)(block->new_gate_bias, wn, full)),
             plain));
+        if (tracing) {   /* r, z, n at 0, H, 2 H */
+            FG_NAME(vstore_n)(rows->trace[r], reset, wn, full);
+            FG_NAME(vstore_n)(rows->trace[r] + H, update, wn, full);
+            FG_NAME(vstore_n)(rows->trace[r] + 2 * H, candidate, wn, full);
+        }
         candidate = update * FG_NAME(vload_n)(rows->h_previous[r], wn, full)
                     + (1 - update) * candidate;
         FG_NAME(vstore_n)(rows->h[r], candidate, wn, full);
@@ -508,7 +534,8 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_cells)(const int R, const int full, 
 
 /* GRU, reset before, first half:  r, z as above;  keeps r * h and z for the candidate. */
 FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_reset_cells)(const int R, const int full,
-                                                         int act, int rec_act,
+                                                         const int tracing, int act,
+                                                         int rec_act,
                                                          const FG_NAME(cell_rows) *rows,
                                                          const FG_NAME(cell_block) *block)
 {
@@ -521,6 +548,10 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_reset_cells)(const int R, const int 
             block, FG_NAME(pre_activation)(rows, block, r, 0, full), plain));
         update = FG_VREC(rec_act, FG_NAME(vclip)(
             block, FG_NAME(pre_activation)(rows, block, r, 1, full), plain));
+        if (tracing) {   /* r, z at 0, H */
+            FG_NAME(vstore_n)(rows->trace[r], reset, block->wn, full);
+            FG_NAME(vstore_n)(rows->trace[r] + block->hidden, update, block->wn, full);
+        }
         reset *= FG_NAME(vload_n)(rows->h_previous[r], block->wn, full);
         FG_NAME(vstore_n)(rows->reset_h[r], reset, block->wn, full);
         FG_NAME(vstore_n)(rows->z[r], update, block->wn, full);
@@ -530,7 +561,8 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_reset_cells)(const int R, const int 
 /* GRU, reset before, second half:  n = act(x W_n + b_n + (r * h) U_n);  h' = z h + (1 - z) n.
  * SimpleRNN (rows->z[r] == NULL):  h' = act(x W + b + h U). */
 FG_ALWAYS_INLINE FG_TARGET void FG_NAME(single_gate_cells)(const int R, const int full,
-                                                           int act, int rec_act,
+                                                           const int tracing, int act,
+                                                           int rec_act,
                                                            const FG_NAME(cell_rows) *rows,
                                                            const FG_NAME(cell_block) *block)
 {
@@ -542,6 +574,8 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(single_gate_cells)(const int R, const in
         state = FG_VACT(act, FG_NAME(vclip)(
             block, FG_NAME(pre_activation)(rows, block, r, 0, full), plain));
         if (rows->z[r] != NULL) {
+            if (tracing)   /* a GRU's n at 2 H (a SimpleRNN's h' is traced by trace_pass) */
+                FG_NAME(vstore_n)(rows->trace[r] + 2 * block->hidden, state, block->wn, full);
             z = FG_NAME(vload_n)(rows->z[r], block->wn, full);
             state = z * FG_NAME(vload_n)(rows->h_previous[r], block->wn, full)
                     + (1 - z) * state;
@@ -666,7 +700,8 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(prefetch_input)(const FG_NAME(pass_conte
 /* Row b's operands in slot `slot` of `rows`, for the cells of `family` at block jb. */
 FG_ALWAYS_INLINE FG_TARGET void FG_NAME(row_operands)(const FG_NAME(pass_context) *x,
                                                       const FG_NAME(step_state) *st,
-                                                      const int family, const FG_T *tile,
+                                                      const int family, const int tracing,
+                                                      const FG_T *tile,
                                                       ptrdiff_t b, ptrdiff_t jb, int slot,
                                                       FG_NAME(cell_rows) *rows)
 {
@@ -688,6 +723,10 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(row_operands)(const FG_NAME(pass_context
     rows->h_previous[slot] = st->h_previous + b * st->hp_stride + j0;
     rows->h[slot] = st->h_next + b * st->hn_stride + j0;
     rows->z[slot] = NULL;
+    rows->trace[slot] = tracing ? (FG_T *)d->trace + (st->t * d->step_stride
+                                                      + b * d->batch_stride) * d->trace_width
+                                  + j0
+                                : NULL;
     if (family == FG_FAMILY_LSTM) {
         rows->c[slot] = (FG_T *)d->c + b * H + j0;
         if (d->projection != NULL)
@@ -701,18 +740,18 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(row_operands)(const FG_NAME(pass_context
 
 /* The cells of `family` for R rows (a switch on constants: one family's code remains). */
 FG_ALWAYS_INLINE FG_TARGET void FG_NAME(cells)(const int family, const int R, const int full,
-                                               int act, int rec_act,
+                                               const int tracing, int act, int rec_act,
                                                const FG_NAME(cell_rows) *rows,
                                                const FG_NAME(cell_block) *block)
 {
     if (family == FG_FAMILY_LSTM)
-        FG_NAME(lstm_cells)(R, full, act, rec_act, rows, block);
+        FG_NAME(lstm_cells)(R, full, tracing, act, rec_act, rows, block);
     else if (family == FG_FAMILY_GRU)
-        FG_NAME(gru_cells)(R, full, act, rec_act, rows, block);
+        FG_NAME(gru_cells)(R, full, tracing, act, rec_act, rows, block);
     else if (family == FG_FAMILY_GRU_RESET)
-        FG_NAME(gru_reset_cells)(R, full, act, rec_act, rows, block);
+        FG_NAME(gru_reset_cells)(R, full, tracing, act, rec_act, rows, block);
     else
-        FG_NAME(single_gate_cells)(R, full, act, rec_act, rows, block);
+        FG_NAME(single_gate_cells)(R, full, tracing, act, rec_act, rows, block);
 }
 
 /* The cells of rows [b, b + rows) of a tile (rows `stride` apart), two rows at a time where
@@ -720,8 +759,9 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(cells)(const int family, const int R, co
  * r * h rows feed the candidate's tile product). */
 FG_ALWAYS_INLINE FG_TARGET void FG_NAME(cells_tile_rows)(
     const FG_NAME(pass_context) *x, const FG_NAME(step_state) *st, const int family,
-    const int full, int act, int rec_act, const FG_T *tile, ptrdiff_t stride, ptrdiff_t b,
-    ptrdiff_t rows, ptrdiff_t jb, const FG_NAME(cell_block) *block)
+    const int full, const int tracing, int act, int rec_act, const FG_T *tile,
+    ptrdiff_t stride, ptrdiff_t b, ptrdiff_t rows, ptrdiff_t jb,
+    const FG_NAME(cell_block) *block)
 {
     FG_NAME(cell_rows) operands;
     const int all_rows = family == FG_FAMILY_GRU_RESET;
@@ -730,13 +770,14 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(cells_tile_rows)(
         const int valid = all_rows || FG_IS_VALID(st, b + r);
         const int pair = valid && r + 1 < rows && (all_rows || FG_IS_VALID(st, b + r + 1));
         if (valid) {
-            FG_NAME(row_operands)(x, st, family, tile + r * stride, b + r, jb, 0, &operands);
+            FG_NAME(row_operands)(x, st, family, tracing, tile + r * stride, b + r, jb, 0,
+                                  &operands);
             if (pair) {
-                FG_NAME(row_operands)(x, st, family, tile + (r + 1) * stride, b + r + 1, jb,
-                                      1, &operands);
-                FG_NAME(cells)(family, 2, full, act, rec_act, &operands, block);
+                FG_NAME(row_operands)(x, st, family, tracing, tile + (r + 1) * stride,
+                                      b + r + 1, jb, 1, &operands);
+                FG_NAME(cells)(family, 2, full, tracing, act, rec_act, &operands, block);
             } else {
-                FG_NAME(cells)(family, 1, full, act, rec_act, &operands, block);
+                FG_NAME(cells)(family, 1, full, tracing, act, rec_act, &operands, block);
             }
         }
         r += 1 + pair;
@@ -745,34 +786,32 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(cells_tile_rows)(
 
 /* cells_<family>_fast / _any: the epilogue of one tile, the cells of `family` for rows
  * [b, b + rows) at block jb; _fast for a whole block with the default activations (tanh,
- * sigmoid) as constants, _any for any block and activations. A call picks its pair once
- * (pass_context_init). */
-#define FG_DEFINE_CELLS(FAMILY, NAME)                                                      \
-static FG_TARGET void FG_NAME(NAME##_fast)(const FG_NAME(pass_context) *x,                 \
-                                           const FG_NAME(step_state) *st, const FG_T *tile, \
-                                           ptrdiff_t stride, ptrdiff_t b, ptrdiff_t rows,  \
-                                           ptrdiff_t jb, const FG_NAME(cell_block) *block) \
+ * sigmoid) as constants, _any for any block and activations; _trace_fast / _trace_any the
+ * same, also writing the trace (d->trace). A call picks its pair once (pass_context_init). */
+#define FG_DEFINE_EPILOGUE(FAMILY, NAME, FULL, TRACING, ACT, REC_ACT)                      \
+static FG_TARGET void FG_NAME(NAME)(const FG_NAME(pass_context) *x,                        \
+                                    const FG_NAME(step_state) *st, const FG_T *tile,        \
+                                    ptrdiff_t stride, ptrdiff_t b, ptrdiff_t rows,         \
+                                    ptrdiff_t jb, const FG_NAME(cell_block) *block)        \
 {                                                                                          \
-    FG_NAME(cells_tile_rows)(x, st, FAMILY, 1, FG_TANH, FG_SIGMOID, tile, stride, b, rows, \
-                             jb, block);                                                   \
-}                                                                                          \
-static FG_TARGET void FG_NAME(NAME##_any)(const FG_NAME(pass_context) *x,                  \
-                                          const FG_NAME(step_state) *st, const FG_T *tile,  \
-                                          ptrdiff_t stride, ptrdiff_t b, ptrdiff_t rows,   \
-                                          ptrdiff_t jb, const FG_NAME(cell_block) *block)  \
-{                                                                                          \
-    FG_NAME(cells_tile_rows)(x, st, FAMILY, 0, x->d->act, x->d->rec_act, tile, stride, b,  \
+    FG_NAME(cells_tile_rows)(x, st, FAMILY, FULL, TRACING, ACT, REC_ACT, tile, stride, b,  \
                              rows, jb, block);                                             \
 }
+#define FG_DEFINE_CELLS(FAMILY, NAME)                                                      \
+FG_DEFINE_EPILOGUE(FAMILY, NAME##_fast, 1, 0, FG_TANH, FG_SIGMOID)                         \
+FG_DEFINE_EPILOGUE(FAMILY, NAME##_any, 0, 0, x->d->act, x->d->rec_act)                     \
+FG_DEFINE_EPILOGUE(FAMILY, NAME##_trace_fast, 1, 1, FG_TANH, FG_SIGMOID)                   \
+FG_DEFINE_EPILOGUE(FAMILY, NAME##_trace_any, 0, 1, x->d->act, x->d->rec_act)
 FG_DEFINE_CELLS(FG_FAMILY_LSTM, cells_lstm)
 FG_DEFINE_CELLS(FG_FAMILY_GRU, cells_gru)
 FG_DEFINE_CELLS(FG_FAMILY_GRU_RESET, cells_gru_reset)
 FG_DEFINE_CELLS(FG_FAMILY_CANDIDATE, cells_candidate)
 FG_DEFINE_CELLS(FG_FAMILY_RNN, cells_rnn)
 #undef FG_DEFINE_CELLS
+#undef FG_DEFINE_EPILOGUE
 
 /* The epilogues of `family` for whole blocks (`full`) and the last, partial one: _fast
- * where the activations the family reads are the defaults. */
+ * where the activations the family reads are the defaults; _trace_* with a trace. */
 static FG_TARGET void FG_NAME(choose_cells)(int family, const fg_direction *d,
                                             FG_NAME(cells_fn) *full,
                                             FG_NAME(cells_fn) *partial)
@@ -788,10 +827,12 @@ static FG_TARGET void FG_NAME(choose_cells)(int family, const fg_direction *d,
                               && d->cell_alpha == d->act_alpha && d->cell_beta == d->act_beta));
     const int fast = plain && (!reads_act || act == FG_TANH)
                      && (!reads_rec_act || rec_act == FG_SIGMOID);
+    const int tracing = d->trace != NULL;
 #define FG_CHOOSE(FAMILY, NAME)                                                            \
     case FAMILY:                                                                           \
-        *partial = FG_NAME(NAME##_any);                                                    \
-        *full = fast ? FG_NAME(NAME##_fast) : FG_NAME(NAME##_any);                         \
+        *partial = tracing ? FG_NAME(NAME##_trace_any) : FG_NAME(NAME##_any);              \
+        *full = tracing ? (fast ? FG_NAME(NAME##_trace_fast) : FG_NAME(NAME##_trace_any))  \
+                        : (fast ? FG_NAME(NAME##_fast) : FG_NAME(NAME##_any));             \
         break;
     switch (family) {
     FG_CHOOSE(FG_FAMILY_LSTM, cells_lstm)
@@ -1046,6 +1087,30 @@ static FG_TARGET void FG_NAME(mask_pass)(const FG_NAME(pass_context) *x,
     }
 }
 
+/* trace_pass (with a trace): h' of each valid row into its trace row (the cells wrote the
+ * gates and c'), and NaN over the whole row of a masked one, which the cells skipped (or,
+ * GRU reset-before's first half, computed anyway). Never inlined: inlined, it changed the
+ * register allocation of the untraced step loop (+0.2% instructions at S2, callgrind). */
+FG_NEVER_INLINE FG_TARGET void FG_NAME(trace_pass)(const FG_NAME(pass_context) *x,
+                                          const FG_NAME(step_state) *st)
+{
+    const fg_direction *d = x->d;
+    /* (a SimpleRNN's only gate is h' itself: no gate columns) */
+    const ptrdiff_t h_column = d->cell == FG_CELL_LSTM ? x->GH + x->H
+                               : d->cell == FG_CELL_GRU ? x->GH : 0;
+    ptrdiff_t b, k;
+    for (b = x->row_begin; b < x->row_end; b++) {
+        FG_T *row = (FG_T *)d->trace + (st->t * d->step_stride + b * d->batch_stride)
+                                       * d->trace_width;
+        if (FG_IS_VALID(st, b)) {
+            memcpy(row + h_column, st->h_next + b * st->hn_stride, x->P * sizeof(FG_T));
+            continue;
+        }
+        for (k = 0; k < d->trace_width; k++)
+            row[k] = (FG_T)NAN;
+    }
+}
+
 /* The final h: this call's columns (all unless threads split the blocks) of the last h. */
 static FG_TARGET void FG_NAME(final_state_pass)(const FG_NAME(pass_context) *x,
                                                 const FG_NAME(step_state) *st)
@@ -1125,6 +1190,8 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
             FG_NAME(candidate_pass)(&x, &st);
         if (d->projection != NULL)
             FG_NAME(projection_pass)(&x, &st);
+        if (d->trace != NULL)
+            FG_NAME(trace_pass)(&x, &st);
         if (d->mask != NULL)
             FG_NAME(mask_pass)(&x, &st);
         FG_NAME(end_step)(d, &st);
