@@ -937,11 +937,11 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(one_row_blocks)(const FG_NAME(pass_conte
             const FG_NAME(cell_block) next = FG_NAME(block_at)(x, jb + 1, 0);
             FG_NAME(pair_product)(G, last_apart, x_row, x->K1, panel, x->panel_size, h_row,
                                   K2, panel_u, x->panel_u_size, tile);
-            FG_NAME(row_operands)(x, st, family, tile, b, jb, 0, &rows);
-            FG_NAME(cells)(family, 1, 1, FG_TANH, FG_SIGMOID, &rows, &block);
-            FG_NAME(row_operands)(x, st, family, tile + (G + last_apart) * FG_W, b, jb + 1, 0,
+            FG_NAME(row_operands)(x, st, family, 0, tile, b, jb, 0, &rows);
+            FG_NAME(cells)(family, 1, 1, 0, FG_TANH, FG_SIGMOID, &rows, &block);
+            FG_NAME(row_operands)(x, st, family, 0, tile + (G + last_apart) * FG_W, b, jb + 1, 0,
                                   &rows);
-            FG_NAME(cells)(family, 1, 1, FG_TANH, FG_SIGMOID, &rows, &next);
+            FG_NAME(cells)(family, 1, 1, 0, FG_TANH, FG_SIGMOID, &rows, &next);
             jb++;
             continue;
         }
@@ -953,8 +953,8 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(one_row_blocks)(const FG_NAME(pass_conte
         }
         FG_NAME(tile_product)(G, 1, last_apart, x_row, x->x_stride, x->K1, panel, h_row,
                               st->hp_stride, K2, panel_u, tile);
-        FG_NAME(row_operands)(x, st, family, tile, b, jb, 0, &rows);
-        FG_NAME(cells)(family, 1, 1, FG_TANH, FG_SIGMOID, &rows, &block);
+        FG_NAME(row_operands)(x, st, family, 0, tile, b, jb, 0, &rows);
+        FG_NAME(cells)(family, 1, 1, 0, FG_TANH, FG_SIGMOID, &rows, &block);
     }
 }
 
