@@ -29,7 +29,7 @@ from .loading import load
 from .importers.keras import from_keras
 from .cells import GRUCell, LSTMCell, RNNCell
 from .importers.torch import from_torch
-from .importers.onnx import OnnxModel, from_onnx
+from .importers.onnx import from_onnx
 from .serialization import save
 from .threads import get_num_threads, set_num_threads
 from . import plans
@@ -42,7 +42,7 @@ __all__ = [
     "Masking", "Recurrent", "RepeatVector",
     # weights and files
     "CellWeights", "GATE_ORDERS", "reorder_gates", "load", "save", "from_keras", "from_torch",
-    "from_onnx", "OnnxModel",
+    "from_onnx",
     # backends and threads
     "backend", "use_backend", "available_backends", "set_num_threads", "get_num_threads",
     "plans", "explain",

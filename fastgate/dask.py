@@ -58,6 +58,9 @@ __all__ = ["predict", "predict_sequences", "score_sequences", "release", "ModelP
 #: The largest block a task reads, after chunks along time and features are merged.
 DEFAULT_MAX_BLOCK_BYTES = 512 << 20
 
+#: The most sequences a task runs in one forward pass (see ``batch_rows`` of :func:`predict`).
+DEFAULT_BATCH_ROWS = 256
+
 #: How many times each worker process built each model, by plugin name (read by the tests
 #: through ``client.run``: a model is shipped to, and built on, a worker once).
 _MODEL_LOADS: dict[str, int] = {}
@@ -167,6 +170,7 @@ def _check_model(model: Any) -> str:
             raise ConfigError(f"model {model.name!r} is stateful (Keras stateful=True): its "
                               f"output depends on the order of the batches, which a cluster "
                               f"does not keep; run model.predict in one process")
+        model.check_batch_first("fastgate.dask")
         return "model"
     if isinstance(model, RecurrentLayer):
         return "layer"
@@ -186,10 +190,29 @@ def _run(model: Any, kind: str, x: np.ndarray, return_state: bool) -> tuple[np.n
     return (out,) + (tuple(state) if isinstance(state, tuple) else (state,))
 
 
-def _score_block(block: np.ndarray, name: str, kind: str, return_state: bool
-                 ) -> tuple[np.ndarray, ...]:
-    """A task: the outputs of the worker's model on one block of ``X``."""
-    return _run(_worker_model(name), kind, block, return_state)
+def _run_in_batches(model: Any, kind: str, x: np.ndarray, return_state: bool,
+                    batch_rows: int | None) -> tuple[np.ndarray, ...]:
+    """:func:`_run` on ``x`` cut along its batch axis into batches of ``batch_rows`` rows,
+    the outputs joined again: a batch that fits in cache runs faster than one big call."""
+    axis = 1 if kind == "layer" and not model.batch_first else 0
+    rows = x.shape[axis]
+    if batch_rows is None or rows <= batch_rows:
+        return _run(model, kind, x, return_state)
+    parts = [_run(model, kind, x[(slice(None),) * axis + (slice(start, start + batch_rows),)],
+                  return_state)
+             for start in range(0, rows, batch_rows)]
+    axes = _output_batch_axes(kind, model, len(parts[0]))
+    return tuple(np.concatenate([part[k] for part in parts], axis=axes[k])
+                 for k in range(len(axes)))
+
+
+def _score_block(block: np.ndarray, name: str, kind: str, return_state: bool,
+                 batch_rows: int | None = None, single: bool = False
+                 ) -> tuple[np.ndarray, ...] | np.ndarray:
+    """A task: the outputs of the worker's model on one block of ``X`` (``single``: the one
+    output itself, so that no task is spent taking it out of a tuple)."""
+    outputs = _run_in_batches(_worker_model(name), kind, block, return_state, batch_rows)
+    return outputs[0] if single else outputs
 
 
 # ============================================================================ predict
@@ -241,7 +264,8 @@ def _output_batch_axes(kind: str, model: Any, count: int) -> list[int]:
 
 
 def predict(model: Any, X: Any, client: Client | None = None, *, return_state: bool = False,
-            kernel_threads: int = 1, max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES) -> Any:
+            kernel_threads: int = 1, max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
+            batch_rows: int | None = DEFAULT_BATCH_ROWS) -> Any:
     """Score ``X`` with ``model`` on a Dask cluster, block by block along the batch axis.
 
     Parameters
@@ -264,6 +288,10 @@ def predict(model: Any, X: Any, client: Client | None = None, *, return_state: b
     max_block_bytes : int
         The largest block a task may read (512 MiB): bigger ones raise a ConfigError saying
         how to rechunk.
+    batch_rows : int or None
+        A task runs its block in forward passes of at most this many sequences (256), so
+        that big blocks (few tasks, little scheduling) keep the speed of cache-sized
+        batches; ``None``: one pass per block.
 
     Returns
     -------
@@ -283,6 +311,9 @@ def predict(model: Any, X: Any, client: Client | None = None, *, return_state: b
         At compute time, from the task that met it (token ids outside the vocabulary, say).
     """
     kind = _check_model(model)
+    if batch_rows is not None and (isinstance(batch_rows, bool)
+                                   or not isinstance(batch_rows, int) or batch_rows < 1):
+        raise ConfigError(f"batch_rows must be a positive int or None, got {batch_rows!r}")
     if return_state and kind == "model":
         raise ConfigError("return_state applies to layers; a Model returns what its outputs "
                           "are (a Keras layer's return_state outputs among them)")
@@ -297,26 +328,38 @@ def predict(model: Any, X: Any, client: Client | None = None, *, return_state: b
     examples = _probe(model, kind, X, batch_axis, return_state)
     name = _ship(model, client, kernel_threads)
     blocks = X.to_delayed(optimize_graph=False).ravel()
-    score = dask.delayed(_score_block, pure=True, nout=len(examples))
-    token = tokenize(name, kind, return_state, X.name)
-    scored = [score(block, name, kind, return_state,
+    single = len(examples) == 1
+    score = dask.delayed(_score_block, pure=True, nout=None if single else len(examples))
+    token = tokenize(name, kind, return_state, batch_rows, X.name)
+    scored = [score(block, name, kind, return_state, batch_rows, single,
                     dask_key_name=f"fastgate-predict-{token}-{k}")
               for k, block in enumerate(blocks)]
-    results = []
-    for index, (example, axis) in enumerate(zip(
-            examples, _output_batch_axes(kind, model, len(examples)))):
-        pieces = []
-        for rows, parts in zip(X.chunks[batch_axis], scored):
-            shape = list(example.shape)
-            shape[axis] = rows
-            pieces.append(da.from_delayed(parts[index], tuple(shape), dtype=example.dtype,
-                                          meta=example[:0] if example.ndim else example))
-        results.append(da.concatenate(pieces, axis=axis))
+    results = _assemble(scored, examples, _output_batch_axes(kind, model, len(examples)),
+                        X.chunks[batch_axis])
     if kind == "model":
         return results[0] if len(results) == 1 else results
     if not return_state:
         return results[0]
     return (results[0], results[1] if len(results) == 2 else tuple(results[1:]))
+
+
+def _assemble(scored: list, examples: list, axes: list[int], rows_per_block: tuple[int, ...]
+              ) -> list:
+    """One lazy dask array per output, from the delayed results of every block (``scored``:
+    the output itself when there is one, else a tuple) and an ``example`` of each output,
+    whose batch axis is ``axes[k]``."""
+    single = len(examples) == 1
+    results = []
+    for index, (example, axis) in enumerate(zip(examples, axes)):
+        pieces = []
+        for rows, parts in zip(rows_per_block, scored):
+            shape = list(example.shape)
+            shape[axis] = rows
+            pieces.append(da.from_delayed(parts if single else parts[index], tuple(shape),
+                                          dtype=example.dtype,
+                                          meta=example[:0] if example.ndim else example))
+        results.append(da.concatenate(pieces, axis=axis))
+    return results
 
 
 # ============================================================================ ragged sequences

@@ -41,8 +41,8 @@ def load(path: str | os.PathLike, architecture: Any = None) -> Any:
     Returns
     -------
     Model or layer
-        Keras files give a :class:`fastgate.Model` (call ``.predict(x)``); ONNX files an
-        :class:`fastgate.OnnxModel` (``.run(output_names, input_feed)``, ``.predict(x)``); a
+        Keras and ONNX files give a :class:`fastgate.Model` (``.predict(x)``; an ONNX graph's
+        inputs and outputs keep their names: ``.run(output_names, input_feed)``); a
         ``.fastgate`` file gives back whatever was saved.
 
     Raises

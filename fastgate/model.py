@@ -34,8 +34,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, ShapeError, UnsupportedLayerError
 from ._validation import as_array
+from .errors import ConfigError, DTypeError, InputError, ShapeError, UnsupportedLayerError
 from .ops import Activation, Dense, Embedding, Recurrent
 from .serialization import save, serializable
 from .state import check_batch_size
@@ -111,10 +111,22 @@ def _as_mask(value: Any) -> np.ndarray:
     return mask
 
 
+def _typed_input(value: Any, dtype: np.dtype, what: str) -> np.ndarray:
+    """``value`` as an array of ``dtype`` (a typed graph input): real numbers only; floats
+    become integers only when they are integral."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise DTypeError(f"{what} must hold real numbers, got dtype {array.dtype}")
+    if dtype.kind in "iu" and array.dtype.kind == "f" and not np.all(np.mod(array, 1) == 0):
+        raise DTypeError(f"{what} holds integers ({dtype}), got non-integral floats")
+    return array.astype(dtype, copy=False)
+
+
 def _count_parameters(value: Any) -> int:
-    """Number of weights in an op, counted from its serialization spec."""
+    """Number of weights in an op, counted from its serialization spec (floating-point
+    arrays: an ONNX graph's integer constants are shapes and axes, not weights)."""
     if isinstance(value, np.ndarray):
-        return int(value.size)
+        return int(value.size) if value.dtype.kind in "fc" else 0
     if hasattr(value, "_get_spec"):
         return _count_parameters(value._get_spec())
     if isinstance(value, dict):
@@ -144,6 +156,13 @@ class Model:
     dict_outputs : bool
         Return the outputs as a dict keyed by ``output_names`` (a Keras model built with a
         dict of outputs), not a list.
+    input_dtypes : sequence of (str or None), optional
+        Per model input, the dtype its values are converted to (an ONNX graph's declared
+        input types: ``"float32"``, ``"int64"``...); ``None`` (the default): float32, or the
+        token ids as given for an input an Embedding reads.
+    native_dtypes : bool
+        Give each output in the dtype the graph computes it (an ONNX graph: float64, int64
+        ...), not float32 as Keras does.
     name : str
         Shown by ``repr`` and :meth:`summary`.
 
@@ -161,6 +180,8 @@ class Model:
                  input_names: Sequence[str] | None = None,
                  output_names: Sequence[str] | None = None,
                  dict_outputs: bool = False,
+                 input_dtypes: Sequence[Any] | None = None,
+                 native_dtypes: bool = False,
                  name: str = "model") -> None:
         if input_shapes is None:
             input_shapes = [input_shape]
@@ -192,8 +213,17 @@ class Model:
         if self.dict_outputs and len(set(self.output_names)) != len(self.output_names):
             raise ConfigError(f"dict_outputs needs distinct output names, got "
                               f"{self.output_names}")
+        self.input_dtypes = ([None] * count if input_dtypes is None else
+                             [None if d is None else np.dtype(d) for d in input_dtypes])
+        if len(self.input_dtypes) != count:
+            raise ConfigError(f"{len(self.input_dtypes)} input dtypes for {count} inputs")
+        if any(d is not None and d.kind not in "biuf" for d in self.input_dtypes):
+            raise ConfigError(f"input dtypes must be booleans, integers or floats, got "
+                              f"{self.input_dtypes}")
+        self.native_dtypes = bool(native_dtypes)
         self.name = str(name)
         self._plan = self._stream_plan()
+        self._plain_walk = self._plain_walk_plan()
 
     def _refers(self, ref: tuple[int, int], before: int) -> bool:
         if ref[0] == MODEL_INPUT:
@@ -233,6 +263,23 @@ class Model:
         return self.input_shapes[0]
 
     # ------------------------------------------------------------------ description
+    @property
+    def inputs_batch_first(self) -> bool:
+        """Whether the first axis of every input is the batch: a Keras or fastgate model's
+        is; an imported ONNX graph's typed inputs say no such thing (PyTorch exports its
+        layers time-major, ``(T, B, D)``)."""
+        return all(dtype is None for dtype in self.input_dtypes)
+
+    def check_batch_first(self, what: str) -> None:
+        """Raise :class:`~fastgate.errors.ConfigError` for ``what`` (which splits or joins
+        inputs on their first axis) unless :attr:`inputs_batch_first`."""
+        if not self.inputs_batch_first:
+            raise ConfigError(f"{what} splits or joins the inputs of model {self.name!r} on "
+                              f"their first axis, but its inputs (an ONNX graph's "
+                              f"{self.input_names}) need not have the batch there (a "
+                              f"time-major export has the steps); give whole batches to "
+                              f"run() / predict()")
+
     @property
     def stateful(self) -> bool:
         """Whether some op carries state from one call to the next (Keras ``stateful``)."""
@@ -274,7 +321,9 @@ class Model:
         for row in rows:
             lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths))
                          + "  " + row[3])
-        lines.append(f"outputs: {', '.join(where(ref) for ref in self.outputs)}")
+        lines.append("outputs: " + ", ".join(
+            where(ref) if name == self._default_output_name(ref) else f"{name} = {where(ref)}"
+            for name, ref in zip(self.output_names, self.outputs)))
         lines.append(f"total weights: {self.count_params():,}")
         return "\n".join(lines)
 
@@ -295,6 +344,8 @@ class Model:
         """Keras' ways of giving the inputs: one array, a list in order, or a dict by name."""
         count = len(self.input_shapes)
         if isinstance(x, dict):
+            if len(x) == count and all(name in x for name in self.input_names):
+                return [x[name] for name in self.input_names]
             missing = [n for n in self.input_names if n not in x]
             unknown = [k for k in x if k not in self.input_names]
             if missing or unknown:
@@ -320,27 +371,43 @@ class Model:
 
     def _prepare_inputs(self, x: ArrayLike) -> list[np.ndarray]:
         """The model inputs in ``x`` (see :meth:`_input_list`), checked and converted."""
-        arrays = []
-        for k, value in enumerate(self._input_list(x)):
-            what = (f"model {self.name!r} input" if len(self.input_shapes) == 1 else
-                    f"model {self.name!r} input {self.input_names[k]!r}")
-            if self._feeds_embedding(k):
-                value = np.asarray(value)  # token ids: Embedding checks and converts them
-            else:
-                value = as_array(value, np.dtype(np.float32), what)
-            expected = self.input_shapes[k]
-            if expected is not None and (value.ndim != len(expected) or any(
-                    want is not None and got != want
-                    for want, got in zip(expected[1:], value.shape[1:]))):
-                shown = tuple("B" if i == 0 else ("*" if d is None else d)
-                              for i, d in enumerate(expected))
-                raise ShapeError(f"{what}: expected shape {shown} (* = any), got "
-                                 f"{value.shape}")
-            arrays.append(value)
-        if len({a.shape[0] if a.ndim else None for a in arrays}) > 1:
+        arrays = [self._prepare_input_k(k, value)
+                  for k, value in enumerate(self._input_list(x))]
+        # typed inputs are a graph's, which share no batch axis (ONNX: X (T, B, D) and
+        # initial_h (1, B, H)): the graph's ops check what they combine
+        if len(arrays) > 1 and all(dtype is None for dtype in self.input_dtypes) \
+                and len({a.shape[0] if a.ndim else None for a in arrays}) > 1:
             raise ShapeError(f"model {self.name!r} inputs: batch sizes differ: "
                              f"{[a.shape for a in arrays]}")
         return arrays
+
+    def _input_label(self, k: int) -> str:
+        return (f"model {self.name!r} input" if len(self.input_shapes) == 1 else
+                f"model {self.name!r} input {self.input_names[k]!r}")
+
+    def _prepare_input_k(self, k: int, value: Any) -> np.ndarray:
+        """Model input ``k`` checked against its declared shape and converted."""
+        dtype = self.input_dtypes[k]
+        if dtype is not None:
+            if type(value) is not np.ndarray or value.dtype != dtype:
+                value = _typed_input(value, dtype, self._input_label(k))
+        elif self._feeds_embedding(k):
+            value = np.asarray(value)  # token ids: Embedding checks and converts them
+        else:
+            value = as_array(value, np.dtype(np.float32), self._input_label(k))
+        expected = self.input_shapes[k]
+        if expected is None:
+            return value
+        # the first axis is the batch (any size), except in a typed graph input
+        first = 0 if dtype is not None else 1
+        if value.ndim != len(expected) or any(
+                want is not None and got != want
+                for want, got in zip(expected[first:], value.shape[first:])):
+            shown = tuple("B" if i < first else ("*" if d is None else d)
+                          for i, d in enumerate(expected))
+            raise ShapeError(f"{self._input_label(k)}: expected shape {shown} (* = any), got "
+                             f"{value.shape}")
+        return value
 
     def _walk(self, inputs: list[np.ndarray], apply: Callable[..., tuple]
               ) -> list[tuple[tuple[int, int], Any]]:
@@ -385,18 +452,58 @@ class Model:
             produced.append((outputs, masks))
         return [(ref, fetch(ref)[0]) for ref in self.outputs]
 
-    @staticmethod
-    def _as_output(ref: tuple[int, int], value: Any) -> np.ndarray:
+    def _as_output(self, ref: tuple[int, int], value: Any) -> np.ndarray:
         # Outputs are float32 like Keras', except the raw input passed through (token ids)
-        # and boolean values (a mask given out as an output).
+        # and boolean values (a mask given out as an output); with native_dtypes, as computed
+        # (a fresh array: never a view of a constant or of an input the caller may edit).
+        if self.native_dtypes:
+            value = np.asarray(value)
+            return value.copy() if value.base is not None or not value.flags.owndata \
+                or ref[0] == MODEL_INPUT else value
         if value.dtype.kind == "b" or (ref[0] == MODEL_INPUT and value.dtype.kind != "f"):
             return value
         return np.ascontiguousarray(value, dtype=np.float32)
 
     def _run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        if self._plain_walk is not None:
+            return self._run_plain(inputs)
         walked = self._walk(inputs, lambda node, value, mask, **extra:
                             node.op.apply(value, mask, **extra))
         return [self._as_output(ref, value) for ref, value in walked]
+
+    def _plain_walk_plan(self) -> list[tuple[Any, tuple]] | None:
+        """``(op, references read)`` per node when no node reads a mask or a state by
+        reference (most models, every imported ONNX graph), else None."""
+        if any(node.mask_source is not None or node.explicit_mask or node.mask_unrecorded
+               or node.state_sources for node in self.nodes):
+            return None
+        return [(node.op, (node.source,) + node.more_sources) for node in self.nodes]
+
+    def _run_plain(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`_run` by :meth:`_walk`'s rules for a graph of :meth:`_plain_walk_plan`,
+        without the per-node checks that do not apply (a call of a small model costs a few
+        microseconds less)."""
+        produced: list[tuple[tuple, tuple]] = []
+        try:
+            for op, refs in self._plain_walk:
+                if len(refs) == 1:
+                    node, index = refs[0]
+                    if node == MODEL_INPUT:
+                        value, mask = inputs[index], None
+                    else:
+                        outputs, masks = produced[node]
+                        value, mask = outputs[index], masks[index]
+                else:
+                    value = [inputs[i] if n == MODEL_INPUT else produced[n][0][i]
+                             for n, i in refs]
+                    mask = [None if n == MODEL_INPUT else produced[n][1][i] for n, i in refs]
+                outputs, masks = op.apply(value, mask)
+                produced.append((outputs, masks) if type(outputs) is tuple
+                                else ((outputs,), (masks,)))
+        except ShapeError as error:
+            raise type(error)(f"node {self.nodes[len(produced)].name!r}: {error}") from error
+        return [self._as_output(ref, inputs[ref[1]] if ref[0] == MODEL_INPUT
+                                else produced[ref[0]][0][ref[1]]) for ref in self.outputs]
 
     def _result(self, results: list[np.ndarray]) -> Any:
         if self.dict_outputs:
@@ -407,6 +514,30 @@ class Model:
         """Run the model on one batch ``x`` (a list or dict for several inputs) and return
         its output (a list if several)."""
         return self._result(self._run(self._prepare_inputs(x)))
+
+    def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any]
+            ) -> list[np.ndarray]:
+        """Compute ``output_names`` (``None``: every output) from ``input_feed`` ``{input
+        name: array}``, as ``onnxruntime.InferenceSession.run`` does: a list of arrays."""
+        if output_names is not None:
+            unknown = [name for name in output_names if name not in self.output_names]
+            if unknown:
+                raise ConfigError(f"unknown output names {unknown}; the model's outputs are "
+                                  f"{self.output_names}")
+        if not isinstance(input_feed, dict):
+            raise InputError(f"input_feed must be a dict {{name: array}}, got "
+                             f"{type(input_feed).__name__}")
+        if len(input_feed) != len(self.input_names) or not all(
+                name in input_feed for name in self.input_names):
+            extra = sorted(set(input_feed) - set(self.input_names))
+            missing = [name for name in self.input_names if name not in input_feed]
+            raise InputError(f"input_feed: missing {missing}, unknown {extra}; the model's "
+                             f"inputs are {self.input_names}")
+        results = self._run(self._prepare_inputs(input_feed))
+        if output_names is None:
+            return results
+        by_name = dict(zip(self.output_names, results))
+        return [by_name[name] for name in output_names]
 
     def predict(self, x: ArrayLike, batch_size: int | None = None) -> Any:
         """What Keras' ``model.predict(x, batch_size)`` returns: the outputs for ``x``.
@@ -426,6 +557,8 @@ class Model:
             batch_size = fixed or 32
         if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if batch_size is not None:
+            self.check_batch_first("predict(batch_size=...)")
         total = inputs[0].shape[0] if inputs[0].ndim else 0
         if batch_size is None or total <= batch_size:
             return self._result(self._run(inputs))
@@ -476,6 +609,10 @@ class Model:
                 flags = (False,)
             elif kind == "whole_sequence":
                 error = error or f"{op_name} needs the whole sequence"
+            elif kind == "graph":
+                error = error or (f"{op_name} is an ONNX op whose axes refer to the whole "
+                                  f"sequence's layout; fastgate streams chains of recurrent "
+                                  f"ops, Gemm/MatMul heads and activations")
             elif kind != "per_step":
                 error = error or f"{op_name} does not say how it streams (no `streaming`)"
             sequences.append(flags)
@@ -708,6 +845,10 @@ class Model:
                 "output_names": self.output_names, "input_names": self.input_names}
         if self.dict_outputs:
             spec["dict_outputs"] = True
+        if any(dtype is not None for dtype in self.input_dtypes):
+            spec["input_dtypes"] = [None if d is None else d.str for d in self.input_dtypes]
+        if self.native_dtypes:
+            spec["native_dtypes"] = True
         if len(self.input_shapes) > 1:
             spec["input_shapes"] = self.input_shapes
             del spec["input_shape"]
@@ -733,4 +874,6 @@ class Model:
                    input_shapes=shapes, input_names=spec.get("input_names"),
                    output_names=spec.get("output_names"),
                    dict_outputs=bool(spec.get("dict_outputs", False)),
+                   input_dtypes=spec.get("input_dtypes"),
+                   native_dtypes=bool(spec.get("native_dtypes", False)),
                    name=spec.get("name", "model"))

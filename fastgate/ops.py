@@ -396,7 +396,10 @@ class Recurrent:
     * ``stateful``: the final state is kept and is the next call's initial state, until
       :meth:`reset_states`;
     * masking: a masked step keeps the state and repeats the previous output (zeros before
-      the first valid step), or outputs zeros with ``zero_output_for_mask``.
+      the first valid step), or outputs zeros with ``zero_output_for_mask``;
+    * ``time_major``: whole-sequence calls take ``(T, B, D)`` and give ``(T, B, H)`` (an ONNX
+      graph's layout 0, as PyTorch exports it); the mask stays ``(B, T)``, and streaming
+      (:meth:`apply_step`, :meth:`fastgate.Model.step`) stays batch-first.
 
     The mask is passed on if ``return_sequences``, else dropped (Keras).
 
@@ -409,7 +412,8 @@ class Recurrent:
 
     def __init__(self, layer: Any, *, return_sequences: bool = False,
                  return_state: bool = False, go_backwards: bool = False,
-                 stateful: bool = False, zero_output_for_mask: bool = False) -> None:
+                 stateful: bool = False, zero_output_for_mask: bool = False,
+                 time_major: bool = False) -> None:
         from .layers import RecurrentLayer
 
         if not isinstance(layer, RecurrentLayer):
@@ -424,6 +428,7 @@ class Recurrent:
         self.go_backwards = bool(go_backwards)
         self.stateful = bool(stateful)
         self.zero_output_for_mask = bool(zero_output_for_mask)
+        self.time_major = bool(time_major)
         self.states: tuple[np.ndarray, ...] | None = None
 
     @property
@@ -487,18 +492,28 @@ class Recurrent:
         state starts at ``initial_state`` (Keras ``initial_state=[h]``, LSTM ``[h, c]``) when
         given, else at zeros (or a stateful layer's carried state)."""
         layer = self.layer
+        if (mask is None and initial_state is None and not self.go_backwards
+                and not self.stateful and layer.batch_first is not self.time_major
+                and type(x) is np.ndarray and x.ndim == 3 and x.shape[0] and x.shape[1]):
+            # the common call (from zeros, no mask) straight to the layer's plan; None: x
+            # needs converting or checking, the general path below does it
+            result = layer._runner().run(x)
+            if result is not None:
+                out, final = result
+                return self._outputs(out, final if layer.cell == "lstm" else (final,), mask)
         name = type(layer).__name__
         x = _float_input(x, layer.dtype, f"{name} input", (3,))
-        batch, steps, width = x.shape
+        time_major = self.time_major
+        steps, batch, width = x.shape if time_major else (x.shape[1], x.shape[0], x.shape[2])
         if width != layer.input_size:
-            raise ShapeError(f"{name} input: expected (B, T, {layer.input_size}), got shape "
-                             f"{x.shape}")
+            raise ShapeError(f"{name} input: expected ({'T, B' if time_major else 'B, T'}, "
+                             f"{layer.input_size}), got shape {x.shape}")
         if steps == 0:
             raise ShapeError(f"{name} input: a sequence needs at least one step, got shape "
                              f"{x.shape}")
         reading_mask = mask
         if self.go_backwards:
-            x = x[:, ::-1]
+            x = x[::-1] if time_major else x[:, ::-1]
             reading_mask = None if mask is None else mask[:, ::-1]
         if initial_state is not None:
             h0, c0 = self._given_state(initial_state, batch)
@@ -507,12 +522,20 @@ class Recurrent:
         time_major_mask = (None if reading_mask is None
                            else np.ascontiguousarray(np.asarray(reading_mask, bool).T))
         out, h_n, c_n = layer.forward(
-            np.ascontiguousarray(x), h0, c0, mask=time_major_mask, batch_major=True,
+            np.ascontiguousarray(x), h0, c0, mask=time_major_mask, batch_major=not time_major,
             hold_masked_output=not self.zero_output_for_mask)
-        states = (h_n[0],) if c_n is None else (h_n[0], c_n[0])
         if self.stateful:
-            self.states = tuple(s.copy() for s in states)
-        output = out if self.return_sequences else out[:, -1]
+            self.states = (h_n[0].copy(),) + ((c_n[0].copy(),) if c_n is not None else ())
+        return self._outputs(out, (h_n,) if c_n is None else (h_n, c_n), mask)
+
+    def _outputs(self, out: np.ndarray, finals: tuple[np.ndarray, ...],
+                 mask: np.ndarray | None) -> tuple[Any, Any]:
+        """:meth:`apply`'s result from the layer's ``out`` and final states ``(1, B, H)``."""
+        states = (finals[0][0],) if len(finals) == 1 else (finals[0][0], finals[1][0])
+        if self.return_sequences:
+            output = out
+        else:
+            output = out[-1] if self.time_major else out[:, -1]
         output_mask = mask if self.return_sequences else None
         if self.return_state:
             return (output,) + states, (output_mask,) + (None,) * len(states)
@@ -591,9 +614,12 @@ class Recurrent:
         return y, (new if is_lstm else (new,)) + (y.copy(),)
 
     def _get_spec(self) -> dict[str, Any]:
-        return {"layer": self.layer, "return_sequences": self.return_sequences,
+        spec = {"layer": self.layer, "return_sequences": self.return_sequences,
                 "return_state": self.return_state, "go_backwards": self.go_backwards,
                 "stateful": self.stateful, "zero_output_for_mask": self.zero_output_for_mask}
+        if self.time_major:
+            spec["time_major"] = True
+        return spec
 
     @classmethod
     def _from_spec(cls, spec: dict[str, Any]) -> "Recurrent":
@@ -603,7 +629,7 @@ class Recurrent:
     def __repr__(self) -> str:
         options = [repr(self.layer)]
         for key in ("return_sequences", "return_state", "go_backwards", "stateful",
-                    "zero_output_for_mask"):
+                    "zero_output_for_mask", "time_major"):
             if getattr(self, key):
                 options.append(f"{key}=True")
         return f"Recurrent({', '.join(options)})"

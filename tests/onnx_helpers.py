@@ -97,3 +97,13 @@ def feeds(model, *, batch=3, steps=6, seed=1, lengths=None):
             shape = (dirs, batch, hidden) if layout == 0 else (batch, dirs, hidden)
             result[info.name] = (0.5 * rng.standard_normal(shape)).astype(dtype)
     return result
+
+
+def op_kinds(model):
+    """What runs each node of an imported model: the fastgate op's class name, or
+    ``Onnx:<op type>`` for an ONNX function."""
+    from fastgate.importers.onnx_graph import OnnxOp
+
+    return [f"Onnx:{node.op.op_type}" if isinstance(node.op, OnnxOp) else type(node.op).__name__
+            for node in model.nodes]
+

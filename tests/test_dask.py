@@ -174,6 +174,35 @@ def test_torch_layer_with_state_matches_in_process_and_torch(client, rng, batch_
     np.testing.assert_allclose(got[0], layer(x)[0], rtol=0, atol=ATOL_SELF)
 
 
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_a_task_runs_its_block_in_passes_of_batch_rows(client, rng, batch_first):
+    torch.manual_seed(5)
+    module = torch.nn.GRU(5, 12, bidirectional=True, batch_first=batch_first)
+    layer = fastgate.from_torch(module)
+    x = rng.normal(size=(50, 6, 5) if batch_first else (6, 50, 5)).astype(np.float32)
+    axis = 0 if batch_first else 1
+    X = da.from_array(x, chunks={axis: 25})
+    out, h_n = fgd.predict(layer, X, client, return_state=True, batch_rows=10)
+    got = compute(client, out, h_n)
+    passes = [layer(np.take(x, range(k, min(k + 10, k // 25 * 25 + 25)), axis=axis))
+              for k in [0, 10, 20, 25, 35, 45]]          # blocks of 25: passes 10, 10, 5
+    np.testing.assert_array_equal(got[0], np.concatenate([p[0] for p in passes], axis=axis))
+    np.testing.assert_array_equal(got[1], np.concatenate([p[1] for p in passes], axis=1))
+    with torch.no_grad():
+        t_out, t_h = module(torch.from_numpy(x))
+    np.testing.assert_allclose(got[0], t_out.numpy(), rtol=0, atol=ATOL_FRAMEWORK)
+    np.testing.assert_allclose(got[1], t_h.numpy(), rtol=0, atol=ATOL_FRAMEWORK)
+    model = fastgate.Model([("gru", fastgate.ops.Recurrent(
+        fastgate.GRU.random(5, 8, batch_first=True)), (-1, 0))], [(0, 0)])
+    xb = np.moveaxis(x, axis, 0)
+    (y,) = compute(client, fgd.predict(model, da.from_array(xb, chunks=(25, 6, 5)), client,
+                                       batch_rows=10))
+    np.testing.assert_allclose(y, model.predict(xb), rtol=0, atol=ATOL_SELF)
+    for bad in (0, 2.5, True):
+        with pytest.raises(fastgate.errors.ConfigError, match="batch_rows"):
+            fgd.predict(model, xb, client, batch_rows=bad)
+
+
 @pytest.fixture(scope="module")
 def sentiment(tmp_path_factory):
     """A Keras token-id model (Embedding(mask_zero) -> LSTM -> Dense) and fastgate's copy."""

@@ -105,6 +105,27 @@ def test_keras_sequence_layers_through_onnx_runtime(name):
     assert_all_close(got, fast.predict(x), f"{name}: ONNX Runtime vs fastgate")
 
 
+@pytest.mark.parametrize("layer_class", ["LSTM", "GRU", "SimpleRNN"])
+def test_keras_layers_without_bias_export_without_b(layer_class, tmp_path):
+    """Keras ``use_bias=False`` imports as ``bias=False`` and exports with no ``B`` input
+    (optional in ONNX), which ONNX Runtime reads as zero biases: the outputs are Keras'."""
+    import keras
+
+    inputs = keras.Input((None, 4))
+    hidden = getattr(keras.layers, layer_class)(5, use_bias=False, return_sequences=True)(inputs)
+    model = randomize(keras.Model(inputs, keras.layers.Dense(3)(hidden)), seed=3)
+    fast = fastgate.from_keras(model)
+    assert fast.nodes[0].op.layer.bias is False
+    data = to_onnx_bytes(fast)
+    recurrent = [node for node in onnx.load_from_string(data).graph.node
+                 if node.op_type in ("LSTM", "GRU", "RNN")]
+    assert len(recurrent) == 1 and (len(recurrent[0].input) < 4 or not recurrent[0].input[3])
+    x = np.random.default_rng(4).normal(size=(BATCH, STEPS, 4)).astype(np.float32)
+    got = ort_run(data, {"input": x})
+    assert_all_close(got, model.predict(x, verbose=0), f"{layer_class}: ONNX Runtime vs Keras")
+    assert_all_close(got, fast.predict(x), f"{layer_class}: ONNX Runtime vs fastgate")
+
+
 def test_keras_stateful_layer_is_refused():
     layer = fastgate.LSTM.random(3, 4)
     model = fastgate.Model([("encoder", fastgate.Recurrent(layer, stateful=True))], [(0, 0)],

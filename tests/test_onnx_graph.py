@@ -21,7 +21,7 @@ import fastgate
 from fastgate import UnsupportedLayerError, WeightFormatError
 from fastgate.importers.protobuf import MAX_DEPTH
 
-from onnx_helpers import recurrent_model
+from onnx_helpers import op_kinds, recurrent_model
 
 ATOL = 1e-5
 F = TensorProto.FLOAT
@@ -106,14 +106,15 @@ def test_exporter_plumbing_matches_onnxruntime(opset):
     ours = fastgate.from_onnx(model.SerializeToString())
     for a, b in zip(ours.run(None, {"X": x}), expected):
         np.testing.assert_allclose(a, b, rtol=0, atol=ATOL)
-    mapped = {step.op_type: type(step.function).__name__ for step in ours.steps}
-    assert mapped["GRU"] == "OnnxRecurrent" and mapped["MatMul"] == "OnnxDenseStep"
+    kinds = op_kinds(ours)   # MatMul + Add: one Dense; the GRU starts from h0 = 0.25: ONNX op
+    assert kinds.count("Dense") == 2 and "Onnx:MatMul" not in kinds and "Onnx:GRU" in kinds
+    assert kinds.index("Onnx:Relu") == kinds.index("Dense") + 1   # the Add is the Dense's bias
     assert ours.run(["Y_h"], {"X": x})[0].shape == (1, 3, 5)   # only what is asked is run
 
 
 def test_constant_subgraphs_are_folded_at_load():
     model = fastgate.from_onnx(plumbing_model(17).SerializeToString())
-    assert "Cast" not in [s.op_type for s in model.steps if s.inputs == ["K"]]
+    assert op_kinds(model).count("Onnx:Cast") == 2   # the casts of run-time values only
     folded = helper.make_model(helper.make_graph(
         [helper.make_node("Shape", ["c"], ["s"]), helper.make_node("Cast", ["s"], ["f"], to=F),
          helper.make_node("Add", ["X", "f"], ["Y"])], "fold",
@@ -122,8 +123,31 @@ def test_constant_subgraphs_are_folded_at_load():
         [const("c", np.zeros((3, 4), np.float32))]),
         opset_imports=[helper.make_opsetid("", 17)])
     ours = fastgate.from_onnx(folded.SerializeToString())
-    assert [s.op_type for s in ours.steps] == ["Add"]
+    assert op_kinds(ours) == ["Onnx:Add"]
     np.testing.assert_array_equal(ours.predict(np.zeros((1, 2), np.float32)), [[3, 4]])
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceProd"])
+def test_reductions_match_onnxruntime(op, opset):
+    """tf2onnx computes shapes with ReduceProd; axes are an attribute before opset 13
+    (ReduceSum) / 18 (ReduceProd), an input from then on."""
+    axes_input = opset >= {"ReduceSum": 13, "ReduceProd": 18}[op]
+    nodes = [helper.make_node(op, ["X", "axes"] if axes_input else ["X"], ["Y"], keepdims=0,
+                              **({} if axes_input else {"axes": [0, -1]})),
+             helper.make_node(op, ["X"], ["Z"])]   # every axis, kept
+    model = helper.make_model(helper.make_graph(
+        nodes, "reduce", [helper.make_tensor_value_info("X", F, ["A", 3, "C"])],
+        [helper.make_tensor_value_info(name, F, None) for name in ("Y", "Z")],
+        [const("axes", np.array([0, -1], np.int64))] if axes_input else []),
+        opset_imports=[helper.make_opsetid("", opset)])
+    x = np.random.default_rng(4).uniform(0.5, 1.5, (2, 3, 4)).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"X": x})
+    got = fastgate.from_onnx(model.SerializeToString()).run(None, {"X": x})
+    for a, b in zip(got, expected):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
 
 
 def test_gather_on_a_table_is_an_embedding_with_negative_ids():
@@ -134,7 +158,7 @@ def test_gather_on_a_table_is_an_embedding_with_negative_ids():
         [helper.make_tensor_value_info("vectors", F, ["B", "T", 3])], [const("table", table)]),
         opset_imports=[helper.make_opsetid("", 13)])
     ours = fastgate.from_onnx(model.SerializeToString())
-    assert type(ours.steps[0].function).__name__ == "OnnxEmbeddingStep"
+    assert type(ours.nodes[0].op.function).__name__ == "OnnxEmbeddingStep"
     ids = np.array([[0, 6, -1], [3, -7, 2]])
     np.testing.assert_array_equal(ours.predict(ids), table[ids])
     with pytest.raises(fastgate.InputError):
@@ -231,9 +255,20 @@ def test_bad_varints_and_lengths_beyond_the_file():
 
 
 def tensor_model(tensor, tmp_path=None):
-    graph = helper.make_graph([helper.make_node("Identity", ["T"], ["Y"])], "g", [],
+    """Y = X + T, T the initializer ``tensor``."""
+    graph = helper.make_graph([helper.make_node("Add", ["X", "T"], ["Y"])], "g",
+                              [helper.make_tensor_value_info("X", F, None)],
                               [helper.make_tensor_value_info("Y", F, None)], [tensor])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_graph_without_inputs_is_refused():
+    graph = helper.make_graph([helper.make_node("Identity", ["T"], ["Y"])], "g", [],
+                              [helper.make_tensor_value_info("Y", F, None)],
+                              [const("T", np.ones(2, np.float32))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnsupportedLayerError, match="no inputs"):
+        fastgate.from_onnx(model.SerializeToString())
 
 
 def test_huge_claimed_dimensions_are_refused_before_allocating():
@@ -279,7 +314,8 @@ def test_external_data_is_read_from_the_model_folder(tmp_path):
     path = external_model(tmp_path, "weights.bin", offset=8, length=16)
     values = np.arange(4, dtype="<f4")
     (path.parent / "weights.bin").write_bytes(b"\0" * 8 + values.tobytes())
-    np.testing.assert_array_equal(fastgate.load(path).run(None, {})[0], values)
+    np.testing.assert_array_equal(
+        fastgate.load(path).run(None, {"X": np.zeros(4, np.float32)})[0], values)
     with pytest.raises(WeightFormatError, match="as bytes cannot refer"):
         fastgate.from_onnx(path.read_bytes())
 
@@ -334,7 +370,7 @@ def test_onnx_is_recognised_by_content_and_extension(tmp_path, model_bytes):
     (tmp_path / "model.bin.onnx").write_bytes(model_bytes)
     (tmp_path / "model.data").write_bytes(model_bytes)
     for name in ("model.bin.onnx", "model.data"):
-        assert isinstance(fastgate.load(tmp_path / name), fastgate.OnnxModel)
+        assert isinstance(fastgate.load(tmp_path / name), fastgate.Model)
     from fastgate import formats
 
     assert formats.detect_format(tmp_path / "model.data") == formats.ONNX
@@ -375,7 +411,7 @@ def test_an_imported_model_saves_in_fastgate_format_and_pickles(tmp_path, capsys
     expected = model.run(None, {"X": x})
     assert main(["convert", str(source), str(tmp_path / "m.fastgate")]) == 0
     for copy in (fastgate.load(tmp_path / "m.fastgate"), pickle.loads(pickle.dumps(model))):
-        assert isinstance(copy, fastgate.OnnxModel)
+        assert isinstance(copy, fastgate.Model)
         assert copy.input_names == model.input_names
         for a, b in zip(copy.run(None, {"X": x}), expected):
             np.testing.assert_array_equal(a, b)

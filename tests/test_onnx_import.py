@@ -159,7 +159,7 @@ def test_bidirectional_with_different_activations_per_direction(op):
     model = recurrent_model(op, direction="bidirectional", with_lengths=True, with_h0=True,
                             activations=per_direction[0] + per_direction[1])
     ours = fastgate.from_onnx(model.SerializeToString())
-    assert len(ours.steps[0].function.layers) == 2   # one layer per direction
+    assert len(ours.nodes[0].op.function.layers) == 2   # one layer per direction
     assert_same_as_ort(model, feeds(model, batch=4, steps=6))
 
 
@@ -234,7 +234,7 @@ def test_every_option_at_once_float64_matches_the_oracle(batch):
                             activation_beta=[0.45, 0.8, 0.5, 1.1])
     inputs = feeds(model, batch=batch, steps=8)
     ours = fastgate.from_onnx(model.SerializeToString())
-    assert len(ours.steps[0].function.layers) == 2
+    assert len(ours.nodes[0].op.function.layers) == 2
     got = ours.run(None, inputs)
     with fastgate.use_backend("python"):
         expected = ours.run(None, inputs)

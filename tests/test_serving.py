@@ -186,6 +186,24 @@ def test_asyncio_callers_share_batches(rng):
         np.testing.assert_allclose(y, model.predict(x[None])[0], rtol=0, atol=ATOL)
 
 
+def test_an_awaited_request_cancelled_before_its_batch_is_skipped(rng):
+    model = lstm_model(rng)
+    inputs = sequences(rng, 6)
+
+    async def main(batcher):
+        futures = [batcher.submit_async(x) for x in inputs]
+        futures[2].cancel()                  # its client went away before the batch ran
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    with Batcher(model, max_wait_ms=50) as batcher:
+        results = asyncio.run(main(batcher))
+        assert batcher.batch_sizes.snapshot()[1] == len(inputs) - 1   # not computed
+    assert isinstance(results[2], asyncio.CancelledError)
+    for k, (x, y) in enumerate(zip(inputs, results)):
+        if k != 2:
+            np.testing.assert_allclose(y, model.predict(x[None])[0], rtol=0, atol=ATOL)
+
+
 def test_close_answers_the_queued_requests_then_refuses(rng):
     model = lstm_model(rng)
     inputs = sequences(rng, 8)

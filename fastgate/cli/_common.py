@@ -117,13 +117,6 @@ def outputs(obj: Any, x: np.ndarray, lengths: np.ndarray | None = None,
         if isinstance(result, dict):  # dict_outputs: in output_names order
             return [result[name] for name in obj.output_names]
         return list(result) if isinstance(result, list) else [result]
-    from ..importers.onnx import OnnxModel
-
-    if isinstance(x, dict):   # an ONNX model's input feed
-        return obj.run(None, x)
-    if isinstance(obj, OnnxModel):   # a one-input ONNX model
-        return obj.run(None, {name: x for name in obj.input_names[:1]}) \
-            if len(obj.input_names) == 1 else obj.predict(x)
     if isinstance(obj, RecurrentLayer):
         return _recurrent_outputs(obj, x, lengths, batch_size)
     if isinstance(obj, _Cell):
@@ -174,6 +167,8 @@ def random_input(obj: Any, batch: int, steps: int, rng: np.random.Generator) -> 
     from ..model import Model
     from ..ops import Dense, Embedding
 
+    if isinstance(obj, Model) and any(d is not None for d in obj.input_dtypes):
+        return _random_graph_feed(obj, min(batch, steps), rng)   # an ONNX graph's inputs
     if isinstance(obj, Model):
         return _random_model_input(obj, batch, steps, rng)
     if isinstance(obj, RecurrentLayer):
@@ -185,27 +180,19 @@ def random_input(obj: Any, batch: int, steps: int, rng: np.random.Generator) -> 
         return rng.standard_normal((batch, obj.in_features)).astype(obj.dtype)
     if isinstance(obj, Embedding):
         return _random_ids(rng, obj.num_embeddings, (batch, steps))
-    from ..importers.onnx import OnnxModel
-
-    if isinstance(obj, OnnxModel):
-        return _random_onnx_feed(obj, min(batch, steps), rng)
     raise ConfigError(f"cannot make an input for a {type(obj).__name__}")
 
 
-def _random_onnx_feed(model: Any, size: int, rng: np.random.Generator) -> dict:
-    """An input feed for an ONNX model: each open dimension ``size``; integer inputs (token
-    ids, sequence lengths) in ``[1, size]``."""
-    from ..importers.protobuf import TENSOR_DTYPES
-
+def _random_graph_feed(model: Any, size: int, rng: np.random.Generator) -> dict:
+    """An input feed for a model of typed inputs (an ONNX graph): each open dimension
+    ``size``; integer inputs (token ids, sequence lengths) in ``[1, size]``."""
     feed = {}
-    for info in model.inputs:
-        shape = tuple(d if isinstance(d, int) and d >= 0 else size
-                      for d in (info.shape or ()))
-        dtype = np.dtype(TENSOR_DTYPES.get(info.elem_type, "<f4")).newbyteorder("=")
+    for name, shape, dtype in zip(model.input_names, model.input_shapes, model.input_dtypes):
+        shape = tuple(size if d is None else d for d in (shape or ()))
         if dtype.kind in "iu":
-            feed[info.name] = rng.integers(1, size + 1, shape).astype(dtype)
+            feed[name] = rng.integers(1, size + 1, shape).astype(dtype)
         else:
-            feed[info.name] = rng.standard_normal(shape).astype(dtype)
+            feed[name] = rng.standard_normal(shape).astype(dtype)
     return feed
 
 

@@ -234,25 +234,32 @@ def _torch_modules(path: str) -> list[tuple[str, Any]]:
     return modules
 
 
-def _onnx_contents(model: Any) -> list[tuple[str, Any]]:
-    """Print an ONNX graph as fastgate maps it (one line per step it runs); its layers."""
+def _graph_contents(model: Any) -> list[tuple[str, Any]]:
+    """Print an ONNX graph as fastgate maps it (its model summary: one line per node it
+    runs, constants folded); its layers."""
     from ..importers.onnx import OnnxRecurrent
+    from ..ops import Dense, Recurrent
 
-    print(f"contents:  ONNX graph {model.name!r}: {len(model.steps)} steps after folding "
-          f"{len(model.constants)} constants; inputs {model.input_names}, outputs "
-          f"{model.output_names}")
+    inputs = ", ".join(f"{name} {dtype.name} {shape}" for name, shape, dtype in
+                       zip(model.input_names, model.input_shapes, model.input_dtypes))
+    print(f"contents:  ONNX graph {model.name!r} as a fastgate Model of {len(model.nodes)} "
+          f"nodes (constants folded): inputs {inputs}; outputs {model.output_names}")
     print("graph:")
     for line in model.summary().splitlines()[1:]:
-        print("  " + line.strip())
+        print("  " + line)
     named: list[tuple[str, Any]] = []
-    for step in model.steps:
-        function = step.function
-        if isinstance(function, OnnxRecurrent):
+    for node in model.nodes:
+        op = node.op
+        function = getattr(op, "function", None)
+        if isinstance(op, Recurrent):
+            named.append((node.name, op.layer))
+        elif isinstance(op, Dense):
+            named.append((node.name, op))
+        elif isinstance(function, OnnxRecurrent):
             for layer, reverse in function.layers:
-                named.append((step.name + (" (reverse)" if reverse else ""), layer))
-        elif hasattr(function, "dense") or hasattr(function, "embedding"):
-            named.append((step.name, getattr(function, "dense", None)
-                          or getattr(function, "embedding")))
+                named.append((node.name + (" (reverse)" if reverse else ""), layer))
+        elif hasattr(function, "embedding"):
+            named.append((node.name, function.embedding))
     return named
 
 
@@ -261,12 +268,11 @@ def _loaded_contents(path: str, args: argparse.Namespace) -> tuple[list[tuple[st
                                                                       bool]:
     """Print the ``contents:`` line of a loaded file; its ``[(name, object)]`` and whether
     the objects form a plain chain."""
-    from ..importers.onnx import OnnxModel
     from ..model import MODEL_INPUT, Model
 
     obj = load_model(path, args)
-    if isinstance(obj, OnnxModel):
-        return _onnx_contents(obj), True
+    if isinstance(obj, Model) and any(d is not None for d in obj.input_dtypes):
+        return _graph_contents(obj), True
     if not isinstance(obj, Model):
         print(f"contents:  {obj!r}")
         return [(Path(path).stem, obj)], True

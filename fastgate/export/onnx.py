@@ -512,6 +512,16 @@ def _keras_recurrent(g: _Graph, op: Recurrent, source: _Tensor, where: str,
         raise UnsupportedLayerError("a stateful layer carries its state from one call to the "
                                     "next; an ONNX graph cannot", layer=where)
     x, mask = g.cast(source.value, dtype).name, source.mask
+    if op.time_major:   # (T, B, D) in, (T, B, H) out: written as the batch-major op, transposed
+        batch_major = Recurrent(layer, return_sequences=op.return_sequences,
+                                return_state=op.return_state, go_backwards=op.go_backwards,
+                                zero_output_for_mask=op.zero_output_for_mask)
+        outputs, masks = _keras_recurrent(g, batch_major, _Tensor(_Value(g.transpose(
+            x, [1, 0, 2], f"{where}_bm"), 3, dtype), mask), where, flip_sequence)
+        if op.return_sequences:
+            outputs[0] = _Value(g.transpose(outputs[0].name, [1, 0, 2], f"{where}_seq_tm"),
+                                3, dtype)
+        return outputs, masks
     read_mask = mask
     if mask is None:
         result = _recurrent_op(g, layer, 0, 1, g.transpose(x, [1, 0, 2], f"{where}_tm"),
@@ -814,6 +824,9 @@ def _input_spec(model: Model) -> tuple[np.dtype, list[int | str | None]]:
     names = ["batch", "steps"]
     dims = [names[k] if d is None and k < 2 else (f"dim{k}" if d is None else d)
             for k, d in enumerate(shape)]
+    if model.input_dtypes[0] is not None:   # a typed input (an imported ONNX graph's)
+        return model.input_dtypes[0], [f"dim{k}" if d is None else d
+                                       for k, d in enumerate(shape)]
     return np.dtype(np.int64 if ids else np.float32), dims
 
 
@@ -833,7 +846,7 @@ def _model_graph(g: _Graph, model: Model) -> None:
     for node_index, index in model.outputs:
         value = fetch((node_index, index)).value
         name = "input" if node_index == MODEL_INPUT else _node_name(model.nodes[node_index])
-        if node_index != MODEL_INPUT or value.dtype.kind == "f":
+        if not model.native_dtypes and (node_index != MODEL_INPUT or value.dtype.kind == "f"):
             value = g.cast(value, np.float32)  # Model outputs are float32, as Keras'
         g.add_output(value, f"{name}_{index}" if index else f"{name}_output")
 

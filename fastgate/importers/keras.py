@@ -225,7 +225,7 @@ def _recurrent(ctx: _Context, class_name: str, config: dict,
     if cell == "gru":
         options["reset_after"] = reset_after
     fastgate_layer = _FASTGATE_LAYER[cell]([cell_weights], dtype=ctx.dtype, batch_first=True,
-                                           **options)
+                                           bias=use_bias, **options)
     if zero_output_for_mask is None:
         zero_output_for_mask = bool(config.get("zero_output_for_mask", False))
     return Recurrent(fastgate_layer, return_sequences=bool(config.get("return_sequences")),

@@ -5,12 +5,15 @@ The file is read by fastgate's own protobuf reader (:mod:`fastgate.importers.pro
 
 1. folded: every node whose inputs are all constants (initializers, ``Constant`` nodes, or
    what earlier folding produced) is computed once, at load;
-2. mapped: each remaining node becomes one step of an :class:`OnnxModel`. ``LSTM``, ``GRU``
-   and ``RNN`` run on fastgate's recurrent layers (the compiled kernels: never op by op in
-   Python); ``Gemm`` / ``MatMul`` on constant weights become :class:`fastgate.Dense`,
-   ``Gather`` on a constant table a :class:`fastgate.Embedding`; the shape plumbing that
-   exporters put around them (``Shape``, ``Gather``, ``Concat``, ``Slice``...) runs as the
-   small NumPy functions of :mod:`fastgate.importers.onnx_ops`.
+2. mapped: each remaining node becomes a node of a :class:`fastgate.Model`
+   (:mod:`fastgate.importers.onnx_graph`). ``LSTM``, ``GRU`` and ``RNN`` run on fastgate's
+   recurrent layers (the compiled kernels: never op by op in Python); one forward layer run
+   from zero states whose ``Y`` is read through a ``Squeeze`` (``torch.onnx.export``'s
+   ``nn.LSTM``) is a :class:`fastgate.Recurrent` op, the ``Squeeze`` gone; ``Gemm`` /
+   ``MatMul`` on constant weights become :class:`fastgate.Dense` (with the ``Add`` of a
+   constant bias after it), ``Gather`` on a constant table an embedding; the shape plumbing
+   that exporters put around them (``Shape``, ``Gather``, ``Concat``, ``Slice``...) runs as
+   the small NumPy functions of :mod:`fastgate.importers.onnx_ops`.
 
 Anything else (``Loop``, ``Scan``, unknown ops, other domains) raises
 :class:`~fastgate.errors.UnsupportedLayerError` naming the op type and the node.
@@ -27,21 +30,23 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DTypeError, InputError, ShapeError, UnsupportedLayerError
+from ..errors import ConfigError, InputError, ShapeError, UnsupportedLayerError
 from ..errors import WeightFormatError
 from ..layers import GRU, LSTM, SimpleRNN
 from ..layout import GATE_COUNT, CellWeights, reorder_gates
-from ..ops import Dense, Embedding
-from ..serialization import save, serializable
+from ..model import Model
+from ..ops import Dense, Embedding, Recurrent
+from ..serialization import serializable
+from .onnx_graph import GraphStep, InsertAxis, graph_model
 from .onnx_ops import NUMPY_OPS, attribute_problem
-from .protobuf import (TENSOR_DTYPES, GraphProto, NodeProto, OnnxModelProto, ValueInfo,
-                       dtype_name, parse_model, read_model)
+from .protobuf import (GraphProto, NodeProto, OnnxModelProto, ValueInfo, parse_model,
+                       read_model)
 
-__all__ = ["from_onnx", "OnnxModel", "OnnxRecurrent"]
+__all__ = ["from_onnx", "OnnxRecurrent"]
 
 _RECURRENT_OPS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
 _LAYER_CLASSES = {"lstm": LSTM, "gru": GRU, "rnn": SimpleRNN}
@@ -150,6 +155,9 @@ class OnnxRecurrent:
     ``direction="reverse"``). Called with the node's inputs ``(X, sequence_lens, initial_h,
     initial_c)``, it returns ``[Y, Y_h, Y_c]`` (``Y_c`` for LSTM only) in the node's layout.
     """
+
+    #: An ONNX function (OnnxOp runs only these, also from a saved file).
+    onnx_function = True
 
     def __init__(self, cell: str, layers: Sequence[tuple[Any, bool]], *, layout: int,
                  direction: str, name: str = "") -> None:
@@ -370,6 +378,9 @@ class OnnxRuntimeWeightsRecurrent:
     """A recurrent node whose weights (W, R, B or P) are graph inputs, not constants: its
     layers are built from the weights of a call, and kept while later calls pass the same."""
 
+    #: An ONNX function (OnnxOp runs only these, also from a saved file).
+    onnx_function = True
+
     def __init__(self, node: NodeProto) -> None:
         self.node = node
         self._weights: tuple | None = None
@@ -436,6 +447,9 @@ class OnnxEmbeddingStep:
     """``Gather`` (axis 0) on a constant table as a :class:`fastgate.Embedding`; negative
     ids count from the end, as ONNX says."""
 
+    #: An ONNX function (OnnxOp runs only these, also from a saved file).
+    onnx_function = True
+
     def __init__(self, embedding: Embedding) -> None:
         self.embedding = embedding
 
@@ -500,6 +514,9 @@ def _embedding_step(node: NodeProto, constants: dict) -> OnnxEmbeddingStep | Non
 class OnnxNumpyStep:
     """One of :data:`fastgate.importers.onnx_ops.NUMPY_OPS` run on a node's inputs."""
 
+    #: An ONNX function (OnnxOp runs only these, also from a saved file).
+    onnx_function = True
+
     def __init__(self, node: NodeProto, opset: int) -> None:
         self.node, self.opset = node, int(opset)
         self.function = NUMPY_OPS[node.op_type]
@@ -532,68 +549,153 @@ class OnnxNumpyStep:
         return self.node.op_type
 
 
-#: What a step of an OnnxModel may be.
-_STEP_CLASSES = (OnnxRecurrent, OnnxRuntimeWeightsRecurrent, OnnxDenseStep, OnnxEmbeddingStep,
-                 OnnxNumpyStep)
+# ------------------------------------------------------------------ folding into model ops
+def _squeezed_axis(step: GraphStep, constants: dict) -> int | None:
+    """The one axis a ``Squeeze`` step removes (as written: maybe negative), or None."""
+    if step.op_type != "Squeeze" or not isinstance(step.runner, OnnxNumpyStep):
+        return None
+    if step.runner.opset >= 13:   # axes is an input
+        name = (step.inputs + [""])[1]
+        axes = np.asarray(constants[name]).reshape(-1).tolist() if name in constants else None
+    else:
+        axes = step.runner.node.attributes.get("axes")
+    return int(axes[0]) if axes is not None and len(axes) == 1 else None
 
 
-# --------------------------------------------------------------------------- the model
-class _Step:
-    __slots__ = ("name", "op_type", "function", "inputs", "outputs")
+def _readers(steps: Sequence[GraphStep]) -> dict[str, list[int]]:
+    """For each value name, the positions of the steps that read it."""
+    readers: dict[str, list[int]] = {}
+    for position, step in enumerate(steps):
+        for name in dict.fromkeys(step.inputs):
+            if name:
+                readers.setdefault(name, []).append(position)
+    return readers
 
-    def __init__(self, name: str, op_type: str, function: Callable, inputs: list[str],
-                 outputs: list[str]) -> None:
-        self.name, self.op_type, self.function = name, op_type, function
-        self.inputs, self.outputs = inputs, outputs
+
+def _as_model_recurrent(step: GraphStep, steps: Sequence[GraphStep], readers: dict,
+                        constants: dict, wanted: set[str]) -> tuple[Recurrent, list[int]] | None:
+    """A :class:`~fastgate.ops.Recurrent` op computing a recurrent step, and the positions of
+    the ``Squeeze`` steps it replaces, when the step is one forward layer run from zero states
+    over every step, whose ``Y`` is only read through a ``Squeeze`` of its direction axis (as
+    ``torch.onnx.export`` writes ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``); else None."""
+    recurrent = step.runner
+    if not isinstance(recurrent, OnnxRecurrent) or len(recurrent.layers) != 1:
+        return None
+    layer, reverse = recurrent.layers[0]
+    x, lengths, h0, c0 = step.inputs
+    if reverse or layer.num_directions != 1 or not x or x in constants or lengths or h0 or c0:
+        return None
+    y, y_h, y_c = (step.outputs + ["", "", ""])[:3]
+    direction_axis = 1 if recurrent.layout == 0 else 2
+    squeezes = readers.get(y, []) if y else []
+    if y in wanted or len(squeezes) > 1 or any(
+            _squeezed_axis(steps[k], constants) not in (direction_axis, direction_axis - 4)
+            for k in squeezes):
+        return None
+    states = any(name and (name in wanted or name in readers) for name in (y_h, y_c))
+    return Recurrent(layer, return_sequences=True, return_state=states,
+                     time_major=recurrent.layout == 0), squeezes
 
 
+def _fold_recurrent(steps: list[GraphStep], constants: dict, wanted: set[str]
+                    ) -> list[GraphStep]:
+    """Each recurrent step that :func:`_as_model_recurrent` maps becomes a model op: its
+    ``Squeeze`` steps go, and an :class:`InsertAxis` gives ``Y_h`` / ``Y_c`` their direction
+    axis back. The mapped graph of a plain export is then a chain that runs without per-call
+    shape plumbing, and streams."""
+    readers = _readers(steps)
+    dropped: set[int] = set()
+    folded: list[GraphStep] = []
+    for position, step in enumerate(steps):
+        if position in dropped:
+            continue
+        mapped = _as_model_recurrent(step, steps, readers, constants, wanted)
+        if mapped is None:
+            folded.append(step)
+            continue
+        op, squeezes = mapped
+        dropped.update(squeezes)
+        sequence = steps[squeezes[0]].outputs[0] if squeezes else ""
+        folded.append(GraphStep(step.name, step.op_type, op, step.inputs[:1], [sequence]))
+        if op.return_state:   # (B, H) -> ONNX's (1, B, H), or (B, 1, H) in layout 1
+            finals = (step.outputs + ["", ""])[1:op.state_count + 1]
+            inner = [f"{name} (B, H)" if name else "" for name in finals]
+            folded[-1].outputs.extend(inner)
+            axis = 0 if op.time_major else 1
+            folded.extend(GraphStep(f"{step.name}/{name}", "Unsqueeze", InsertAxis(axis),
+                                    [hidden], [name])
+                          for name, hidden in zip(finals, inner) if name)
+    return folded
+
+
+def _swaps_steps_and_batch(step: GraphStep) -> bool:
+    """Whether a step is a ``Transpose`` with ``perm=[1, 0, 2]``."""
+    return (step.op_type == "Transpose" and isinstance(step.runner, OnnxNumpyStep)
+            and step.runner.node.attributes.get("perm") == [1, 0, 2])
+
+
+def _fold_batch_first(steps: list[GraphStep], wanted: set[str]) -> list[GraphStep]:
+    """A time-major :class:`~fastgate.ops.Recurrent` step between two ``Transpose(perm=[1, 0,
+    2])`` (``nn.LSTM(batch_first=True)`` as torch exports it) reads and gives batch-major
+    values itself: the transposes (copies) go."""
+    readers = _readers(steps)
+    producers = {name: k for k, step in enumerate(steps) for name in step.outputs if name}
+    dropped: set[int] = set()
+    replaced: dict[int, GraphStep] = {}
+    for position, step in enumerate(steps):
+        op = step.runner
+        if not (isinstance(op, Recurrent) and op.time_major) or not step.outputs[0]:
+            continue
+        before = producers.get(step.inputs[0])
+        after = readers.get(step.outputs[0], [])
+        if (before is None or not _swaps_steps_and_batch(steps[before])
+                or readers[step.inputs[0]] != [position] or step.inputs[0] in wanted
+                or len(after) != 1 or not _swaps_steps_and_batch(steps[after[0]])
+                or step.outputs[0] in wanted):
+            continue
+        # the layer itself batch-first too: the kernel's plan then takes (B, T, D) as it is
+        layer = type(op.layer)(op.layer.weights, **{**op.layer.get_config(), "batch_first": True})
+        batch_major = Recurrent(layer, return_sequences=True, return_state=op.return_state)
+        dropped.update((before, after[0]))
+        replaced[position] = step._replace(
+            runner=batch_major, inputs=[steps[before].inputs[0]],
+            outputs=[steps[after[0]].outputs[0]] + step.outputs[1:])
+    return [replaced.get(k, step) for k, step in enumerate(steps) if k not in dropped]
+
+
+def _fold_bias(steps: list[GraphStep], constants: dict, wanted: set[str]) -> list[GraphStep]:
+    """A ``Dense`` (a ``MatMul`` on constant weights) whose only reader is an ``Add`` of a
+    constant vector (``nn.Linear`` on a sequence, as torch exports it) takes it as its bias."""
+    readers = _readers(steps)
+    dropped: set[int] = set()
+    folded: list[GraphStep] = []
+    for position, step in enumerate(steps):
+        if position in dropped:
+            continue
+        dense, output = step.runner, (step.outputs + [""])[0]
+        add_steps = readers.get(output, [])
+        if (isinstance(dense, Dense) and dense.bias is None and output not in wanted
+                and len(add_steps) == 1 and steps[add_steps[0]].op_type == "Add"):
+            add = steps[add_steps[0]]
+            other = [name for name in add.inputs if name != output]
+            bias = constants.get(other[0]) if len(other) == 1 else None
+            if bias is not None and bias.shape == (dense.out_features,) \
+                    and bias.dtype == dense.dtype:
+                dropped.add(add_steps[0])
+                step = step._replace(runner=Dense(dense.kernel, bias, dtype=dense.dtype),
+                                     outputs=list(add.outputs))
+        folded.append(step)
+    return folded
+
+
+# ------------------------------------------------------------------ files of fastgate 0.x
 @serializable
 class OnnxModel:
-    """An ONNX graph as fastgate runs it: folded constants, then an ordered list of steps.
-
-    Called like ``onnxruntime.InferenceSession``: ``model.run(output_names, input_feed)``
-    returns a list of arrays (``output_names=None``: every output). ``input_names`` and
-    ``output_names`` list the graph's inputs and outputs; a model with one input also has
-    ``predict(x)`` (one array for one output, else a list). Batch and time axes may take any
-    size; the other dimensions the file fixes are checked.
-
-    Build with :func:`fastgate.from_onnx` or :func:`fastgate.load`; ``model.save(path)``
-    writes it in fastgate's own format (no ONNX parsing when loading it again).
-    """
-
-    def __init__(self, steps: list[_Step], constants: dict[str, np.ndarray],
-                 inputs: list[ValueInfo], outputs: list[ValueInfo], *, name: str = "",
-                 producer: str = "", opset: int = 0) -> None:
-        self.steps = steps
-        self.constants = constants
-        self.inputs = inputs
-        self.outputs = outputs
-        self.name = name
-        self.producer = producer
-        self.opset = opset
-        self.input_names = [info.name for info in inputs]
-        self.output_names = [info.name for info in outputs]
-        self._schedules: dict[tuple[str, ...], list[_Step]] = {}
-
-    def __repr__(self) -> str:
-        ops = ", ".join(step.op_type for step in self.steps)
-        return (f"OnnxModel({self.name!r}, inputs={self.input_names}, "
-                f"outputs={self.output_names}, steps=[{ops}])")
-
-    def _get_spec(self) -> dict[str, Any]:
-        def info(value: ValueInfo) -> dict[str, Any]:
-            return {"name": value.name, "elem_type": value.elem_type,
-                    "shape": None if value.shape is None else list(value.shape)}
-
-        return {"steps": [{"name": step.name, "op_type": step.op_type,
-                           "function": step.function, "inputs": step.inputs,
-                           "outputs": step.outputs} for step in self.steps],
-                "constants": self.constants, "inputs": [info(v) for v in self.inputs],
-                "outputs": [info(v) for v in self.outputs], "name": self.name,
-                "producer": self.producer, "opset": self.opset}
+    """Reads the ``.fastgate`` files in which fastgate 0.x saved an imported ONNX graph (its
+    own class then): they load as the :class:`~fastgate.model.Model` an import now gives."""
 
     @classmethod
-    def _from_spec(cls, spec: dict[str, Any]) -> "OnnxModel":
+    def _from_spec(cls, spec: dict[str, Any]) -> Model:
         def info(value: dict[str, Any]) -> ValueInfo:
             shape = value["shape"]
             return ValueInfo(str(value["name"]), int(value["elem_type"]),
@@ -601,116 +703,18 @@ class OnnxModel:
 
         steps = []
         for step in spec["steps"]:
-            if not isinstance(step["function"], _STEP_CLASSES):
+            runner = step["function"]
+            if isinstance(runner, OnnxDenseStep):
+                runner = runner.dense
+            elif not isinstance(runner, (OnnxRecurrent, OnnxRuntimeWeightsRecurrent,
+                                         OnnxEmbeddingStep, OnnxNumpyStep)):
                 raise WeightFormatError(f"step {step['name']!r} of a saved ONNX model is not "
                                         f"an op")
-            steps.append(_Step(str(step["name"]), str(step["op_type"]), step["function"],
-                               [str(n) for n in step["inputs"]],
-                               [str(n) for n in step["outputs"]]))
-        return cls(steps, dict(spec["constants"]), [info(v) for v in spec["inputs"]],
-                   [info(v) for v in spec["outputs"]], name=spec["name"],
-                   producer=spec["producer"], opset=spec["opset"])
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Save in fastgate's own format (:mod:`fastgate.serialization`)."""
-        save(self, path)
-
-    def summary(self) -> str:
-        """The graph as fastgate maps it: one line per step it runs (node, op, what runs
-        it, inputs -> outputs)."""
-        schedule = self._schedule(tuple(self.output_names))
-        lines = [f"ONNX model {self.name!r} (producer {self.producer or '?'}, opset "
-                 f"{self.opset}), {len(self.constants)} constants after folding"]
-        for info in self.inputs:
-            lines.append(f"  input  {info.name}: {dtype_name(info.elem_type)} {info.shape}")
-        for step in schedule:
-            lines.append(f"  {step.op_type:<10} {step.name or '-'}: {step.function!r}  "
-                         f"({', '.join(step.inputs)}) -> ({', '.join(step.outputs)})")
-        for info in self.outputs:
-            lines.append(f"  output {info.name}: {dtype_name(info.elem_type)} {info.shape}")
-        skipped = len(self.steps) - len(schedule)
-        if skipped:
-            lines.append(f"  ({skipped} more nodes are never run: no output needs them, e.g. "
-                         f"they built zero initial states)")
-        return "\n".join(lines)
-
-    def _schedule(self, wanted: tuple[str, ...]) -> list[_Step]:
-        """The steps needed for outputs ``wanted``, in order (cached)."""
-        schedule = self._schedules.get(wanted)
-        if schedule is None:
-            needed = set(wanted)
-            schedule = []
-            for step in reversed(self.steps):
-                if needed.intersection(step.outputs):
-                    schedule.append(step)
-                    needed.update(name for name in step.inputs if name)
-            schedule.reverse()
-            self._schedules[wanted] = schedule
-        return schedule
-
-    def _feed_value(self, info: ValueInfo, value: Any) -> np.ndarray:
-        target = np.dtype(TENSOR_DTYPES.get(info.elem_type, "<f4")).newbyteorder("=")
-        array = np.asarray(value)
-        if array.dtype.kind not in "biuf":
-            raise DTypeError(f"input {info.name!r} must hold real numbers, got dtype "
-                             f"{array.dtype}")
-        if target.kind in "iu" and array.dtype.kind == "f":
-            if not np.all(np.mod(array, 1) == 0):
-                raise DTypeError(f"input {info.name!r} holds integers ({target}), got "
-                                 f"non-integral floats")
-        array = array.astype(target, copy=False)
-        if info.shape is not None:
-            if array.ndim != len(info.shape) or any(
-                    isinstance(want, int) and want >= 0 and got != want
-                    for want, got in zip(info.shape, array.shape)):
-                shown = tuple(d if isinstance(d, int) else "*" for d in info.shape)
-                raise ShapeError(f"input {info.name!r}: expected shape {shown} (* = any), got "
-                                 f"{array.shape}")
-        return array
-
-    def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any]
-            ) -> list[np.ndarray]:
-        """Compute ``output_names`` (``None``: all) from ``input_feed`` ``{name: array}``,
-        as ``onnxruntime.InferenceSession.run`` does."""
-        wanted = tuple(self.output_names if output_names is None else output_names)
-        unknown = [name for name in wanted if name not in self.output_names]
-        if unknown:
-            raise ConfigError(f"unknown output names {unknown}; the model's outputs are "
-                              f"{self.output_names}")
-        if not isinstance(input_feed, dict):
-            raise InputError(f"input_feed must be a dict {{name: array}}, got "
-                             f"{type(input_feed).__name__}")
-        extra = set(input_feed) - set(self.input_names)
-        missing = [name for name in self.input_names if name not in input_feed]
-        if extra or missing:
-            raise InputError(f"input_feed: missing {missing}, unknown {sorted(extra)}; the "
-                             f"model's inputs are {self.input_names}")
-        values = dict(self.constants)
-        for info in self.inputs:
-            values[info.name] = self._feed_value(info, input_feed[info.name])
-        for step in self._schedule(wanted):
-            arguments = [values[name] if name else None for name in step.inputs]
-            try:
-                results = step.function(*arguments)
-            except (ShapeError, InputError) as error:
-                if str(error).startswith("node "):   # already says where
-                    raise
-                raise type(error)(f"node {step.name!r} ({step.op_type}): {error}") from error
-            for name, value in zip(step.outputs, results):
-                if name:
-                    values[name] = value
-        return [np.array(values[name]) if name in self.constants
-                else np.ascontiguousarray(values[name]) for name in wanted]
-
-    def predict(self, x: Any) -> np.ndarray | list[np.ndarray]:
-        """Run a one-input model on ``x``: its output, or a list of its outputs."""
-        if len(self.input_names) != 1:
-            raise ConfigError(f"predict() needs a model with one input; this one has "
-                              f"{self.input_names}: use run(None, {{name: array, ...}})")
-        results = self.run(None, {self.input_names[0]: x})
-        return results[0] if len(results) == 1 else results
-
-    __call__ = predict
+            steps.append(GraphStep(str(step["name"]), str(step["op_type"]), runner,
+                                   [str(n) for n in step["inputs"]],
+                                   [str(n) for n in step["outputs"]]))
+        return graph_model(steps, dict(spec["constants"]), [info(v) for v in spec["inputs"]],
+                           [info(v) for v in spec["outputs"]], name=spec["name"])
 
 
 # ----------------------------------------------------------------------------- import
@@ -719,12 +723,15 @@ def _loop_message(node: NodeProto) -> str:
             f"elementwise ops instead of an LSTM/GRU/RNN op, and fastgate does not run "
             f"{node.op_type}. To avoid it: export the nn.LSTM / nn.GRU / nn.RNN module itself "
             f"(not a cell called in a Python loop, not torch.jit.script), from a model in "
-            f"eval() mode; with tf2onnx, use Keras LSTM/GRU layers with their default "
-            f"options so that its rewriters match them")
+            f"eval() mode. tf2onnx (1.17) writes a loop for SimpleRNN, GRU(reset_after=False) "
+            f"and any masked layer (Masking, Embedding(mask_zero=True)); fastgate loads the "
+            f"Keras file itself, and `fastgate convert model.h5 model.onnx` writes these "
+            f"layers as ONNX ops")
 
 
-def _map_node(node: NodeProto, constants: dict, opset: int) -> tuple[Callable, list[str]]:
-    """What runs a node that could not be folded, and the names of the inputs it reads."""
+def _map_node(node: NodeProto, constants: dict, opset: int) -> tuple[Any, list[str]]:
+    """What runs a node that could not be folded (a model op reading the first name, or an
+    ONNX function reading them all), and the names of the inputs it reads."""
     names = node.inputs + [""] * 7
     if node.op_type in _RECURRENT_OPS:   # X, sequence_lens, initial_h, initial_c
         if all(names[k] in constants for k in (1, 2, 3, 7) if names[k]):
@@ -733,7 +740,7 @@ def _map_node(node: NodeProto, constants: dict, opset: int) -> tuple[Callable, l
     if node.op_type in ("Gemm", "MatMul"):
         dense = _dense_step(node, constants)
         if dense is not None:
-            return dense, [names[0]]
+            return dense.dense, [names[0]]
     elif node.op_type == "Gather":
         embedding = _embedding_step(node, constants)
         if embedding is not None:
@@ -787,7 +794,7 @@ def _check_node(node: NodeProto, model: OnnxModelProto, opset: int) -> None:
                                 layer=node.name)
 
 
-def build_model(model: OnnxModelProto, path: Any = None) -> OnnxModel:
+def build_model(model: OnnxModelProto, path: Any = None) -> Model:
     """Fold and map a decoded model (see the module docstring)."""
     graph: GraphProto = model.graph
     opset = model.opset_import.get("", model.opset_import.get("ai.onnx", 0))
@@ -796,7 +803,10 @@ def build_model(model: OnnxModelProto, path: Any = None) -> OnnxModel:
     constants: dict[str, np.ndarray] = dict(graph.initializers)
     inputs = [info for info in graph.inputs if info.name not in constants]
     available = set(constants) | {info.name for info in inputs}
-    steps: list[_Step] = []
+    loop = next((node for node in graph.nodes if node.op_type in _LOOP_OPS), None)
+    if loop is not None:   # said first: no other op of the file matters then
+        raise UnsupportedLayerError(_loop_message(loop), path=path, layer=loop.name)
+    steps: list[GraphStep] = []
     zeros: set[str] = set()   # run-time values known to be all zeros
     for node in graph.nodes:
         try:
@@ -821,8 +831,8 @@ def build_model(model: OnnxModelProto, path: Any = None) -> OnnxModel:
                     step_inputs = _skip_zero_states(step_inputs, zeros)
                 elif _makes_zeros(node, constants, zeros):
                     zeros.update(name for name in node.outputs if name)
-                steps.append(_Step(node.name, node.op_type, function, step_inputs,
-                                   list(node.outputs)))
+                steps.append(GraphStep(node.name, node.op_type, function, step_inputs,
+                                       list(node.outputs)))
         except WeightFormatError as error:
             if error.path is not None:
                 raise
@@ -835,12 +845,15 @@ def build_model(model: OnnxModelProto, path: Any = None) -> OnnxModel:
         if info.name not in available:
             raise WeightFormatError(f"graph output {info.name!r} is produced by no node",
                                     path=path)
-    return OnnxModel(steps, constants, inputs, list(graph.outputs), name=graph.name,
-                     producer=model.producer_name, opset=opset)
+    wanted = {info.name for info in graph.outputs}
+    steps = _fold_recurrent(steps, constants, wanted)
+    steps = _fold_bias(_fold_batch_first(steps, wanted), constants, wanted)
+    return graph_model(steps, constants, inputs, list(graph.outputs), name=graph.name,
+                       path=path)
 
 
-def from_onnx(source: str | os.PathLike | bytes) -> OnnxModel:
-    """Load an ONNX model (a ``.onnx`` file, or its bytes) into an :class:`OnnxModel`.
+def from_onnx(source: str | os.PathLike | bytes) -> Model:
+    """Load an ONNX model (a ``.onnx`` file, or its bytes) into a :class:`fastgate.Model`.
 
     Parameters
     ----------
@@ -850,9 +863,10 @@ def from_onnx(source: str | os.PathLike | bytes) -> OnnxModel:
 
     Returns
     -------
-    OnnxModel
-        ``model.run(output_names, input_feed)`` like ONNX Runtime; ``model.predict(x)`` for a
-        one-input model.
+    Model
+        Inputs and outputs named as in the graph: ``model.run(output_names, input_feed)``
+        like ONNX Runtime; ``model.predict(x)`` for a one-input model; ``model.step()`` where
+        the mapped graph is a chain of recurrent ops and heads.
 
     Raises
     ------

@@ -5,7 +5,7 @@ shape plumbing (Shape, Gather, Unsqueeze, Squeeze, Concat, Slice, Transpose, Res
 Flatten, Cast, ConstantOfShape, Expand, Constant, Identity), arithmetic (Add, Sub, Mul, Div,
 MatMul, Gemm) and activations (Relu, Tanh, Sigmoid, Softmax, LogSoftmax); and what
 fastgate's own exports use for ``sequence_lens`` (Max, Min, Greater, Less, Equal, Not, Where,
-Range). Each is a function
+Range), and the ``ReduceSum`` / ``ReduceProd`` that tf2onnx writes for shapes. Each is a function
 ``op(node, inputs, opset) -> list of outputs``; the importer calls it once at load time when
 every input is a constant (constant folding), or at every run otherwise. Gemm and MatMul on
 constant weights, and Gather on a constant table, are mapped to fastgate's Dense and
@@ -48,6 +48,8 @@ ATTRIBUTE_KINDS: dict[str, dict[str, str]] = {
     "Cast": {"to": "int"}, "Gemm": {"transA": "int", "transB": "int", "alpha": "float",
                                     "beta": "float"},
     "Softmax": {"axis": "int"}, "LogSoftmax": {"axis": "int"},
+    "ReduceSum": {"axes": "ints", "keepdims": "int", "noop_with_empty_axes": "int"},
+    "ReduceProd": {"axes": "ints", "keepdims": "int", "noop_with_empty_axes": "int"},
     "LSTM": _RECURRENT_ATTRIBUTES, "GRU": _RECURRENT_ATTRIBUTES, "RNN": _RECURRENT_ATTRIBUTES,
 }
 _KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
@@ -379,6 +381,32 @@ _op("Add")(_binary(np.add))
 _op("Sub")(_binary(np.subtract))
 _op("Mul")(_binary(np.multiply))
 _op("Div")(_binary(_divide))
+
+
+#: The opset from which a reduction takes its axes as an input instead of an attribute.
+_AXES_INPUT_FROM = {"ReduceSum": 13, "ReduceProd": 18}
+
+
+def _reduction(function: Callable[..., Any]) -> OpFunction:
+    def apply(node: NodeProto, inputs: list, opset: int) -> list:
+        data = np.asarray(inputs[0])
+        if opset >= _AXES_INPUT_FROM[node.op_type]:
+            axes = _input(inputs, 1)
+            axes = None if axes is None else _ints(axes, "axes", node)
+        else:
+            axes = node.attributes.get("axes")
+        if not axes:
+            if node.attributes.get("noop_with_empty_axes", 0):
+                return [data]
+            axes = list(range(data.ndim))
+        axes = tuple(sorted({_axis(a, data.ndim, node) for a in axes}))
+        keepdims = bool(node.attributes.get("keepdims", 1))
+        return [np.asarray(function(data, axis=axes, keepdims=keepdims), dtype=data.dtype)]
+    return apply
+
+
+_op("ReduceSum")(_reduction(np.sum))
+_op("ReduceProd")(_reduction(np.prod))
 
 
 @_op("MatMul")

@@ -8,6 +8,7 @@ release the GIL, so the threads that submit (a web server's event loop, say) kee
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -76,11 +77,22 @@ class Coalescer:
     def submit(self, item: Any) -> Future:
         """Queue ``item``; the future gets its result (or exception)."""
         future: Future = Future()
+        self._put(item, future)
+        return future
+
+    def submit_async(self, item: Any) -> asyncio.Future:
+        """Queue ``item`` from a coroutine; an :class:`asyncio.Future` of the running loop
+        gets its result. The worker answers all of a batch's futures of one loop in one
+        ``call_soon_threadsafe`` (one wake-up of the loop per batch, not per request)."""
+        future = asyncio.get_running_loop().create_future()
+        self._put(item, future)
+        return future
+
+    def _put(self, item: Any, future: Future | asyncio.Future) -> None:
         with self._submit_lock:   # nothing slips in behind the stop marker
             if self._closed:
                 raise ServingClosedError("the batcher is closed: it takes no more requests")
             self._queue.put((item, future))
-        return future
 
     def close(self, timeout: float | None = None) -> None:
         """Take no more items, run the ones queued, and stop the worker (idempotent)."""
@@ -118,9 +130,10 @@ class Coalescer:
         # items queued behind the stop marker cannot exist (submit checks under the lock),
         # but a batch cut short by it still ran above
 
-    def _run(self, batch: list[tuple[Any, Future]]) -> None:
+    def _run(self, batch: list[tuple[Any, Future | asyncio.Future]]) -> None:
         live = [(item, future) for item, future in batch
-                if future.set_running_or_notify_cancel()]
+                if (not future.cancelled() if isinstance(future, asyncio.Future)
+                    else future.set_running_or_notify_cancel())]
         if not live:
             return
         self.batch_sizes.observe(len(live))
@@ -128,8 +141,27 @@ class Coalescer:
             results = self._run_batch([item for item, _ in live])
         except BaseException as error:   # a bug in run_batch fails the batch, not the worker
             results = [error] * len(live)
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for (_, future), result in zip(live, results):
-            if isinstance(result, BaseException):
+            if isinstance(future, asyncio.Future):
+                by_loop.setdefault(future.get_loop(), []).append((future, result))
+            elif isinstance(result, BaseException):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+        for loop, answers in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, answers)
+            except RuntimeError:   # the loop is closed: nobody awaits these any more
+                pass
+
+
+def _deliver(answers: list[tuple[asyncio.Future, Any]]) -> None:
+    """Set the results of asyncio futures, in their loop's thread (skipping cancelled ones)."""
+    for future, result in answers:
+        if future.done():
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)

@@ -94,6 +94,7 @@ class Batcher:
         if model.stateful:
             raise ConfigError(f"model {model.name!r} is stateful (Keras stateful=True): its "
                               f"carried state would mix the requests of a batch")
+        model.check_batch_first("Batcher")
         self.model = model
         self.padding = padding_value(model)
         self._sequence_outputs = self._outputs_with_steps()
@@ -143,9 +144,14 @@ class Batcher:
         """``model.predict(x[None])[0]``, computed in a batch with concurrent calls."""
         return self.submit(x).result()
 
+    def submit_async(self, x: Any) -> asyncio.Future:
+        """Queue one sequence from a coroutine; an :class:`asyncio.Future` of its output
+        (of the running loop)."""
+        return self._coalescer.submit_async(self.prepare(x))
+
     async def predict_async(self, x: Any) -> np.ndarray | list[np.ndarray]:
         """:meth:`__call__` for coroutines: awaits the batch without blocking the loop."""
-        return await asyncio.wrap_future(self.submit(x))
+        return await self.submit_async(x)
 
     def close(self, timeout: float | None = None) -> None:
         """Answer the queued requests, then stop the worker thread; later calls raise

@@ -123,6 +123,7 @@ class Sessions:
         if not isinstance(model, Model):
             raise ConfigError(f"Sessions serves a fastgate.Model, got {type(model).__name__}")
         model.initial_state(1)    # raises ConfigError naming the op if it cannot stream
+        model.check_batch_first("Sessions")   # each output's rows are scattered to sessions
         if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not ttl_s > 0:
             raise ConfigError(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
         if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) \
@@ -240,7 +241,9 @@ class Sessions:
 
     async def step_async(self, session_id: str, chunk: Any) -> np.ndarray | list[np.ndarray]:
         """:meth:`step` for coroutines."""
-        return await asyncio.wrap_future(self.submit(session_id, chunk))
+        chunk = self.prepare(chunk)
+        self._touch(session_id)
+        return await self._coalescer.submit_async((session_id, chunk))
 
     def _run_batch(self, items: list[tuple[str, np.ndarray]]) -> list[Any]:
         results: list[Any] = [None] * len(items)
