@@ -25,6 +25,7 @@ from ._validation import as_array, as_cell_weights
 from .errors import ConfigError, ShapeError
 from .layers import GRU, LSTM, RecurrentLayer, SimpleRNN
 from .layout import CellWeights
+from .backend import current_backend
 from .serialization import save, serializable
 from .state import State, StateLayout
 
@@ -143,7 +144,7 @@ class _Cell:
         gives. ``state`` (zeros if ``None``) is not modified.
         """
         # the layer's path, with states of the cells' flat form (B, hidden_size)
-        result = self.layer._runner().step(x, state, 0, True)
+        result = self.layer._runners[current_backend()].step(x, state, 0, True)
         if result is not None:
             return result
         return self.layer._general_step(x, state, self._state)
@@ -152,7 +153,7 @@ class _Cell:
     def _step(self, x: Any, state: State | None) -> State:
         """The new state after one step ``x`` ``(B, input_size)`` or ``(input_size,)`` (then
         with an unbatched state, and one returned)."""
-        result = self.layer._runner().step(x, state, 0, True)
+        result = self.layer._runners[current_backend()].step(x, state, 0, True)
         if result is not None:
             return result[1]
         name = type(self).__name__

@@ -26,6 +26,7 @@ import numpy as np
 from ._validation import as_array, as_float_dtype
 from .activations import activation_function, canonical_name
 from .errors import ConfigError, DTypeError, InputError, ShapeError
+from .backend import current_backend
 from .serialization import save, serializable
 from .state import StateLayout
 
@@ -497,7 +498,7 @@ class Recurrent:
                 and type(x) is np.ndarray and x.ndim == 3 and x.shape[0] and x.shape[1]):
             # the common call (from zeros, no mask) straight to the layer's plan; None: x
             # needs converting or checking, the general path below does it
-            result = layer._runner().run(x)
+            result = layer._runners[current_backend()].run(x)
             if result is not None:
                 out, final = result
                 return self._outputs(out, final if layer.cell == "lstm" else (final,), mask)
@@ -606,7 +607,8 @@ class Recurrent:
         if self.return_state or self.go_backwards:
             return None
         is_lstm = self.layer.cell == "lstm"
-        result = self.layer._runner().step(x, state[:-1] if is_lstm else state[0], 0, True)
+        result = self.layer._runners[current_backend()].step(
+            x, state[:-1] if is_lstm else state[0], 0, True)
         if result is None:
             return None
         y, new = result

@@ -2,7 +2,7 @@
 
 A layer runs every call through one object with the interface of the compiled
 :class:`fastgate._kernels.recurrent.LayerPlan`, chosen by the active backend in one place
-(``RecurrentLayer._runner``):
+(``RecurrentLayer._runners``, built by ``_build_runners``):
 
 * ``run(x)`` / ``step(x, state, num_threads, flat_state)``: the fast paths, which return
   ``None`` when their arguments need converting. The oracle has no fast path: they always

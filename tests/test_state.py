@@ -187,7 +187,7 @@ def test_every_step_entry_agrees_on_both_paths_and_backends(cell, dtype, rng):
     for name, (stepper, layer) in _entry_points(cell, dtype, rng).items():
         x = rng.normal(size=(2, 3)).astype(np.float32 if name == "model.step" else dtype)
         state = _random_state(stepper, dtype, rng)
-        spy = layer._plan = _PlanSpy(layer._plan)
+        spy = layer._plan = layer._runners["compiled"] = _PlanSpy(layer._plan)
         reference = None
         for backend in fastgate.available_backends():
             for form in ("exact", "converted"):
@@ -208,23 +208,24 @@ def test_every_step_entry_agrees_on_both_paths_and_backends(cell, dtype, rng):
 
 
 def test_the_backend_is_chosen_in_one_place():
-    """Only ``RecurrentLayer._runner`` reads the active backend to run a layer, and only the
+    """The active backend picks a layer's runner only from the layer's table
+    (``layer._runners[current_backend()]``, built once by ``_build_runners``), and only the
     oracle's plan calls the oracle's forward pass."""
     package = Path(FASTGATE_HOME) / "fastgate"
-    readers, oracle_calls = [], []
+    readers, table_reads, oracle_calls = [], [], []
     for path in sorted(package.rglob("*.py")):
         if path.parent.name == "cli" or path.name == "backend.py":
             continue   # the CLI prints the backend; backend.py defines it
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        for function in ast.walk(tree):
-            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                continue
-            for node in ast.walk(function):
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
-                        and node.func.id in ("current_backend", "backend"):
-                    readers.append(f"{path.name}:{function.name}")
-                if isinstance(node, ast.Attribute) and node.attr == "forward" \
-                        and isinstance(node.value, ast.Name) and node.value.id == "oracle":
-                    oracle_calls.append(f"{path.name}:{function.name}")
-    assert readers == ["layers.py:_runner"]
-    assert oracle_calls == ["oracle_plan.py:forward"]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                    and node.func.id in ("current_backend", "backend"):
+                readers.append(node)
+            if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute) \
+                    and node.value.attr == "_runners":
+                table_reads.append(node.slice)
+            if isinstance(node, ast.Attribute) and node.attr == "forward" \
+                    and isinstance(node.value, ast.Name) and node.value.id == "oracle":
+                oracle_calls.append(path.name)
+    assert readers and all(any(reader is read for read in table_reads) for reader in readers)
+    assert oracle_calls == ["oracle_plan.py"]
