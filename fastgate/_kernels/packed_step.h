@@ -33,8 +33,28 @@
  */
 
 typedef FG_T FG_NAME(vec) __attribute__((vector_size(FG_VBYTES), aligned(sizeof(FG_T))));
+/* The same vector as a view of any FG_T memory (may_alias): a load or store through it is
+ * one vector move. A memcpy of a whole vector is not, except for AVX-512
+ * (prefer-vector-width=512): GCC expands it in 16-byte pieces, and a 32-byte load of what
+ * two 16-byte stores just wrote misses store forwarding (the AVX2 epilogues ran 2x slower:
+ * each tile and operand went through the stack in halves). */
+typedef FG_T FG_NAME(uvec) __attribute__((vector_size(FG_VBYTES), aligned(sizeof(FG_T)),
+                                          may_alias));
+
+FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vload)(const FG_T *p)
+{
+    return *(const FG_NAME(uvec) *)p;
+}
+
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(vstore)(FG_T *p, FG_NAME(vec) v)
+{
+    *(FG_NAME(uvec) *)p = v;
+}
 
 #define FG_W ((ptrdiff_t)(FG_VBYTES / sizeof(FG_T)))
+/* The packed [W; U] of a direction that one_row_blocks reads in pairs of blocks (AVX2):
+ * three quarters of a 32 KB L1 data cache. */
+#define FG_PAIR_MAX_BYTES 24576
 /* Tile height for G gates: as many rows as the accumulator registers allow. */
 #define FG_MR(G) (FG_ACC / (G) < FG_MAX_TILE_ROWS ? FG_ACC / (G) : FG_MAX_TILE_ROWS)
 
@@ -106,8 +126,56 @@ FG_ALWAYS_INLINE void FG_NAME(tile_product)(const int G, const int MR, const int
     for (i = 0; i < A * MR; i++) {
         if (A * MR < 8)
             acc[i] += acc2[i];
-        memcpy(tile + i * FG_W, &acc[i], sizeof(V));
+        *(FG_NAME(uvec) *)(tile + i * FG_W) = acc[i];   /* (vstore, without the target) */
     }
+}
+
+/* The tiles of one batch row for two adjacent whole blocks (the block of panel1 / panel2
+ * and the next, panel1_size / panel2_size further): one broadcast of each x_t and h element
+ * feeds both blocks' 2 A accumulators (an LSTM's 8: independent sums enough to hide the FMA
+ * latency without a second set). tiles: the first block's A vectors, then the second's. */
+FG_ALWAYS_INLINE void FG_NAME(pair_product)(const int G, const int last_apart,
+                                            const FG_T *restrict a1, ptrdiff_t K1,
+                                            const FG_T *restrict panel1,
+                                            ptrdiff_t panel1_size, const FG_T *restrict a2,
+                                            ptrdiff_t K2, const FG_T *restrict panel2,
+                                            ptrdiff_t panel2_size, FG_T *restrict tiles)
+{
+    typedef FG_NAME(vec) V;
+    const int A = G + last_apart;
+    V acc[8];
+    const V zero = {0};
+    ptrdiff_t k;
+    int g;
+#pragma GCC unroll 8
+    for (g = 0; g < 2 * A; g++)
+        acc[g] = zero;
+#pragma GCC unroll 2
+    for (k = 0; k < K1; k++) {
+        const V *p = (const V *)(panel1 + k * G * FG_W);
+        const V *q = (const V *)(panel1 + panel1_size + k * G * FG_W);
+        const FG_T ak = a1[k];
+#pragma GCC unroll 4
+        for (g = 0; g < G; g++) {
+            acc[g] += ak * p[g];
+            acc[A + g] += ak * q[g];
+        }
+    }
+#pragma GCC unroll 2
+    for (k = 0; k < K2; k++) {
+        const V *p = (const V *)(panel2 + k * G * FG_W);
+        const V *q = (const V *)(panel2 + panel2_size + k * G * FG_W);
+        const FG_T ak = a2[k];
+#pragma GCC unroll 4
+        for (g = 0; g < G; g++) {
+            const int slot = last_apart && g == G - 1 ? G : g;   /* see accumulate */
+            acc[slot] += ak * p[g];
+            acc[A + slot] += ak * q[g];
+        }
+    }
+#pragma GCC unroll 8
+    for (g = 0; g < 2 * A; g++)
+        *(FG_NAME(uvec) *)(tiles + g * FG_W) = acc[g];   /* (vstore, without the target) */
 }
 
 #define FG_TILE_CASE(G, S, M)                                                              \
@@ -150,13 +218,6 @@ typedef void (*FG_NAME(tile_fn))(ptrdiff_t, const FG_T *restrict, ptrdiff_t, ptr
  * absolute error < 4e-7 on sigmoid and tanh, fastgate's float contract is 1e-5), double
  * exactly as vecmath.h's fg_sigmoid and fg_tanh. */
 typedef __typeof__((FG_NAME(vec)){0} < (FG_NAME(vec)){0}) FG_NAME(ivec);
-
-FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vload)(const FG_T *p)
-{
-    FG_NAME(vec) v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
 
 FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vclamp)(FG_NAME(vec) x, FG_T lo, FG_T hi)
 {
@@ -288,7 +349,10 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vload_n)(const FG_T *p, ptrdiff_
 FG_ALWAYS_INLINE FG_TARGET void FG_NAME(vstore_n)(FG_T *p, FG_NAME(vec) v, ptrdiff_t wn,
                                                   const int full)
 {
-    memcpy(p, &v, (full ? FG_W : wn) * sizeof(FG_T));
+    if (full)
+        FG_NAME(vstore)(p, v);
+    else
+        memcpy(p, &v, wn * sizeof(FG_T));
 }
 
 /* act(x): sigmoid and tanh on the vector, the other activations by vecmath.h's loops
@@ -301,10 +365,9 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vactivate_with)(int code, double
         return FG_NAME(vsigmoidf)(x);
     if (code == FG_TANH)
         return FG_NAME(vtanhf)(x);
-    memcpy(lanes, &x, sizeof x);
+    FG_NAME(vstore)(lanes, x);
     FG_ACTIVATE(code, alpha, beta, lanes, FG_W);
-    memcpy(&x, lanes, sizeof x);
-    return x;
+    return FG_NAME(vload)(lanes);
 }
 
 /* The operands of up to two batch rows of a tile, for the hidden units [j0, j0 + wn). */
@@ -509,6 +572,10 @@ struct FG_NAME(pass_context) {
     /* the epilogues of the gates pass (and of a GRU candidate pass), for whole blocks and
      * for the last, partial one (choose_cells) */
     FG_NAME(cells_fn) cells_full, cells_partial, candidate_full, candidate_partial;
+    /* one_row_blocks computes two blocks per tile (pair_product) */
+    int pair_blocks;
+    /* the gates pass of a step with one row, or NULL: the generic one (one_row_blocks) */
+    void (*one_row)(const FG_NAME(pass_context) *, const FG_NAME(step_state) *, ptrdiff_t);
 };
 
 /* Where one step reads and writes. */
@@ -544,12 +611,12 @@ static FG_TARGET void FG_NAME(project_inputs)(const FG_T *restrict x, ptrdiff_t 
         for (row = 0; row < rows; row += n) {
             n = rows - row < mr ? rows - row : mr;
             tile_gates(n, x + row * D, D, D, packed + jb * panel_size, NULL, 0, 0, NULL, tile);
-            /* (whole blocks by a copy of constant size: a vector store, not a libc call) */
+            /* (whole blocks by a vector store, not a libc call) */
             for (r = 0; r < n; r++)
                 for (gate = 0; gate < gates; gate++)
                     if (wn == FG_W)
-                        memcpy(projected + (row + r) * GH + column + gate * H + j0,
-                               tile + (r * gates + gate) * FG_W, FG_W * sizeof(FG_T));
+                        FG_NAME(vstore)(projected + (row + r) * GH + column + gate * H + j0,
+                                        FG_NAME(vload)(tile + (r * gates + gate) * FG_W));
                     else
                         memcpy(projected + (row + r) * GH + column + gate * H + j0,
                                tile + (r * gates + gate) * FG_W, wn * sizeof(FG_T));
@@ -775,6 +842,14 @@ static FG_TARGET void FG_NAME(pass_context_init)(FG_NAME(pass_context) *x,
                     : x->G == 2 ? FG_NAME(tile_g2) : FG_NAME(tile_g1);
     FG_NAME(choose_cells)(x->family, d, &x->cells_full, &x->cells_partial);
     FG_NAME(choose_cells)(FG_FAMILY_CANDIDATE, d, &x->candidate_full, &x->candidate_partial);
+    x->one_row = NULL;   /* (set by run_direction: choose_one_row is defined below) */
+    /* Pairs of blocks share the broadcasts of x_t and h: fewer instructions where the step
+     * runs from L1 (measured, AVX2, S3: LSTM 2.46 -> 2.39 us, GRU 2.09 -> 1.94), but where
+     * [W; U] streams from L2 the two streams cost more (S1/S2 3-6% slower; with AVX-512's
+     * 16-unit blocks slower at S3 too): only on AVX2, for packed weights that fit in L1. */
+    x->pair_blocks = FG_VBYTES == 32
+                     && (x->panel_size + x->panel_u_size) * x->blocks * sizeof(FG_T)
+                        <= FG_PAIR_MAX_BYTES;
 }
 
 /* The block of units jb, with the biases at `bias_offset` (a GRU candidate: 2 H). */
@@ -793,6 +868,81 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(cell_block) FG_NAME(block_at)(
     return block;
 }
 
+/* gates_pass of one batch row (a batch-1 call) with a _fast epilogue (default activations,
+ * no ONNX options): per block, the tile product and the cells inlined at constant sizes.
+ * That drops the generic loop's two indirect calls, switch over tile heights and row loop
+ * per block: at batch 1 they were about a third of a step's instructions on AVX2 (H = 32:
+ * four blocks a step). A masked step of the row computes nothing (mask_pass keeps its
+ * state); the last, partial block takes the generic epilogue. */
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(one_row_blocks)(const FG_NAME(pass_context) *x,
+                                                        const FG_NAME(step_state) *st,
+                                                        const int family, const int G,
+                                                        const int last_apart, ptrdiff_t K2)
+{
+    const FG_T *recurrent = (const FG_T *)x->d->recurrent;
+    const ptrdiff_t b = x->row_begin;
+    const FG_T *x_row = st->step_x + b * x->x_stride, *h_row = st->h_previous
+                                                               + b * st->hp_stride;
+    FG_T tile[2 * 4 * FG_W];   /* two blocks' G + last_apart <= 4 accumulators */
+    FG_NAME(cell_rows) rows;
+    ptrdiff_t jb;
+    if (!FG_IS_VALID(st, b))
+        return;
+    for (jb = x->block_begin; jb < x->block_end; jb++) {
+        const FG_NAME(cell_block) block = FG_NAME(block_at)(x, jb, 0);
+        const FG_T *panel = recurrent + jb * x->panel_size;
+        const FG_T *panel_u = recurrent + x->blocks * x->panel_size + jb * x->panel_u_size;
+        if (x->pair_blocks && jb + 1 < x->block_end && (jb + 2) * FG_W <= x->H) {
+            const FG_NAME(cell_block) next = FG_NAME(block_at)(x, jb + 1, 0);
+            FG_NAME(pair_product)(G, last_apart, x_row, x->K1, panel, x->panel_size, h_row,
+                                  K2, panel_u, x->panel_u_size, tile);
+            FG_NAME(row_operands)(x, st, family, tile, b, jb, 0, &rows);
+            FG_NAME(cells)(family, 1, 1, FG_TANH, FG_SIGMOID, &rows, &block);
+            FG_NAME(row_operands)(x, st, family, tile + (G + last_apart) * FG_W, b, jb + 1, 0,
+                                  &rows);
+            FG_NAME(cells)(family, 1, 1, FG_TANH, FG_SIGMOID, &rows, &next);
+            jb++;
+            continue;
+        }
+        if (block.wn != FG_W) {
+            x->tile_gates(1, x_row, x->x_stride, x->K1, panel, h_row, st->hp_stride, K2,
+                          panel_u, tile);
+            x->cells_partial(x, st, tile, x->A * FG_W, b, 1, jb, &block);
+            continue;
+        }
+        FG_NAME(tile_product)(G, 1, last_apart, x_row, x->x_stride, x->K1, panel, h_row,
+                              st->hp_stride, K2, panel_u, tile);
+        FG_NAME(row_operands)(x, st, family, tile, b, jb, 0, &rows);
+        FG_NAME(cells)(family, 1, 1, FG_TANH, FG_SIGMOID, &rows, &block);
+    }
+}
+
+#define FG_DEFINE_ONE_ROW(NAME, FAMILY, G, LAST_APART)                                     \
+static FG_TARGET void FG_NAME(NAME)(const FG_NAME(pass_context) *x,                        \
+                                    const FG_NAME(step_state) *st, ptrdiff_t K2)           \
+{                                                                                          \
+    FG_NAME(one_row_blocks)(x, st, FAMILY, G, LAST_APART, K2);                             \
+}
+FG_DEFINE_ONE_ROW(one_row_lstm, FG_FAMILY_LSTM, 4, 0)
+FG_DEFINE_ONE_ROW(one_row_gru, FG_FAMILY_GRU, 3, 0)
+FG_DEFINE_ONE_ROW(one_row_gru_apart, FG_FAMILY_GRU, 3, 1)
+FG_DEFINE_ONE_ROW(one_row_rnn, FG_FAMILY_RNN, 1, 0)
+#undef FG_DEFINE_ONE_ROW
+
+/* The one-row gates pass of this call's cells, or NULL (see one_row_blocks). */
+typedef void (*FG_NAME(one_row_fn))(const FG_NAME(pass_context) *,
+                                    const FG_NAME(step_state) *, ptrdiff_t);
+static FG_TARGET FG_NAME(one_row_fn) FG_NAME(choose_one_row)(const FG_NAME(pass_context) *x)
+{
+    if (x->cells_full == FG_NAME(cells_lstm_fast))
+        return FG_NAME(one_row_lstm);
+    if (x->cells_full == FG_NAME(cells_gru_fast))
+        return x->A == 4 ? FG_NAME(one_row_gru_apart) : FG_NAME(one_row_gru);
+    if (x->cells_full == FG_NAME(cells_rnn_fast))
+        return FG_NAME(one_row_rnn);
+    return NULL;
+}
+
 /* gates_pass: the recurrent product (and x_t W in step) tile by tile over this call's
  * blocks and rows, each tile handed to its cells. */
 static FG_TARGET void FG_NAME(gates_pass)(const FG_NAME(pass_context) *x,
@@ -804,6 +954,10 @@ static FG_TARGET void FG_NAME(gates_pass)(const FG_NAME(pass_context) *x,
     const ptrdiff_t K2 = st->s == 0 && d->zero_state ? 0 : x->P;
     FG_T tile[FG_MAX_ACC * FG_W];
     ptrdiff_t jb, b, rows;
+    if (x->one_row != NULL && st->row_end - x->row_begin == 1) {
+        x->one_row(x, st, K2);
+        return;
+    }
     for (jb = x->block_begin; jb < x->block_end; jb++) {
         const FG_T *panel = recurrent + jb * x->panel_size;
         const FG_T *panel_u = recurrent + x->blocks * x->panel_size + jb * x->panel_u_size;
@@ -957,6 +1111,7 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
     FG_NAME(step_state) st;
     ptrdiff_t s;
     FG_NAME(pass_context_init)(&x, d, row_begin, row_end);
+    x.one_row = FG_NAME(choose_one_row)(&x);
     st.t_previous = -1;
     st.h_previous = (FG_T *)d->h;
     st.h_next = (FG_T *)d->h_spare;
@@ -985,4 +1140,5 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
 #undef FG_VREC
 #undef FG_VCELL
 #undef FG_W
+#undef FG_PAIR_MAX_BYTES
 #undef FG_MR
