@@ -35,10 +35,11 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 
 from . import trace as tracing
+from ._validation import as_array
 from .errors import ConfigError, DTypeError, InputError, ShapeError, UnsupportedLayerError
-from .layers import as_array
 from .ops import Activation, Dense, Embedding, Recurrent
 from .serialization import save, serializable
+from .state import check_batch_size
 
 __all__ = ["Model", "Node", "MODEL_INPUT"]
 
@@ -658,6 +659,25 @@ class Model:
                 return None
         return tuple(chain) if self.outputs == [(len(self.nodes) - 1, 0)] else None
 
+    def _stream_input(self, x: ArrayLike, what: str) -> tuple[np.ndarray, int]:
+        """``x`` fed to :meth:`step` (or a session) as an array: float32, or token ids as
+        given (Embedding checks them); and the rank of a batch-first chunk of steps."""
+        if self._streaming().feeds_embedding:
+            x, rank = np.asarray(x), 2
+        else:
+            x, rank = as_array(x, np.dtype(np.float32), what), 3
+        return x, (rank if self.input_shape is None else len(self.input_shape))
+
+    def _check_stream_features(self, features: tuple[int, ...], what: str,
+                               shape: tuple[int, ...]) -> None:
+        """Raise ShapeError unless ``features`` (the shape past the batch and steps axes of
+        a value of ``shape``) are the model input's."""
+        if self.input_shape is not None and any(
+                want is not None and got != want
+                for want, got in zip(self.input_shape[2:], features)):
+            raise ShapeError(f"{what}: expected features {self.input_shape[2:]}, got shape "
+                             f"{shape}")
+
     def _feeds_embedding(self, index: int = 0) -> bool:
         """Whether model input ``index`` holds token ids (an Embedding reads it)."""
         return any(isinstance(node.op, Embedding) and node.source == (MODEL_INPUT, index)
@@ -679,10 +699,8 @@ class Model:
         the model cannot stream (see :meth:`step`).
         """
         plan = self._streaming()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size < 0:
-            raise ConfigError(f"batch_size must be a non-negative integer, got {batch_size!r}")
-        return tuple(self.nodes[k].op.initial_stream_state(int(batch_size))
+        batch_size = check_batch_size(batch_size)
+        return tuple(self.nodes[k].op.initial_stream_state(batch_size)
                      for k in plan.recurrent_nodes)
 
     def _check_state(self, state: Any, plan: _StreamPlan, batch: int) -> StreamState:
@@ -749,27 +767,16 @@ class Model:
             result = self._chain_step(x, state, plan)
             if result is not None:
                 return result
-        if plan.feeds_embedding:
-            x = np.asarray(x)
-            rank = 2
-        else:
-            x = as_array(x, np.dtype(np.float32), f"model {self.name!r} step input")
-            rank = 3
-        if self.input_shape is not None:
-            rank = len(self.input_shape)
+        what = f"model {self.name!r} step input"
+        x, rank = self._stream_input(x, what)
         if x.ndim == rank - 1 and rank >= 2:
             single, chunk = True, x[:, None]
         elif x.ndim == rank:
             single, chunk = False, x
         else:
-            raise ShapeError(f"model {self.name!r} step input: expected one step of rank "
-                             f"{rank - 1} or a chunk of rank {rank} (batch first), got shape "
-                             f"{x.shape}")
-        if self.input_shape is not None and any(
-                want is not None and got != want
-                for want, got in zip(self.input_shape[2:], chunk.shape[2:])):
-            raise ShapeError(f"model {self.name!r} step input: expected features "
-                             f"{self.input_shape[2:]}, got shape {x.shape}")
+            raise ShapeError(f"{what}: expected one step of rank {rank - 1} or a chunk of rank "
+                             f"{rank} (batch first), got shape {x.shape}")
+        self._check_stream_features(chunk.shape[2:], what, x.shape)
         batch = chunk.shape[0]
         states = (self.initial_state(batch) if state is None
                   else self._check_state(state, plan, batch))
