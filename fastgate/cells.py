@@ -156,34 +156,33 @@ class _Cell:
         """One step like ``cell(x, state)``, returning what its gates computed
         (:class:`fastgate.trace.Trace`, one entry, ``T = 1``; an unbatched ``x`` is a batch
         of one)."""
+        x, unbatched, batch = self._checked_input(x)
+        h0, c0 = self._state.to_kernel(state, batch, unbatched=unbatched)
+        with tracing.Recorder(max_bytes) as recorder:
+            self.layer(x.reshape(1, batch, self.input_size),
+                       (h0, c0) if c0 is not None else h0)
+        label = type(self).__name__.lower()
+        return tracing.Trace(recorder.entries(lambda layer: (label, 0, None, None)))
+
+    # ------------------------------------------------------------------ calling
+    def _checked_input(self, x: Any) -> tuple[np.ndarray, bool, int]:
+        """``(x, unbatched, batch)``: ``x`` ``(B, input_size)`` or ``(input_size,)`` as an
+        array of the cell's dtype, or a :class:`~fastgate.errors.ShapeError` naming it."""
         name = type(self).__name__
         x = as_array(x, self.dtype, f"{name} input")
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ShapeError(f"{name} input: expected (B, {self.input_size}) or "
                              f"({self.input_size},), got shape {x.shape}")
         unbatched = x.ndim == 1
-        batch = 1 if unbatched else x.shape[0]
-        h0, c0 = self._state.to_kernel(state, batch, unbatched=unbatched)
-        with tracing.Recorder(max_bytes) as recorder:
-            self.layer(x.reshape(1, batch, self.input_size),
-                       (h0, c0) if c0 is not None else h0)
-        label = name.lower()
-        return tracing.Trace(recorder.entries(lambda layer: (label, 0, None, None)))
+        return x, unbatched, 1 if unbatched else x.shape[0]
 
-    # ------------------------------------------------------------------ calling
     def _step(self, x: Any, state: State | None) -> State:
         """The new state after one step ``x`` ``(B, input_size)`` or ``(input_size,)`` (then
         with an unbatched state, and one returned)."""
         result = self.layer._runners[current_backend()].step(x, state, 0, True)
         if result is not None:
             return result[1]
-        name = type(self).__name__
-        x = as_array(x, self.dtype, f"{name} input")
-        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
-            raise ShapeError(f"{name} input: expected (B, {self.input_size}) or "
-                             f"({self.input_size},), got shape {x.shape}")
-        unbatched = x.ndim == 1
-        batch = 1 if unbatched else x.shape[0]
+        x, unbatched, batch = self._checked_input(x)
         h0, c0 = self._state.to_kernel(state, batch, unbatched=unbatched)
         steps = np.ascontiguousarray(x.reshape(1, batch, self.input_size))
         _, h_n, c_n = self.layer.forward(steps, h0, c0)
