@@ -3,7 +3,9 @@
 pytest-benchmark times one engine after another, so a burst of load from other processes
 can land on one engine only. This script runs the engines round-robin (one call each, in
 turn, repeated) and prints medians and the fastgate / best-peer ratio, which holds up better
-on a busy machine. It checks every engine's answer against fastgate's first.
+on a busy machine. It checks every engine's answer against fastgate's first. With more than
+one thread it pauses before each engine's turn until the previous engine's worker threads
+stopped spinning (bench/cpu_watch.py), so no engine shares the cores with another's pool.
 
 Usage::
 
@@ -24,27 +26,35 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import engines  # noqa: E402
+from cpu_watch import PAUSE, wait_until_quiet  # noqa: E402
 
 import fastgate  # noqa: E402
 
 
-def compare(shape_name: str, cell: str, threads: int, seconds: float) -> dict[str, float]:
-    """Median seconds per engine over interleaved calls for about ``seconds`` in total."""
+def compare(shape_name: str, cell: str, threads: int, seconds: float,
+            pause: float = 0.0) -> dict[str, float]:
+    """Median seconds per engine over interleaved calls for about ``seconds`` in total,
+    pausing ``pause`` (then until the process is quiet) before each engine's turn."""
     import torch
     fastgate.set_num_threads(threads)
     torch.set_num_threads(threads)
     shape = engines.SHAPES[shape_name]
     layer = engines.make_layer(shape, cell)
     x = engines.make_input(shape)
-    reference = layer(x)[0]
+    lengths = engines.make_lengths(shape)
+    reference = layer(x, lengths=lengths)[0]
     with tempfile.TemporaryDirectory() as directory:
-        runners = {"fastgate": engines.fastgate_runner(layer, x),
-                   "torch": engines.torch_runner(layer, x),
-                   "onnxruntime": engines.ort_runner(layer, x, threads, directory)}
+        runners = {"fastgate": engines.fastgate_runner(layer, x, lengths=lengths),
+                   "torch": engines.torch_runner(layer, x, lengths),
+                   "onnxruntime": engines.ort_runner(layer, x, threads, directory, lengths)}
         if shape.small:
             runners["oracle"] = engines.fastgate_runner(layer, x, backend="python")
+        expected = dict.fromkeys(runners, reference)
+        if shape.ragged:
+            runners[engines.NO_LENGTHS] = engines.fastgate_runner(layer, x)
+            expected[engines.NO_LENGTHS] = layer(x)[0]
         for name, (_, result) in runners.items():
-            np.testing.assert_allclose(result(), reference, rtol=0, atol=1e-4,
+            np.testing.assert_allclose(result(), expected[name], rtol=0, atol=1e-4,
                                        err_msg=f"{name} disagrees with fastgate")
         times: dict[str, list[float]] = {name: [] for name in runners}
         deadline = time.perf_counter() + seconds
@@ -53,6 +63,8 @@ def compare(shape_name: str, cell: str, threads: int, seconds: float) -> dict[st
                 hot()
             while time.perf_counter() < deadline or len(times["fastgate"]) < 5:
                 for name, (hot, _) in runners.items():
+                    if pause:
+                        wait_until_quiet(pause)
                     repeat = 1
                     start = time.perf_counter()
                     hot()
@@ -73,13 +85,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("cell", choices=list(engines.CELLS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--pause", type=float, default=None,
+                        help=f"seconds to pause before each engine's turn (default: {PAUSE} "
+                             f"with more than one thread, else 0)")
     args = parser.parse_args(argv)
-    medians = compare(args.shape, args.cell, args.threads, args.seconds)
+    pause = args.pause if args.pause is not None else (PAUSE if args.threads > 1 else 0.0)
+    medians = compare(args.shape, args.cell, args.threads, args.seconds, pause)
     best_peer = min(medians[p] for p in ("torch", "onnxruntime"))
     cells = "  ".join(f"{name} {value * 1e3:.3f} ms" for name, value in medians.items())
     print(f"{args.shape} {args.cell} t{args.threads}: {cells}  ratio "
-          f"{medians['fastgate'] / best_peer:.2f} (target {engines.TARGETS[args.shape]})  "
-          f"load {os.getloadavg()[0]:.1f}")
+          f"{medians['fastgate'] / best_peer:.2f} (target {engines.TARGETS[args.shape]})"
+          + (f"  with / without lengths {medians['fastgate'] / medians[engines.NO_LENGTHS]:.2f}"
+             f" (target {engines.RAGGED_TARGET})" if engines.NO_LENGTHS in medians else "")
+          + f"  load {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

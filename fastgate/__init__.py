@@ -31,6 +31,7 @@ from .cells import GRUCell, LSTMCell, RNNCell
 from .importers.torch import from_torch
 from .importers.onnx import from_onnx
 from .serialization import save
+from .trace import Trace
 from .threads import get_num_threads, set_num_threads
 from . import plans
 from .plans import explain
@@ -43,6 +44,8 @@ __all__ = [
     # weights and files
     "CellWeights", "GATE_ORDERS", "reorder_gates", "load", "save", "from_keras", "from_torch",
     "from_onnx",
+    # gate introspection (layer.trace, model.trace)
+    "Trace",
     # backends and threads
     "backend", "use_backend", "available_backends", "set_num_threads", "get_num_threads",
     "plans", "explain",

@@ -1,4 +1,5 @@
-"""Checks shared by every layer and op: dtypes, arrays of real numbers, cell weights.
+"""Checks shared by every layer, op and reader: dtypes, arrays of real numbers, cell weights,
+reading a file.
 
 A low module (it imports only :mod:`fastgate.errors` and :mod:`fastgate.layout`), so that
 layers, cells and ops all build on it without importing each other's helpers.
@@ -6,14 +7,17 @@ layers, cells and ops all build on it without importing each other's helpers.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import contextlib
+import os
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from .errors import ConfigError, DTypeError
+from .errors import ConfigError, DTypeError, WeightFormatError
 from .layout import CellWeights
 
-__all__ = ["FLOAT_DTYPES", "as_float_dtype", "as_array", "as_cell_weights"]
+__all__ = ["FLOAT_DTYPES", "as_float_dtype", "as_array", "as_cell_weights", "reading",
+           "read_file"]
 
 #: The dtypes fastgate computes in.
 FLOAT_DTYPES = frozenset({np.dtype(np.float32), np.dtype(np.float64)})
@@ -59,3 +63,19 @@ def as_cell_weights(entry: Any, where: str) -> CellWeights:
         return CellWeights(*entry)
     raise ConfigError(f"{where}: expected CellWeights (input_kernel, recurrent_kernel, "
                       f"input_bias, recurrent_bias[, projection]), got {type(entry).__name__}")
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike) -> Iterator[None]:
+    """Within the block, an ``OSError`` (missing file, permissions, I/O error) becomes a
+    :class:`~fastgate.errors.WeightFormatError` naming ``path``: what every reader raises."""
+    try:
+        yield
+    except OSError as error:
+        raise WeightFormatError(f"cannot read: {error.strerror or error}", path=path) from error
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    """The bytes of the file ``path`` (:func:`reading`'s errors)."""
+    with reading(path), open(path, "rb") as handle:
+        return handle.read()

@@ -17,19 +17,20 @@ Cells also have the streaming signature of the layers and of :class:`fastgate.Mo
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
+from . import trace as tracing
 from ._validation import as_array, as_cell_weights
 from .errors import ConfigError, ShapeError
 from .layers import GRU, LSTM, RecurrentLayer, SimpleRNN
 from .layout import CellWeights
+from .backend import current_backend
 from .serialization import save, serializable
+from .state import State, StateLayout
 
 __all__ = ["LSTMCell", "GRUCell", "RNNCell"]
-
-State = Union[np.ndarray, tuple]
 
 
 class _Cell:
@@ -47,6 +48,15 @@ class _Cell:
             raise ConfigError(f"{name} is one step of one direction: no bidirectional or "
                               f"batch_first")
         self.layer = self.layer_class([weights], **options)
+        self._state = self._state_layout()
+
+    def _state_layout(self) -> StateLayout:
+        return StateLayout(type(self).__name__, self.layer.cell, 1, self.hidden_size,
+                           self.hidden_size, self.dtype, flat=True, labels=("h", "c"))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._state = self._state_layout()   # (absent from older pickles)
 
     # ------------------------------------------------------------------ description
     @property
@@ -124,10 +134,7 @@ class _Cell:
     def initial_state(self, batch_size: int = 1) -> State:
         """The zero state of ``batch_size`` sequences: ``h`` (LSTMCell: ``(h, c)``), each
         ``(batch_size, hidden_size)``; plain NumPy arrays, to store between requests."""
-        h0 = self.layer.initial_state(batch_size)
-        if self.layer.cell == "lstm":
-            return h0[0][0], h0[1][0]
-        return h0[0]
+        return self._state.initial(batch_size)
 
     def step(self, x: Any, state: State | None = None) -> tuple[np.ndarray, State]:
         """Advance by one step ``(B, input_size)`` or a chunk ``(B, T, input_size)``.
@@ -137,67 +144,49 @@ class _Cell:
         (LSTMCell ``(h, c)``). Feeding a chunk gives what calling the cell step after step
         gives. ``state`` (zeros if ``None``) is not modified.
         """
-        result = self.layer._compiled_step(x, state, flat_state=True)
+        # the layer's path, with states of the cells' flat form (B, hidden_size)
+        result = self.layer._runners[current_backend()].step(x, state, 0, True)
         if result is not None:
             return result
-        name = type(self).__name__
-        x = as_array(x, self.dtype, f"{name} step input")
-        if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
-            raise ShapeError(f"{name} step input: expected (B, {self.input_size}) or (B, T, "
-                             f"{self.input_size}), got shape {x.shape}")
-        single = x.ndim == 2
-        chunk = x[:, None, :] if single else x
-        h0, c0 = self._initial_states(state, x.shape[0], False)
-        out, h_n, c_n = self.layer.forward(chunk, h0, c0, batch_major=True)
-        y = out[:, 0] if single else out
-        return y, (h_n[0] if c_n is None else (h_n[0], c_n[0]))
+        return self.layer._general_step(x, state, self._state)
+
+    # ------------------------------------------------------------------ tracing
+    def trace(self, x: Any, state: State | None = None, *,
+              max_bytes: int = tracing.DEFAULT_MAX_BYTES) -> "tracing.Trace":
+        """One step like ``cell(x, state)``, returning what its gates computed
+        (:class:`fastgate.trace.Trace`, one entry, ``T = 1``; an unbatched ``x`` is a batch
+        of one)."""
+        x, unbatched, batch = self._checked_input(x)
+        h0, c0 = self._state.to_kernel(state, batch, unbatched=unbatched)
+        with tracing.Recorder(max_bytes) as recorder:
+            self.layer(x.reshape(1, batch, self.input_size),
+                       (h0, c0) if c0 is not None else h0)
+        label = type(self).__name__.lower()
+        return tracing.Trace(recorder.entries(lambda layer: (label, 0, None, None)))
 
     # ------------------------------------------------------------------ calling
-    def _initial_states(self, state: State | None, batch: int, unbatched: bool
-                        ) -> tuple[np.ndarray, np.ndarray | None]:
-        """``state`` (``h``, LSTMCell ``(h, c)``; zeros if ``None``) as fresh ``(1, B, H)``
-        arrays for the layer, which updates them in place."""
-        is_lstm = self.layer.cell == "lstm"
-        if state is None:
-            h0 = np.zeros((1, batch, self.hidden_size), self.dtype)
-            return h0, (h0.copy() if is_lstm else None)
-        if not is_lstm:
-            return self._state_array(state, "h", self.hidden_size, batch, unbatched), None
-        if not isinstance(state, (tuple, list)) or len(state) != 2:
-            raise ShapeError(f"{type(self).__name__} state: expected a pair (h, c), got "
-                             f"{type(state).__name__}")
-        return (self._state_array(state[0], "h", self.hidden_size, batch, unbatched),
-                self._state_array(state[1], "c", self.hidden_size, batch, unbatched))
-
-    def _state_array(self, value: Any, label: str, width: int, batch: int,
-                     unbatched: bool) -> np.ndarray:
-        name = type(self).__name__
-        array = as_array(value, self.dtype, f"{name} {label}")
-        expected = (width,) if unbatched else (batch, width)
-        if array.shape != expected:
-            raise ShapeError(f"{name} {label}: expected shape {expected}, got {array.shape}")
-        return np.array(array.reshape(1, batch, width), dtype=self.dtype, order="C")
-
-    def _step(self, x: Any, state: State | None
-              ) -> tuple[np.ndarray, np.ndarray | None, bool]:
-        result = self.layer._compiled_step(x, state, flat_state=True)
-        if result is not None:
-            _, state = result
-            h, c = state if self.layer.cell == "lstm" else (state, None)
-            return h, c, False
+    def _checked_input(self, x: Any) -> tuple[np.ndarray, bool, int]:
+        """``(x, unbatched, batch)``: ``x`` ``(B, input_size)`` or ``(input_size,)`` as an
+        array of the cell's dtype, or a :class:`~fastgate.errors.ShapeError` naming it."""
         name = type(self).__name__
         x = as_array(x, self.dtype, f"{name} input")
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ShapeError(f"{name} input: expected (B, {self.input_size}) or "
                              f"({self.input_size},), got shape {x.shape}")
         unbatched = x.ndim == 1
-        batch = 1 if unbatched else x.shape[0]
-        h0, c0 = self._initial_states(state, batch, unbatched)
+        return x, unbatched, 1 if unbatched else x.shape[0]
+
+    def _step(self, x: Any, state: State | None) -> State:
+        """The new state after one step ``x`` ``(B, input_size)`` or ``(input_size,)`` (then
+        with an unbatched state, and one returned)."""
+        result = self.layer._runners[current_backend()].step(x, state, 0, True)
+        if result is not None:
+            return result[1]
+        x, unbatched, batch = self._checked_input(x)
+        h0, c0 = self._state.to_kernel(state, batch, unbatched=unbatched)
         steps = np.ascontiguousarray(x.reshape(1, batch, self.input_size))
         _, h_n, c_n = self.layer.forward(steps, h0, c0)
-        h = h_n[0, 0] if unbatched else h_n[0]
-        c = None if c_n is None else (c_n[0, 0] if unbatched else c_n[0])
-        return h, c, unbatched
+        return self._state.to_public(h_n, c_n, unbatched=unbatched)
 
 
 @serializable
@@ -230,8 +219,7 @@ class LSTMCell(_Cell):
             raise ConfigError("LSTMCell has no projection (PyTorch's LSTMCell has no proj_size)")
 
     def __call__(self, x: Any, state: State | None = None) -> tuple[np.ndarray, np.ndarray]:
-        h, c, _ = self._step(x, state)
-        return h, c
+        return self._step(x, state)
 
 
 @serializable
@@ -252,8 +240,7 @@ class GRUCell(_Cell):
                          dtype=dtype, bias=bias)
 
     def __call__(self, x: Any, state: np.ndarray | None = None) -> np.ndarray:
-        h, _, _ = self._step(x, state)
-        return h
+        return self._step(x, state)
 
 
 @serializable
@@ -271,5 +258,4 @@ class RNNCell(_Cell):
         super().__init__(weights, activation=activation, dtype=dtype, bias=bias)
 
     def __call__(self, x: Any, state: np.ndarray | None = None) -> np.ndarray:
-        h, _, _ = self._step(x, state)
-        return h
+        return self._step(x, state)

@@ -334,22 +334,32 @@ def predict(model: Any, X: Any, client: Client | None = None, *, return_state: b
     scored = [score(block, name, kind, return_state, batch_rows, single,
                     dask_key_name=f"fastgate-predict-{token}-{k}")
               for k, block in enumerate(blocks)]
+    results = _assemble(scored, examples, _output_batch_axes(kind, model, len(examples)),
+                        X.chunks[batch_axis])
+    if kind == "model":
+        return results[0] if len(results) == 1 else results
+    if not return_state:
+        return results[0]
+    return (results[0], results[1] if len(results) == 2 else tuple(results[1:]))
+
+
+def _assemble(scored: list, examples: list, axes: list[int], rows_per_block: tuple[int, ...]
+              ) -> list:
+    """One lazy dask array per output, from the delayed results of every block (``scored``:
+    the output itself when there is one, else a tuple) and an ``example`` of each output,
+    whose batch axis is ``axes[k]``."""
+    single = len(examples) == 1
     results = []
-    for index, (example, axis) in enumerate(zip(
-            examples, _output_batch_axes(kind, model, len(examples)))):
+    for index, (example, axis) in enumerate(zip(examples, axes)):
         pieces = []
-        for rows, parts in zip(X.chunks[batch_axis], scored):
+        for rows, parts in zip(rows_per_block, scored):
             shape = list(example.shape)
             shape[axis] = rows
             pieces.append(da.from_delayed(parts if single else parts[index], tuple(shape),
                                           dtype=example.dtype,
                                           meta=example[:0] if example.ndim else example))
         results.append(da.concatenate(pieces, axis=axis))
-    if kind == "model":
-        return results[0] if len(results) == 1 else results
-    if not return_state:
-        return results[0]
-    return (results[0], results[1] if len(results) == 2 else tuple(results[1:]))
+    return results
 
 
 # ============================================================================ ragged sequences

@@ -13,25 +13,27 @@ active backend (:func:`fastgate.backend`), without the GIL in the compiled one.
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+from typing import Any, Sequence
 
 import numpy as np
 
-from . import oracle, plans
+from . import plans
+from . import trace as tracing
 # as_array and the two underscore names stay importable from here, for older imports.
 from ._validation import as_array
 from ._validation import as_cell_weights as _cell_weights
 from ._validation import as_float_dtype as _as_float_dtype
 from .activations import activation_code, activation_parameters, canonical_name
-from .backend import backend, compiled_module, current_backend
+from .backend import compiled_module, current_backend
 from .errors import ConfigError, DTypeError, ShapeError
 from .layout import GATE_COUNT, CellWeights
+from .oracle_plan import OraclePlan
 from .serialization import save, serializable
+from .state import State, StateLayout
 
 __all__ = ["LSTM", "GRU", "SimpleRNN", "RecurrentLayer"]
 
 ArrayLike = Any
-State = Union[np.ndarray, tuple]
 
 _CELL_CODES = {"lstm": 0, "gru": 1, "rnn": 2}
 
@@ -73,8 +75,7 @@ class RecurrentLayer:
         self.input_forget = bool(input_forget)
         self.num_directions = 2 if self.bidirectional else 1
         self.weights = self._validate_weights(weights)
-        self._prepared = self._prepare_kernel_weights()
-        self._plan = self._call_plan()
+        self._build_runners()
 
     # ------------------------------------------------------------------ construction
     def _validate_weights(self, weights: Sequence[Any]) -> list[CellWeights]:
@@ -146,6 +147,34 @@ class RecurrentLayer:
                 raise ConfigError(f"{where}: bias=False, but the biases are not zero")
             checked.append(CellWeights(**arrays))
         return checked
+
+    def _build_runners(self) -> None:
+        """The derived objects calls run by, rebuilt from the weights after unpickling: the
+        state layout, the compiled kernel's arrays and plan, and the oracle's plan."""
+        self._state = StateLayout(type(self).__name__, self.cell,
+                                  self.num_layers * self.num_directions, self.output_size,
+                                  self.hidden_size, self.dtype)
+        self._prepared = self._prepare_kernel_weights()
+        self._plan = self._call_plan()
+        self._oracle = oracle = OraclePlan(
+            self.cell, self.weights, dict(
+                bidirectional=self.bidirectional, activation=self.activation,
+                recurrent_activation=self.recurrent_activation, reset_after=self.reset_after,
+                cell_activation=self.cell_activation, clip=self.clip,
+                input_forget=self.input_forget),
+            self.dtype, self.num_directions * self.output_size, self.hidden_size)
+        # What calls run by, by backend name: the one place a layer chooses its backend.
+        # The hot paths read it inline, ``self._runners[current_backend()]`` (a Python
+        # call less than _runner(): ~2% of a small call from zeros).
+        self._runners = {"python": oracle}
+        if self._plan is not None:
+            self._runners["compiled"] = self._plan
+
+    def _runner(self) -> Any:
+        """What this thread's calls run by: the compiled kernel's
+        :class:`~fastgate._kernels.recurrent.LayerPlan`, or under the python backend the
+        oracle's :class:`~fastgate.oracle_plan.OraclePlan` (the same interface)."""
+        return self._runners[current_backend()]
 
     def _prepare_kernel_weights(self) -> list[tuple] | None:
         """Per layer and direction, the arrays the compiled kernel reads (``None`` without it).
@@ -227,11 +256,7 @@ class RecurrentLayer:
     @property
     def state_shapes(self) -> tuple[tuple[int, ...], ...]:
         """Shapes of the state arrays for batch ``B``, with ``-1`` standing for ``B``."""
-        rows = self.num_layers * self.num_directions
-        shapes = ((rows, -1, self.output_size),)
-        if self.cell == "lstm":
-            shapes += ((rows, -1, self.hidden_size),)
-        return shapes
+        return self._state.kernel_shapes(-1)
 
     def __repr__(self) -> str:
         parts = [f"input_size={self.input_size}", f"hidden_size={self.hidden_size}"]
@@ -283,15 +308,14 @@ class RecurrentLayer:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_prepared"]  # derived from the weights; rebuilt on unpickling
-        state.pop("_plan", None)
+        for derived in ("_state", "_prepared", "_plan", "_oracle", "_runners"):  # rebuilt
+            state.pop(derived, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("bias", True)  # pickled before the option existed
-        self._prepared = self._prepare_kernel_weights()
-        self._plan = self._call_plan()
+        self._build_runners()
 
     # ------------------------------------------------------------------ calling
     def __call__(self, x: ArrayLike, state: State | None = None,
@@ -320,10 +344,12 @@ class RecurrentLayer:
         state : ndarray or (ndarray, ndarray)
             Final state, arranged as ``state``: ``h_n`` (LSTM: ``(h_n, c_n)``).
         """
-        if state is None and lengths is None:
+        runner = self._runners[current_backend()]
+        if state is None and lengths is None and not (
+                tracing.recording and tracing.current_recorder() is not None):
             # The common call, checked and allocated by the plan (S1/S3-sized calls are
             # dominated by call overhead); None: x needs converting, the general path does.
-            result = self._compiled_run(x)
+            result = runner.run(x)
             if result is not None:
                 return result
         x = as_array(x, self.dtype, f"{type(self).__name__} input")
@@ -334,52 +360,17 @@ class RecurrentLayer:
         unbatched = x.ndim == 2
         if unbatched:
             x = x[None] if self.batch_first else x[:, None]
-        if self.batch_first:
-            batch, steps = x.shape[:2]
-        else:
-            steps, batch = x.shape[:2]
-        h0, c0 = self._initial_state(state, batch, unbatched)
-        mask = None
-        if lengths is not None:
-            mask = self._lengths_mask(lengths, steps, batch)
-            if self._plan is not None and current_backend() == "compiled":
-                out, h_n, c_n = self._run_ragged(x, h0, c0, lengths, mask)
-            else:
-                out, h_n, c_n = self.forward(x, h0, c0, mask=mask,
-                                             batch_major=self.batch_first)
+        steps, batch = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
+        h0, c0 = self._state.to_kernel(state, batch, unbatched=unbatched)
+        mask = None if lengths is None else self._lengths_mask(lengths, steps, batch)
+        if (mask is not None and runner is self._plan   # the kernel skips ended sequences
+                and tracing.current_recorder() is None):  # (a trace takes forward's path)
+            out, h_n, c_n = self._run_ragged(x, h0, c0, lengths, mask)
         else:
             out, h_n, c_n = self.forward(x, h0, c0, mask=mask, batch_major=self.batch_first)
         if unbatched:
             out = out[0] if self.batch_first else out[:, 0]
-            h_n = h_n[:, 0]
-            c_n = None if c_n is None else c_n[:, 0]
-        return out, ((h_n, c_n) if self.cell == "lstm" else h_n)
-
-    def _initial_state(self, state: State | None, batch: int, unbatched: bool
-                       ) -> tuple[np.ndarray, np.ndarray | None]:
-        name = type(self).__name__
-        shapes = [tuple(batch if d == -1 else d for d in shape) for shape in self.state_shapes]
-        if state is None:
-            return (np.zeros(shapes[0], self.dtype),
-                    np.zeros(shapes[1], self.dtype) if self.cell == "lstm" else None)
-        if self.cell == "lstm":
-            if not isinstance(state, (tuple, list)) or len(state) != 2:
-                raise ShapeError(f"{name} state: expected a pair (h0, c0), got "
-                                 f"{type(state).__name__}")
-            parts = list(state)
-        else:
-            parts = [state]
-        arrays = []
-        for part, shape, label in zip(parts, shapes, ("h0", "c0")):
-            array = as_array(part, self.dtype, f"{name} {label}")
-            if unbatched:
-                array = array[:, None] if array.ndim == 2 else array[:, :, None, :]
-            if array.shape != shape:
-                got = array.shape if not unbatched else (array.shape[0],) + array.shape[2:]
-                expected = shape if not unbatched else (shape[0], shape[2])
-                raise ShapeError(f"{name} {label}: expected shape {expected}, got {got}")
-            arrays.append(np.array(array, dtype=self.dtype, order="C"))  # kernels update it
-        return arrays[0], (arrays[1] if self.cell == "lstm" else None)
+        return out, self._state.to_public(h_n, c_n, unbatched=unbatched)
 
     @staticmethod
     def _lengths_mask(lengths: ArrayLike, steps: int, batch: int) -> np.ndarray:
@@ -402,31 +393,26 @@ class RecurrentLayer:
 
         ``x`` is ``(T, B, D)`` (``(B, T, D)`` if ``batch_major``) of the layer's dtype; ``h0``
         and ``c0`` are fresh C-contiguous arrays of the state shapes (they are updated in
-        place and returned as the final state); ``mask`` is a ``(T, B)`` bool array of valid
-        steps. See :func:`fastgate.oracle.run_direction` for ``hold_masked_output``.
+        place and returned as the final state; :meth:`StateLayout.to_kernel
+        <fastgate.state.StateLayout.to_kernel>` makes them); ``mask`` is a ``(T, B)`` bool
+        array of valid steps. See :func:`fastgate.oracle.run_direction` for
+        ``hold_masked_output``.
+
+        Inside a traced call (:meth:`trace`, :mod:`fastgate.trace`) it also writes the gates
+        of every step into traces the active recorder allocates.
         """
-        if batch_major:
-            batch, steps = x.shape[:2]
-        else:
-            steps, batch = x.shape[:2]
-        width = self.num_directions * self.output_size
-        if backend() == "python":
-            x_tm = x.transpose(1, 0, 2) if batch_major else x
-            out, h_n, c_n = oracle.forward(
-                self.cell, x_tm, self.weights, bidirectional=self.bidirectional, h0=h0, c0=c0,
-                activation=self.activation, recurrent_activation=self.recurrent_activation,
-                reset_after=self.reset_after, mask=mask, hold_masked_output=hold_masked_output,
-                cell_activation=self.cell_activation, clip=self.clip,
-                input_forget=self.input_forget)
-            if out.shape[0] != steps:  # no steps: the oracle loop never ran
-                out = np.zeros((steps, batch, width), self.dtype)
-            out = out.transpose(1, 0, 2) if batch_major else out
-            h0[...] = h_n  # the final state lands in the initial-state buffers, as compiled
-            if c0 is not None:
-                c0[...] = c_n
-            return np.ascontiguousarray(out, dtype=self.dtype), h0, c0
-        out = self._run_compiled(x, steps, batch, h0, c0, mask, batch_major,
-                                 hold_masked_output)
+        runner = self._runner()
+        recorder = tracing.current_recorder()
+        traces = None
+        if recorder is not None:
+            steps, batch = (x.shape[1], x.shape[0]) if batch_major else x.shape[:2]
+            # the oracle writes only the valid steps: the others must read NaN
+            traces = recorder.allocate(self, steps, batch, batch_major, mask,
+                                       fill=None if runner is self._plan else np.nan)
+        out = runner.forward(
+            np.ascontiguousarray(x), h0, c0,
+            None if mask is None else np.ascontiguousarray(mask, dtype=np.uint8),
+            batch_major, hold_masked_output, traces=traces)
         return out, h0, c0
 
     def _run_ragged(self, x: np.ndarray, h0: np.ndarray, c0: np.ndarray | None,
@@ -456,14 +442,41 @@ class RecurrentLayer:
         inverse = np.argsort(order)
         return out, h0[:, inverse], None if c0 is None else c0[:, inverse]
 
-    def _run_compiled(self, x: np.ndarray, steps: int, batch: int, h0: np.ndarray,
-                      c0: np.ndarray | None, mask: np.ndarray | None, batch_major: bool,
-                      hold_masked_output: bool) -> np.ndarray:
-        """The compiled kernel on validated arrays (see :meth:`forward`); returns ``out``."""
-        return self._plan.forward(
-            np.ascontiguousarray(x), h0, c0,
-            None if mask is None else np.ascontiguousarray(mask, dtype=np.uint8),
-            batch_major, hold_masked_output)
+    # ------------------------------------------------------------------ tracing
+    def trace(self, x: ArrayLike, state: State | None = None,
+              lengths: ArrayLike | None = None, *, sequences: Any = None,
+              max_bytes: int = tracing.DEFAULT_MAX_BYTES) -> "tracing.Trace":
+        """Run the layer like ``layer(x, state, lengths)`` and return what every gate
+        computed at every step (:class:`fastgate.trace.Trace`), from the same kernels.
+
+        ``sequences`` (an index, slice or list) traces only those sequences of the batch.
+        A trace holds ``B * T * (G + 2) * H`` values per layer and direction (``G`` gates);
+        above ``max_bytes`` (default 1 GiB) the call raises
+        :class:`~fastgate.errors.ConfigError`, saying how much it needs.
+        """
+        if sequences is not None:
+            x, state, lengths = self._sequences(x, state, lengths, sequences)
+        with tracing.Recorder(max_bytes) as recorder:
+            self(x, state, lengths)
+        name = type(self).__name__.lower()
+        return tracing.Trace(recorder.entries(lambda layer: (name, 0, None, None)))
+
+    def _sequences(self, x: ArrayLike, state: State | None, lengths: ArrayLike | None,
+                   sequences: Any) -> tuple[np.ndarray, State | None, ArrayLike | None]:
+        """``x``, ``state`` and ``lengths`` of the batch rows ``sequences`` picks."""
+        x = np.asarray(x)
+        if x.ndim != 3:
+            raise ConfigError(f"{type(self).__name__}.trace: sequences= picks sequences of a "
+                              f"batch, got an input of shape {x.shape}")
+        axis = 0 if self.batch_first else 1
+        rows = tracing.select_sequences(x.shape[axis], sequences)
+        if state is not None:
+            parts = list(state) if self.cell == "lstm" else [state]
+            parts = [np.asarray(part)[:, rows] for part in parts]
+            state = tuple(parts) if self.cell == "lstm" else parts[0]
+        if lengths is not None:
+            lengths = np.asarray(lengths)[rows]
+        return np.take(x, rows, axis=axis), state, lengths
 
     # ------------------------------------------------------------------ streaming
     def initial_state(self, batch_size: int = 1) -> State:
@@ -472,11 +485,7 @@ class RecurrentLayer:
         States are plain NumPy arrays: a service may store them between requests (pickle,
         ``np.save``...) and resume a sequence later with :meth:`step`.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size < 0:
-            raise ConfigError(f"batch_size must be a non-negative integer, got {batch_size!r}")
-        h0, c0 = self._initial_state(None, int(batch_size), False)
-        return (h0, c0) if self.cell == "lstm" else h0
+        return self._state.initial(batch_size)
 
     def step(self, x: ArrayLike, state: State | None = None) -> tuple[np.ndarray, State]:
         """Advance sequences by one step ``(B, D)`` or a chunk of steps ``(B, T, D)``.
@@ -489,42 +498,30 @@ class RecurrentLayer:
         Returns ``(y, state)``: ``y`` is ``(B, output_size)`` for one step, ``(B, T,
         output_size)`` for a chunk.
         """
-        result = self._compiled_step(x, state)
+        # the plan's lean step takes arrays already right (a streaming service's call);
+        # None: they need converting, and the general path converts them or explains
+        result = self._runners[current_backend()].step(x, state, 0, False)
         if result is not None:
             return result
+        return self._general_step(x, state, self._state)
+
+    def _general_step(self, x: ArrayLike, state: State | None, layout: StateLayout
+                      ) -> tuple[np.ndarray, State]:
+        """:meth:`step` on any arguments (converted, or explained), ``state`` in the public
+        form of ``layout`` (this layer's, or a cell's flat one)."""
+        name = layout.owner
         if self.bidirectional:
-            raise ConfigError(f"{type(self).__name__}: a bidirectional layer cannot stream: "
-                              f"its reverse direction needs the whole sequence")
-        x = as_array(x, self.dtype, f"{type(self).__name__} step input")
+            raise ConfigError(f"{name}: a bidirectional layer cannot stream: its reverse "
+                              f"direction needs the whole sequence")
+        x = as_array(x, self.dtype, f"{name} step input")
         if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
-            raise ShapeError(f"{type(self).__name__} step input: expected (B, D) or (B, T, D) "
-                             f"with D={self.input_size}, got shape {x.shape}")
+            raise ShapeError(f"{name} step input: expected (B, {self.input_size}) or (B, T, "
+                             f"{self.input_size}), got shape {x.shape}")
         single = x.ndim == 2
         chunk = x[:, None, :] if single else x
-        h0, c0 = self._initial_state(state, chunk.shape[0], False)
+        h0, c0 = layout.to_kernel(state, chunk.shape[0])
         out, h_n, c_n = self.forward(chunk, h0, c0, batch_major=True)
-        y = out[:, 0] if single else out
-        return y, ((h_n, c_n) if self.cell == "lstm" else h_n)
-
-    def _compiled_run(self, x: Any) -> tuple[np.ndarray, State] | None:
-        """A call from zeros without lengths, by the kernel's
-        :meth:`~fastgate._kernels.recurrent.LayerPlan.run` without conversion: ``(out,
-        state)`` as :meth:`__call__` gives them; ``None`` under the python backend or when
-        ``x`` is not a C-contiguous 3-d array of the layer's dtype and input width."""
-        if self._plan is None or current_backend() != "compiled":
-            return None
-        return self._plan.run(x)
-
-    def _compiled_step(self, x: Any, state: Any, flat_state: bool = False
-                       ) -> tuple[np.ndarray, State] | None:
-        """One step of arrays already right (a streaming service's call), by the kernel's
-        :meth:`~fastgate._kernels.recurrent.LayerPlan.step` without conversion: ``(y,
-        state)``; ``None`` under the python backend or when the arguments need converting
-        (the caller's general path then converts them or explains). ``flat_state``: states
-        of shape ``(B, width)`` (the cells') instead of ``(1, B, width)``."""
-        if self._plan is None or current_backend() != "compiled":
-            return None
-        return self._plan.step(x, state, 0, flat_state)
+        return (out[:, 0] if single else out), layout.to_public(h_n, c_n)
 
     @property
     def _activation_codes(self) -> tuple[tuple[int, float, float], ...]:

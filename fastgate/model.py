@@ -34,10 +34,12 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from . import trace as tracing
+from ._validation import as_array
 from .errors import ConfigError, DTypeError, InputError, ShapeError, UnsupportedLayerError
-from .layers import as_array
 from .ops import Activation, Dense, Embedding, Recurrent
 from .serialization import save, serializable
+from .state import check_batch_size
 
 __all__ = ["Model", "Node", "MODEL_INPUT"]
 
@@ -565,6 +567,27 @@ class Model:
                   for start in range(0, total, int(batch_size))]
         return self._result([np.concatenate(parts, axis=0) for parts in zip(*pieces)])
 
+    # ------------------------------------------------------------------ tracing
+    def trace(self, x: ArrayLike, *, sequences: Any = None,
+              max_bytes: int = tracing.DEFAULT_MAX_BYTES) -> "tracing.Trace":
+        """Run the model on ``x`` (as :meth:`__call__`) and return what the gates of every
+        recurrent layer computed at every step (:class:`fastgate.trace.Trace`): one entry
+        per layer and direction, in the order the model runs them, named by their node.
+
+        ``sequences`` (an index, slice or list) traces only those rows of the batch. Above
+        ``max_bytes`` of traces (default 1 GiB) the call raises
+        :class:`~fastgate.errors.ConfigError`, saying how much it needs. (A Keras
+        ``stateful`` layer carries its state on, as from any call.)
+        """
+        inputs = self._prepare_inputs(x)
+        if sequences is not None:
+            rows = tracing.select_sequences(inputs[0].shape[0], sequences)
+            inputs = [np.asarray(a)[rows] for a in inputs]
+        with tracing.Recorder(max_bytes) as recorder:
+            self._run(inputs)
+        label = tracing.layer_labels((node.name, node.op) for node in self.nodes)
+        return tracing.Trace(recorder.entries(label))
+
     # ------------------------------------------------------------------ streaming
     def _stream_plan(self) -> _StreamPlan:
         """Which values carry a steps axis when streaming, and which op (if any) cannot."""
@@ -636,6 +659,25 @@ class Model:
                 return None
         return tuple(chain) if self.outputs == [(len(self.nodes) - 1, 0)] else None
 
+    def _stream_input(self, x: ArrayLike, what: str) -> tuple[np.ndarray, int]:
+        """``x`` fed to :meth:`step` (or a session) as an array: float32, or token ids as
+        given (Embedding checks them); and the rank of a batch-first chunk of steps."""
+        if self._streaming().feeds_embedding:
+            x, rank = np.asarray(x), 2
+        else:
+            x, rank = as_array(x, np.dtype(np.float32), what), 3
+        return x, (rank if self.input_shape is None else len(self.input_shape))
+
+    def _check_stream_features(self, features: tuple[int, ...], what: str,
+                               shape: tuple[int, ...]) -> None:
+        """Raise ShapeError unless ``features`` (the shape past the batch and steps axes of
+        a value of ``shape``) are the model input's."""
+        if self.input_shape is not None and any(
+                want is not None and got != want
+                for want, got in zip(self.input_shape[2:], features)):
+            raise ShapeError(f"{what}: expected features {self.input_shape[2:]}, got shape "
+                             f"{shape}")
+
     def _feeds_embedding(self, index: int = 0) -> bool:
         """Whether model input ``index`` holds token ids (an Embedding reads it)."""
         return any(isinstance(node.op, Embedding) and node.source == (MODEL_INPUT, index)
@@ -657,10 +699,8 @@ class Model:
         the model cannot stream (see :meth:`step`).
         """
         plan = self._streaming()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size < 0:
-            raise ConfigError(f"batch_size must be a non-negative integer, got {batch_size!r}")
-        return tuple(self.nodes[k].op.initial_stream_state(int(batch_size))
+        batch_size = check_batch_size(batch_size)
+        return tuple(self.nodes[k].op.initial_stream_state(batch_size)
                      for k in plan.recurrent_nodes)
 
     def _check_state(self, state: Any, plan: _StreamPlan, batch: int) -> StreamState:
@@ -727,27 +767,16 @@ class Model:
             result = self._chain_step(x, state, plan)
             if result is not None:
                 return result
-        if plan.feeds_embedding:
-            x = np.asarray(x)
-            rank = 2
-        else:
-            x = as_array(x, np.dtype(np.float32), f"model {self.name!r} step input")
-            rank = 3
-        if self.input_shape is not None:
-            rank = len(self.input_shape)
+        what = f"model {self.name!r} step input"
+        x, rank = self._stream_input(x, what)
         if x.ndim == rank - 1 and rank >= 2:
             single, chunk = True, x[:, None]
         elif x.ndim == rank:
             single, chunk = False, x
         else:
-            raise ShapeError(f"model {self.name!r} step input: expected one step of rank "
-                             f"{rank - 1} or a chunk of rank {rank} (batch first), got shape "
-                             f"{x.shape}")
-        if self.input_shape is not None and any(
-                want is not None and got != want
-                for want, got in zip(self.input_shape[2:], chunk.shape[2:])):
-            raise ShapeError(f"model {self.name!r} step input: expected features "
-                             f"{self.input_shape[2:]}, got shape {x.shape}")
+            raise ShapeError(f"{what}: expected one step of rank {rank - 1} or a chunk of rank "
+                             f"{rank} (batch first), got shape {x.shape}")
+        self._check_stream_features(chunk.shape[2:], what, x.shape)
         batch = chunk.shape[0]
         states = (self.initial_state(batch) if state is None
                   else self._check_state(state, plan, batch))

@@ -18,14 +18,18 @@ Bidirectional) need the whole sequence and cannot stream.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
+from . import trace as tracing
 from ._validation import as_array, as_float_dtype
 from .activations import activation_function, canonical_name
 from .errors import ConfigError, DTypeError, InputError, ShapeError
+from .backend import current_backend
 from .serialization import save, serializable
+from .state import StateLayout
 
 __all__ = ["Dense", "Embedding", "Activation", "Masking", "Flatten", "GlobalPooling1D",
            "RepeatVector", "Recurrent", "Bidirectional", "AXIS_ACTIVATIONS"]
@@ -442,37 +446,35 @@ class Recurrent:
         """How many state arrays the layer has: 2 for an LSTM (``h, c``), else 1."""
         return 2 if self.layer.cell == "lstm" else 1
 
+    @functools.cached_property
+    def _state(self) -> StateLayout:
+        """The layer's state in Keras' form: ``h`` (LSTM ``(h, c)``), each ``(B, units)``."""
+        layer = self.layer
+        return StateLayout(type(layer).__name__, layer.cell, 1, layer.hidden_size,
+                           layer.hidden_size, layer.dtype, flat=True,
+                           labels=("initial_state h", "initial_state c"))
+
     def _given_state(self, initial_state: Any, batch: int
                      ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(h0, c0)`` from Keras' ``initial_state=[h]`` / ``[h, c]`` (each ``(B, units)``)."""
-        layer = self.layer
-        name = type(layer).__name__
         states = list(initial_state)
         if len(states) != self.state_count:
-            raise ShapeError(f"{name} initial_state: expected {self.state_count} arrays "
+            raise ShapeError(f"{type(self.layer).__name__} initial_state: expected "
+                             f"{self.state_count} arrays "
                              f"({'h, c' if self.state_count == 2 else 'h'}), got {len(states)}")
-        arrays = []
-        for part in states:
-            part = as_array(part, layer.dtype, f"{name} initial_state")
-            if part.shape != (batch, layer.hidden_size):
-                raise ShapeError(f"{name} initial_state: expected arrays of shape "
-                                 f"({batch}, {layer.hidden_size}), got {part.shape}")
-            arrays.append(np.array(part[None], order="C"))  # the kernels write into it
-        return arrays[0], (arrays[1] if self.state_count == 2 else None)
+        return self._state.to_kernel(tuple(states) if self.state_count == 2 else states[0],
+                                     batch)
 
     def _initial_state(self, batch: int) -> tuple[np.ndarray, np.ndarray | None]:
-        layer = self.layer
-        is_lstm = layer.cell == "lstm"
-        if self.states is None:
-            zeros = np.zeros((1, batch, layer.hidden_size), layer.dtype)
-            return zeros, (zeros.copy() if is_lstm else None)
-        if self.states[0].shape[0] != batch:
-            raise ShapeError(f"stateful {type(layer).__name__}: the batch size must stay "
+        """``(h0, c0)``: zeros, or a stateful layer's carried state."""
+        if self.states is not None and self.states[0].shape[0] != batch:
+            raise ShapeError(f"stateful {type(self.layer).__name__}: the batch size must stay "
                              f"{self.states[0].shape[0]} (the batch of the carried state), "
                              f"got {batch}; call reset_states() to change it")
-        h0 = np.array(self.states[0][None], order="C")  # the kernels update it in place
-        c0 = np.array(self.states[1][None], order="C") if is_lstm else None
-        return h0, c0
+        carried = self.states
+        if carried is not None:
+            carried = carried if self.state_count == 2 else carried[0]
+        return self._state.to_kernel(carried, batch)
 
     def __call__(self, x: Any, initial_state: Any = None, mask: Any = None) -> Any:
         """Run over a whole batch-major sequence ``x`` ``(B, T, D)``, as Keras'
@@ -494,10 +496,12 @@ class Recurrent:
         layer = self.layer
         if (mask is None and initial_state is None and not self.go_backwards
                 and not self.stateful and layer.batch_first is not self.time_major
-                and type(x) is np.ndarray and x.ndim == 3 and x.shape[0] and x.shape[1]):
-            # the common call (from zeros, no mask) straight to the kernel's plan; None: x
-            # needs converting or checking, the general path below does it
-            result = layer._compiled_run(x)
+                and type(x) is np.ndarray and x.ndim == 3 and x.shape[0] and x.shape[1]
+                and not (tracing.recording and tracing.current_recorder() is not None)):
+            # the common call (from zeros, no mask) straight to the layer's plan; None: x
+            # needs converting or checking, the general path below does it (and a traced
+            # call takes it: the layer's forward writes the trace)
+            result = layer._runners[current_backend()].run(x)
             if result is not None:
                 out, final = result
                 return self._outputs(out, final if layer.cell == "lstm" else (final,), mask)
@@ -548,10 +552,9 @@ class Recurrent:
         ``(h, output)``, LSTM ``(h, c, output)``, each ``(batch_size, units)``. A stateful
         op's carried state (:attr:`states`) is not used: streaming states are explicit.
         """
-        layer = self.layer
-        count = 3 if layer.cell == "lstm" else 2
-        return tuple(np.zeros((batch_size, layer.hidden_size), layer.dtype)
-                     for _ in range(count))
+        state = self._state.initial(batch_size)
+        last_output = np.zeros((batch_size, self.layer.hidden_size), self.layer.dtype)
+        return (state if self.state_count == 2 else (state,)) + (last_output,)
 
     def apply_step(self, x: Any, mask: np.ndarray | None, state: tuple[np.ndarray, ...]
                    ) -> tuple[Any, Any, tuple[np.ndarray, ...]]:
@@ -577,9 +580,7 @@ class Recurrent:
             if result is not None:
                 y, new_state = result
                 return (y[:, None] if self.return_sequences else y), None, new_state
-        # Fresh C-ordered copies: the kernels write the final state into them.
-        h0 = np.array(state[0][None], dtype=layer.dtype, order="C")
-        c0 = np.array(state[1][None], dtype=layer.dtype, order="C") if is_lstm else None
+        h0, c0 = self._state.to_kernel(state[:-1] if is_lstm else state[0], batch)
         hold = not self.zero_output_for_mask
         valid = None if mask is None else np.asarray(mask, bool)
         out, h_n, c_n = layer.forward(
@@ -602,14 +603,15 @@ class Recurrent:
 
     def step_one(self, x: np.ndarray, state: tuple[np.ndarray, ...]
                  ) -> tuple[np.ndarray, tuple[np.ndarray, ...]] | None:
-        """:meth:`apply_step` for one unmasked step ``x`` ``(B, D)``, by the compiled layer's
+        """:meth:`apply_step` for one unmasked step ``x`` ``(B, D)``, by the layer's plan's
         lean step: ``(y, new_state)``, ``y`` ``(B, units)``; ``None`` unless the arrays are
-        exactly the layer's dtype and shapes (and no ``return_state``)."""
+        exactly the layer's dtype and shapes (and no ``return_state``), and under the python
+        backend (the oracle has no lean step)."""
         if self.return_state or self.go_backwards:
             return None
         is_lstm = self.layer.cell == "lstm"
-        result = self.layer._compiled_step(x, state[:-1] if is_lstm else state[0],
-                                           flat_state=True)
+        result = self.layer._runners[current_backend()].step(
+            x, state[:-1] if is_lstm else state[0], 0, True)
         if result is None:
             return None
         y, new = result

@@ -36,6 +36,10 @@ SimpleRNN (Elman 1990)::
     h' = act(x W + b_i + h U + b_h)
 
 Weights are in fastgate's internal layout (:mod:`fastgate.layout`).
+
+Tracing (:mod:`fastgate.trace`): given a dict ``gates``, a cell also stores there what it
+computed, after each gate's activation: LSTM ``input, forget, cell, output`` (i, f, g, o)
+and ``c`` (c'), GRU ``reset, update, candidate`` (r, z, n), and every cell's ``h`` (h').
 """
 
 from __future__ import annotations
@@ -58,11 +62,11 @@ def _clip(x: np.ndarray, clip: float | None) -> np.ndarray:
 
 def lstm_cell(x: np.ndarray, h: np.ndarray, c: np.ndarray, w: CellWeights,
               act: Activation, rec_act: Activation, cell_act: Activation | None = None,
-              clip: float | None = None, input_forget: bool = False
-              ) -> tuple[np.ndarray, np.ndarray]:
+              clip: float | None = None, input_forget: bool = False,
+              gates: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One LSTM step: ``(x, h, c) -> (h', c')`` (``cell_act`` defaults to ``act``)."""
-    gates = x @ w.input_kernel + w.input_bias + h @ w.recurrent_kernel + w.recurrent_bias
-    i, f, g, o = np.split(gates, 4, axis=-1)
+    sums = x @ w.input_kernel + w.input_bias + h @ w.recurrent_kernel + w.recurrent_bias
+    i, f, g, o = np.split(sums, 4, axis=-1)
     if w.peephole is not None:
         p_i, p_f, p_o = np.split(w.peephole, 3)
         i, f = i + p_i * c, f + p_f * c
@@ -72,14 +76,18 @@ def lstm_cell(x: np.ndarray, h: np.ndarray, c: np.ndarray, w: CellWeights,
     c_new = f * c + i * g
     if w.peephole is not None:
         o = o + p_o * c_new
-    h_new = rec_act(_clip(o, clip)) * (cell_act or act)(c_new)
+    o = rec_act(_clip(o, clip))
+    h_new = o * (cell_act or act)(c_new)
     if w.projection is not None:
         h_new = h_new @ w.projection
+    if gates is not None:
+        gates.update(input=i, forget=f, cell=g, output=o, c=c_new, h=h_new)
     return h_new, c_new
 
 
 def gru_cell(x: np.ndarray, h: np.ndarray, w: CellWeights, act: Activation,
-             rec_act: Activation, reset_after: bool, clip: float | None = None) -> np.ndarray:
+             rec_act: Activation, reset_after: bool, clip: float | None = None,
+             gates: dict | None = None) -> np.ndarray:
     """One GRU step: ``(x, h) -> h'``, reset gate applied after or before ``U_n``."""
     x_r, x_z, x_n = np.split(x @ w.input_kernel + w.input_bias, 3, axis=-1)
     U_r, U_z, U_n = np.split(w.recurrent_kernel, 3, axis=-1)
@@ -90,14 +98,20 @@ def gru_cell(x: np.ndarray, h: np.ndarray, w: CellWeights, act: Activation,
         n = act(_clip(x_n + r * (h @ U_n + b_hn), clip))
     else:
         n = act(_clip(x_n + (r * h) @ U_n + b_hn, clip))
-    return z * h + (1 - z) * n
+    h_new = z * h + (1 - z) * n
+    if gates is not None:
+        gates.update(reset=r, update=z, candidate=n, h=h_new)
+    return h_new
 
 
 def rnn_cell(x: np.ndarray, h: np.ndarray, w: CellWeights, act: Activation,
-             clip: float | None = None) -> np.ndarray:
+             clip: float | None = None, gates: dict | None = None) -> np.ndarray:
     """One SimpleRNN (Elman) step: ``(x, h) -> h'``."""
-    return act(_clip(x @ w.input_kernel + w.input_bias + h @ w.recurrent_kernel
-                     + w.recurrent_bias, clip))
+    h_new = act(_clip(x @ w.input_kernel + w.input_bias + h @ w.recurrent_kernel
+                      + w.recurrent_bias, clip))
+    if gates is not None:
+        gates.update(h=h_new)
+    return h_new
 
 
 def run_direction(cell: str, x: np.ndarray, h0: np.ndarray, c0: np.ndarray | None,
@@ -105,11 +119,14 @@ def run_direction(cell: str, x: np.ndarray, h0: np.ndarray, c0: np.ndarray | Non
                   reset_after: bool = True, mask: np.ndarray | None = None,
                   reverse: bool = False, hold_masked_output: bool = False,
                   cell_act: Activation | None = None, clip: float | None = None,
-                  input_forget: bool = False
+                  input_forget: bool = False, trace: dict | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Run one layer in one direction over a time-major sequence ``x`` of shape ``(T, B, D)``.
 
     ``cell_act``, ``clip`` and ``input_forget`` are ONNX's options (see the module docstring).
+
+    ``trace``, ``{name: (T, B, width) array}`` for the cell's gate names (module docstring),
+    receives at ``[t]`` what the cell computed reading ``x[t]``, NaN where ``mask`` is False.
 
     ``mask`` (``(T, B)`` bool) marks valid steps. At a masked step a sequence's state is
     kept unchanged, and its output is zero (PyTorch packed sequences), or with
@@ -125,13 +142,18 @@ def run_direction(cell: str, x: np.ndarray, h0: np.ndarray, c0: np.ndarray | Non
     outputs = np.zeros((steps, batch, width), dtype=x.dtype)
     previous_output = np.zeros((batch, width), dtype=x.dtype)
     for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
+        gates = None if trace is None else {}
         if cell == "lstm":
             h_new, c_new = lstm_cell(x[t], h, c, w, act, rec_act, cell_act, clip,
-                                     input_forget)
+                                     input_forget, gates)
         elif cell == "gru":
-            h_new, c_new = gru_cell(x[t], h, w, act, rec_act, reset_after, clip), None
+            h_new, c_new = gru_cell(x[t], h, w, act, rec_act, reset_after, clip, gates), None
         else:
-            h_new, c_new = rnn_cell(x[t], h, w, act, clip), None
+            h_new, c_new = rnn_cell(x[t], h, w, act, clip, gates), None
+        if trace is not None:
+            for name, values in trace.items():
+                values[t] = gates[name] if mask is None else np.where(
+                    mask[t][:, None], gates[name], np.nan)
         if mask is None:
             h, c = h_new, c_new
             outputs[t] = h
@@ -151,7 +173,7 @@ def forward(cell: str, x: np.ndarray, weights: Sequence[CellWeights], *, bidirec
             recurrent_activation: str = "sigmoid", reset_after: bool = True,
             mask: np.ndarray | None = None, hold_masked_output: bool = False,
             cell_activation: str | None = None, clip: float | None = None,
-            input_forget: bool = False
+            input_forget: bool = False, traces: Sequence[dict] | None = None
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Run a stacked, optionally bidirectional recurrent layer over time-major ``x``.
 
@@ -159,6 +181,8 @@ def forward(cell: str, x: np.ndarray, weights: Sequence[CellWeights], *, bidirec
     (``[layer0 forward, layer0 reverse, layer1 forward, ...]``); ``h0`` is
     ``(num_layers * dirs, B, P)`` and ``c0`` (LSTM) ``(num_layers * dirs, B, H)``. Each
     layer's input is the previous layer's forward and reverse outputs, concatenated.
+
+    ``traces``: one ``trace`` of :func:`run_direction` per layer and direction, or None.
 
     Returns ``(outputs (T, B, dirs * P), h_n, c_n)`` with ``h_n``/``c_n`` arranged as
     ``h0``/``c0``.
@@ -177,7 +201,8 @@ def forward(cell: str, x: np.ndarray, weights: Sequence[CellWeights], *, bidirec
                 cell, layer_input, h0[k], None if c0 is None else c0[k], weights[k],
                 act=act, rec_act=rec_act, reset_after=reset_after, mask=mask,
                 reverse=direction == 1, hold_masked_output=hold_masked_output,
-                cell_act=cell_act, clip=clip, input_forget=input_forget)
+                cell_act=cell_act, clip=clip, input_forget=input_forget,
+                trace=None if traces is None else traces[k])
             direction_outputs.append(out)
             h_n.append(h)
             c_n.append(c)

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ._validation import read_file
 from ._version import __version__
 from .errors import WeightFormatError
 
@@ -194,12 +195,7 @@ def from_bytes(data: bytes, path: Any = "<bytes>") -> Any:
 
 def load_native(path: str | os.PathLike) -> Any:
     """Load a layer or model saved with :func:`save` (``.fastgate`` file)."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as error:
-        raise WeightFormatError(f"cannot read: {error.strerror or error}", path=path) from error
-    return from_bytes(data, path)
+    return from_bytes(read_file(path), path)
 
 
 def is_native(path: str | os.PathLike) -> bool:

@@ -346,3 +346,39 @@ def test_every_instruction_set_matches_oracle(isa, tmp_path):
         "\n\n".join(failures)
     assert result.returncode == 0, result.stdout + result.stderr
     assert run_count > 100 and not skipped, (run_count, skipped)
+
+
+# Batch 1 with the default activations runs the kernel's one-row gates pass (the tile
+# product and cells inlined per block; on AVX2, pairs of blocks where [W; U] fits in L1);
+# the last, partial block and masked steps leave it for the generic pass. Hidden sizes:
+# pairs (16, 24), a partial last block (40, 131 on every ISA), [W; U] streaming from L2 (131).
+BATCH1_CASES = [
+    dict(cell="lstm", hidden_size=16),
+    dict(cell="lstm", hidden_size=24, steps=1, initial_state=False),
+    dict(cell="lstm", hidden_size=40, input_size=64),
+    dict(cell="lstm", hidden_size=131, input_size=64, masking=True),
+    dict(cell="lstm", hidden_size=32, bidirectional=True, num_layers=2),
+    dict(cell="gru", hidden_size=16),
+    dict(cell="gru", hidden_size=40, input_size=64, masking=True),
+    dict(cell="gru", hidden_size=24, reset_after=False),
+    dict(cell="rnn", hidden_size=24),
+    dict(cell="rnn", hidden_size=131, input_size=64, masking=True),
+]
+
+
+@pytest.mark.parametrize("entry", ["call", "forward"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", BATCH1_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_batch_one_matches_oracle(case, dtype, entry):
+    require_compiled()
+    config = dict(cell="lstm", activation="tanh", recurrent_activation="sigmoid",
+                  reset_after=True, dtype=dtype, num_layers=1, bidirectional=False,
+                  input_size=5, proj_size=0, batch=1, steps=12, batch_first=False,
+                  memory="C", entry=entry, masking=False, initial_state=True,
+                  hold_masked_output=False, seed=7)
+    config.update(case)
+
+    def must_be_moderate(condition):
+        assert condition, "this case's values are not moderate: fix the case"
+
+    check_example(config, discard=must_be_moderate)

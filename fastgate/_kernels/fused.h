@@ -63,6 +63,15 @@ typedef struct {
     int clipping;                   /* gate pre-activations are clamped to [-clip, clip] */
     double clip;
     int input_forget;               /* LSTM: f = 1 - i */
+    /* Tracing (fastgate.trace): with trace != NULL, every step also writes what the cells
+     * computed into trace row t * step_stride + b * batch_stride (trace_width columns):
+     * the activated gates, H columns each in the cell's gate order (LSTM i f g o, GRU r z n;
+     * a SimpleRNN's only gate is h'), then an LSTM's c', then h' (P columns); NaN in the
+     * whole row where the step is masked.
+     * The epilogues that write it are separate instantiations: without a trace, the
+     * kernel runs exactly the code it runs untraced. */
+    void *trace;
+    ptrdiff_t trace_width;
 } fg_direction;
 
 

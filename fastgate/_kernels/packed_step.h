@@ -18,6 +18,7 @@
  *                    handed straight to its cells' epilogue (one per cell family, below);
  *   candidate_pass   a GRU with the reset gate before U_n: n from (r * h) U_n;
  *   projection_pass  a projected LSTM: h' = (o * act(c')) W_hr;
+ *   trace_pass       with a trace: h' of each row into it (the cells wrote the gates);
  *   mask_pass        masked rows keep their state; every row's output;
  *   and final_state_pass once at the end.
  *
@@ -33,8 +34,28 @@
  */
 
 typedef FG_T FG_NAME(vec) __attribute__((vector_size(FG_VBYTES), aligned(sizeof(FG_T))));
+/* The same vector as a view of any FG_T memory (may_alias): a load or store through it is
+ * one vector move. A memcpy of a whole vector is not, except for AVX-512
+ * (prefer-vector-width=512): GCC expands it in 16-byte pieces, and a 32-byte load of what
+ * two 16-byte stores just wrote misses store forwarding (the AVX2 epilogues ran 2x slower:
+ * each tile and operand went through the stack in halves). */
+typedef FG_T FG_NAME(uvec) __attribute__((vector_size(FG_VBYTES), aligned(sizeof(FG_T)),
+                                          may_alias));
+
+FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vload)(const FG_T *p)
+{
+    return *(const FG_NAME(uvec) *)p;
+}
+
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(vstore)(FG_T *p, FG_NAME(vec) v)
+{
+    *(FG_NAME(uvec) *)p = v;
+}
 
 #define FG_W ((ptrdiff_t)(FG_VBYTES / sizeof(FG_T)))
+/* The packed [W; U] of a direction that one_row_blocks reads in pairs of blocks (AVX2):
+ * three quarters of a 32 KB L1 data cache. */
+#define FG_PAIR_MAX_BYTES 24576
 /* Tile height for G gates: as many rows as the accumulator registers allow. */
 #define FG_MR(G) (FG_ACC / (G) < FG_MAX_TILE_ROWS ? FG_ACC / (G) : FG_MAX_TILE_ROWS)
 
@@ -106,8 +127,56 @@ FG_ALWAYS_INLINE void FG_NAME(tile_product)(const int G, const int MR, const int
     for (i = 0; i < A * MR; i++) {
         if (A * MR < 8)
             acc[i] += acc2[i];
-        memcpy(tile + i * FG_W, &acc[i], sizeof(V));
+        *(FG_NAME(uvec) *)(tile + i * FG_W) = acc[i];   /* (vstore, without the target) */
     }
+}
+
+/* The tiles of one batch row for two adjacent whole blocks (the block of panel1 / panel2
+ * and the next, panel1_size / panel2_size further): one broadcast of each x_t and h element
+ * feeds both blocks' 2 A accumulators (an LSTM's 8: independent sums enough to hide the FMA
+ * latency without a second set). tiles: the first block's A vectors, then the second's. */
+FG_ALWAYS_INLINE void FG_NAME(pair_product)(const int G, const int last_apart,
+                                            const FG_T *restrict a1, ptrdiff_t K1,
+                                            const FG_T *restrict panel1,
+                                            ptrdiff_t panel1_size, const FG_T *restrict a2,
+                                            ptrdiff_t K2, const FG_T *restrict panel2,
+                                            ptrdiff_t panel2_size, FG_T *restrict tiles)
+{
+    typedef FG_NAME(vec) V;
+    const int A = G + last_apart;
+    V acc[8];
+    const V zero = {0};
+    ptrdiff_t k;
+    int g;
+#pragma GCC unroll 8
+    for (g = 0; g < 2 * A; g++)
+        acc[g] = zero;
+#pragma GCC unroll 2
+    for (k = 0; k < K1; k++) {
+        const V *p = (const V *)(panel1 + k * G * FG_W);
+        const V *q = (const V *)(panel1 + panel1_size + k * G * FG_W);
+        const FG_T ak = a1[k];
+#pragma GCC unroll 4
+        for (g = 0; g < G; g++) {
+            acc[g] += ak * p[g];
+            acc[A + g] += ak * q[g];
+        }
+    }
+#pragma GCC unroll 2
+    for (k = 0; k < K2; k++) {
+        const V *p = (const V *)(panel2 + k * G * FG_W);
+        const V *q = (const V *)(panel2 + panel2_size + k * G * FG_W);
+        const FG_T ak = a2[k];
+#pragma GCC unroll 4
+        for (g = 0; g < G; g++) {
+            const int slot = last_apart && g == G - 1 ? G : g;   /* see accumulate */
+            acc[slot] += ak * p[g];
+            acc[A + slot] += ak * q[g];
+        }
+    }
+#pragma GCC unroll 8
+    for (g = 0; g < 2 * A; g++)
+        *(FG_NAME(uvec) *)(tiles + g * FG_W) = acc[g];   /* (vstore, without the target) */
 }
 
 #define FG_TILE_CASE(G, S, M)                                                              \
@@ -150,13 +219,6 @@ typedef void (*FG_NAME(tile_fn))(ptrdiff_t, const FG_T *restrict, ptrdiff_t, ptr
  * absolute error < 4e-7 on sigmoid and tanh, fastgate's float contract is 1e-5), double
  * exactly as vecmath.h's fg_sigmoid and fg_tanh. */
 typedef __typeof__((FG_NAME(vec)){0} < (FG_NAME(vec)){0}) FG_NAME(ivec);
-
-FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vload)(const FG_T *p)
-{
-    FG_NAME(vec) v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
 
 FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vclamp)(FG_NAME(vec) x, FG_T lo, FG_T hi)
 {
@@ -288,7 +350,10 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vload_n)(const FG_T *p, ptrdiff_
 FG_ALWAYS_INLINE FG_TARGET void FG_NAME(vstore_n)(FG_T *p, FG_NAME(vec) v, ptrdiff_t wn,
                                                   const int full)
 {
-    memcpy(p, &v, (full ? FG_W : wn) * sizeof(FG_T));
+    if (full)
+        FG_NAME(vstore)(p, v);
+    else
+        memcpy(p, &v, wn * sizeof(FG_T));
 }
 
 /* act(x): sigmoid and tanh on the vector, the other activations by vecmath.h's loops
@@ -301,10 +366,9 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(vactivate_with)(int code, double
         return FG_NAME(vsigmoidf)(x);
     if (code == FG_TANH)
         return FG_NAME(vtanhf)(x);
-    memcpy(lanes, &x, sizeof x);
+    FG_NAME(vstore)(lanes, x);
     FG_ACTIVATE(code, alpha, beta, lanes, FG_W);
-    memcpy(&x, lanes, sizeof x);
-    return x;
+    return FG_NAME(vload)(lanes);
 }
 
 /* The operands of up to two batch rows of a tile, for the hidden units [j0, j0 + wn). */
@@ -316,6 +380,7 @@ typedef struct {
     FG_T *h[2];                  /* where the cells write h' (o * act(c') if projected) */
     FG_T *reset_h[2];            /* GRU reset-before, first half: r * h */
     FG_T *z[2];                  /* GRU reset-before: z */
+    FG_T *trace[2];              /* tracing: the row's trace at j0 (gate g at g H), else NULL */
 } FG_NAME(cell_rows);
 
 /* The constants of one block of units: biases at j0, gates H apart. */
@@ -363,8 +428,8 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(vec) FG_NAME(pre_activation)(
  * cell_act is act but for ONNX models, whose options the non-`plain` instantiation also
  * takes: peepholes p (i and f add p_i * c and p_f * c, o adds p_o * c'), pre-activations
  * clipped to [-clip, clip] (after the peepholes), and input_forget (f = 1 - i). */
-FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_cells)(const int R, const int full, int act,
-                                                    int rec_act,
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_cells)(const int R, const int full,
+                                                    const int tracing, int act, int rec_act,
                                                     const FG_NAME(cell_rows) *rows,
                                                     const FG_NAME(cell_block) *block)
 {
@@ -372,7 +437,7 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_cells)(const int R, const int full,
     const ptrdiff_t wn = block->wn, H = block->hidden;
     const int plain = full && act == FG_TANH && rec_act == FG_SIGMOID;   /* (constants) */
     const FG_T *peephole = plain ? NULL : block->peephole;
-    V pre[2][4], cell[2], c[2], i, f;
+    V pre[2][4], cell[2], c[2], i, f, g, o;
     int gate, r;
 #pragma GCC unroll 2
     for (r = 0; r < R; r++)
@@ -393,7 +458,19 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_cells)(const int R, const int full,
         f = FG_VREC(rec_act, FG_NAME(vclip)(block, pre[r][1], plain));
         if (!plain && block->d->input_forget)
             f = 1 - i;
-        cell[r] = f * c[r] + i * FG_VACT(act, FG_NAME(vclip)(block, pre[r][2], plain));
+        /* (untraced, the expression as it was before tracing: its FMA contraction, hence
+         * its rounding, stays the same) */
+        if (!tracing) {
+            cell[r] = f * c[r] + i * FG_VACT(act, FG_NAME(vclip)(block, pre[r][2], plain));
+            continue;
+        }
+        cell[r] = f * c[r] + i * (g = FG_VACT(act, FG_NAME(vclip)(block, pre[r][2], plain)));
+        {   /* tracing: the gates i, f, g at 0, H, 2 H; c' at 4 H */
+            FG_NAME(vstore_n)(rows->trace[r], i, wn, full);
+            FG_NAME(vstore_n)(rows->trace[r] + H, f, wn, full);
+            FG_NAME(vstore_n)(rows->trace[r] + 2 * H, g, wn, full);
+            FG_NAME(vstore_n)(rows->trace[r] + 4 * H, cell[r], wn, full);
+        }
     }
 #pragma GCC unroll 2
     for (r = 0; r < R; r++)
@@ -402,9 +479,16 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_cells)(const int R, const int full,
         for (r = 0; r < R; r++)
             pre[r][3] += FG_NAME(vload_n)(peephole + 2 * H, wn, full) * cell[r];
 #pragma GCC unroll 2
-    for (r = 0; r < R; r++)
-        cell[r] = FG_VREC(rec_act, FG_NAME(vclip)(block, pre[r][3], plain))
+    for (r = 0; r < R; r++) {
+        if (!tracing) {
+            cell[r] = FG_VREC(rec_act, FG_NAME(vclip)(block, pre[r][3], plain))
+                      * (plain ? FG_VACT(act, cell[r]) : FG_VCELL(cell[r]));
+            continue;
+        }
+        cell[r] = (o = FG_VREC(rec_act, FG_NAME(vclip)(block, pre[r][3], plain)))
                   * (plain ? FG_VACT(act, cell[r]) : FG_VCELL(cell[r]));
+        FG_NAME(vstore_n)(rows->trace[r] + 3 * H, o, wn, full);
+    }
 #pragma GCC unroll 2
     for (r = 0; r < R; r++)
         FG_NAME(vstore_n)(rows->h[r], cell[r], wn, full);
@@ -413,8 +497,8 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(lstm_cells)(const int R, const int full,
 /* GRU, reset after:  r = rec_act(x W_r + b_r + h U_r),  z = rec_act(x W_z + b_z + h U_z)
  *                    n = act(x W_n + b_in + r * (h U_n + b_hn));   h' = z * h + (1 - z) * n
  * x W_n is the input's third gate, or (in step) the tile's; h U_n is the tile's next one. */
-FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_cells)(const int R, const int full, int act,
-                                                   int rec_act,
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_cells)(const int R, const int full,
+                                                   const int tracing, int act, int rec_act,
                                                    const FG_NAME(cell_rows) *rows,
                                                    const FG_NAME(cell_block) *block)
 {
@@ -437,6 +521,11 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_cells)(const int R, const int full, 
             block, input_n + FG_NAME(vload_n)(block->bias + 2 * H, wn, full)
                    + reset * (recurrent_n + FG_NAME(vload_n)(block->new_gate_bias, wn, full)),
             plain));
+        if (tracing) {   /* r, z, n at 0, H, 2 H */
+            FG_NAME(vstore_n)(rows->trace[r], reset, wn, full);
+            FG_NAME(vstore_n)(rows->trace[r] + H, update, wn, full);
+            FG_NAME(vstore_n)(rows->trace[r] + 2 * H, candidate, wn, full);
+        }
         candidate = update * FG_NAME(vload_n)(rows->h_previous[r], wn, full)
                     + (1 - update) * candidate;
         FG_NAME(vstore_n)(rows->h[r], candidate, wn, full);
@@ -445,7 +534,8 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_cells)(const int R, const int full, 
 
 /* GRU, reset before, first half:  r, z as above;  keeps r * h and z for the candidate. */
 FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_reset_cells)(const int R, const int full,
-                                                         int act, int rec_act,
+                                                         const int tracing, int act,
+                                                         int rec_act,
                                                          const FG_NAME(cell_rows) *rows,
                                                          const FG_NAME(cell_block) *block)
 {
@@ -458,6 +548,10 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_reset_cells)(const int R, const int 
             block, FG_NAME(pre_activation)(rows, block, r, 0, full), plain));
         update = FG_VREC(rec_act, FG_NAME(vclip)(
             block, FG_NAME(pre_activation)(rows, block, r, 1, full), plain));
+        if (tracing) {   /* r, z at 0, H */
+            FG_NAME(vstore_n)(rows->trace[r], reset, block->wn, full);
+            FG_NAME(vstore_n)(rows->trace[r] + block->hidden, update, block->wn, full);
+        }
         reset *= FG_NAME(vload_n)(rows->h_previous[r], block->wn, full);
         FG_NAME(vstore_n)(rows->reset_h[r], reset, block->wn, full);
         FG_NAME(vstore_n)(rows->z[r], update, block->wn, full);
@@ -467,7 +561,8 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(gru_reset_cells)(const int R, const int 
 /* GRU, reset before, second half:  n = act(x W_n + b_n + (r * h) U_n);  h' = z h + (1 - z) n.
  * SimpleRNN (rows->z[r] == NULL):  h' = act(x W + b + h U). */
 FG_ALWAYS_INLINE FG_TARGET void FG_NAME(single_gate_cells)(const int R, const int full,
-                                                           int act, int rec_act,
+                                                           const int tracing, int act,
+                                                           int rec_act,
                                                            const FG_NAME(cell_rows) *rows,
                                                            const FG_NAME(cell_block) *block)
 {
@@ -479,6 +574,8 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(single_gate_cells)(const int R, const in
         state = FG_VACT(act, FG_NAME(vclip)(
             block, FG_NAME(pre_activation)(rows, block, r, 0, full), plain));
         if (rows->z[r] != NULL) {
+            if (tracing)   /* a GRU's n at 2 H (a SimpleRNN's h' is traced by trace_pass) */
+                FG_NAME(vstore_n)(rows->trace[r] + 2 * block->hidden, state, block->wn, full);
             z = FG_NAME(vload_n)(rows->z[r], block->wn, full);
             state = z * FG_NAME(vload_n)(rows->h_previous[r], block->wn, full)
                     + (1 - z) * state;
@@ -509,6 +606,10 @@ struct FG_NAME(pass_context) {
     /* the epilogues of the gates pass (and of a GRU candidate pass), for whole blocks and
      * for the last, partial one (choose_cells) */
     FG_NAME(cells_fn) cells_full, cells_partial, candidate_full, candidate_partial;
+    /* one_row_blocks computes two blocks per tile (pair_product) */
+    int pair_blocks;
+    /* the gates pass of a step with one row, or NULL: the generic one (one_row_blocks) */
+    void (*one_row)(const FG_NAME(pass_context) *, const FG_NAME(step_state) *, ptrdiff_t);
 };
 
 /* Where one step reads and writes. */
@@ -544,12 +645,12 @@ static FG_TARGET void FG_NAME(project_inputs)(const FG_T *restrict x, ptrdiff_t 
         for (row = 0; row < rows; row += n) {
             n = rows - row < mr ? rows - row : mr;
             tile_gates(n, x + row * D, D, D, packed + jb * panel_size, NULL, 0, 0, NULL, tile);
-            /* (whole blocks by a copy of constant size: a vector store, not a libc call) */
+            /* (whole blocks by a vector store, not a libc call) */
             for (r = 0; r < n; r++)
                 for (gate = 0; gate < gates; gate++)
                     if (wn == FG_W)
-                        memcpy(projected + (row + r) * GH + column + gate * H + j0,
-                               tile + (r * gates + gate) * FG_W, FG_W * sizeof(FG_T));
+                        FG_NAME(vstore)(projected + (row + r) * GH + column + gate * H + j0,
+                                        FG_NAME(vload)(tile + (r * gates + gate) * FG_W));
                     else
                         memcpy(projected + (row + r) * GH + column + gate * H + j0,
                                tile + (r * gates + gate) * FG_W, wn * sizeof(FG_T));
@@ -599,7 +700,8 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(prefetch_input)(const FG_NAME(pass_conte
 /* Row b's operands in slot `slot` of `rows`, for the cells of `family` at block jb. */
 FG_ALWAYS_INLINE FG_TARGET void FG_NAME(row_operands)(const FG_NAME(pass_context) *x,
                                                       const FG_NAME(step_state) *st,
-                                                      const int family, const FG_T *tile,
+                                                      const int family, const int tracing,
+                                                      const FG_T *tile,
                                                       ptrdiff_t b, ptrdiff_t jb, int slot,
                                                       FG_NAME(cell_rows) *rows)
 {
@@ -621,6 +723,10 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(row_operands)(const FG_NAME(pass_context
     rows->h_previous[slot] = st->h_previous + b * st->hp_stride + j0;
     rows->h[slot] = st->h_next + b * st->hn_stride + j0;
     rows->z[slot] = NULL;
+    rows->trace[slot] = tracing ? (FG_T *)d->trace + (st->t * d->step_stride
+                                                      + b * d->batch_stride) * d->trace_width
+                                  + j0
+                                : NULL;
     if (family == FG_FAMILY_LSTM) {
         rows->c[slot] = (FG_T *)d->c + b * H + j0;
         if (d->projection != NULL)
@@ -634,18 +740,18 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(row_operands)(const FG_NAME(pass_context
 
 /* The cells of `family` for R rows (a switch on constants: one family's code remains). */
 FG_ALWAYS_INLINE FG_TARGET void FG_NAME(cells)(const int family, const int R, const int full,
-                                               int act, int rec_act,
+                                               const int tracing, int act, int rec_act,
                                                const FG_NAME(cell_rows) *rows,
                                                const FG_NAME(cell_block) *block)
 {
     if (family == FG_FAMILY_LSTM)
-        FG_NAME(lstm_cells)(R, full, act, rec_act, rows, block);
+        FG_NAME(lstm_cells)(R, full, tracing, act, rec_act, rows, block);
     else if (family == FG_FAMILY_GRU)
-        FG_NAME(gru_cells)(R, full, act, rec_act, rows, block);
+        FG_NAME(gru_cells)(R, full, tracing, act, rec_act, rows, block);
     else if (family == FG_FAMILY_GRU_RESET)
-        FG_NAME(gru_reset_cells)(R, full, act, rec_act, rows, block);
+        FG_NAME(gru_reset_cells)(R, full, tracing, act, rec_act, rows, block);
     else
-        FG_NAME(single_gate_cells)(R, full, act, rec_act, rows, block);
+        FG_NAME(single_gate_cells)(R, full, tracing, act, rec_act, rows, block);
 }
 
 /* The cells of rows [b, b + rows) of a tile (rows `stride` apart), two rows at a time where
@@ -653,8 +759,9 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(cells)(const int family, const int R, co
  * r * h rows feed the candidate's tile product). */
 FG_ALWAYS_INLINE FG_TARGET void FG_NAME(cells_tile_rows)(
     const FG_NAME(pass_context) *x, const FG_NAME(step_state) *st, const int family,
-    const int full, int act, int rec_act, const FG_T *tile, ptrdiff_t stride, ptrdiff_t b,
-    ptrdiff_t rows, ptrdiff_t jb, const FG_NAME(cell_block) *block)
+    const int full, const int tracing, int act, int rec_act, const FG_T *tile,
+    ptrdiff_t stride, ptrdiff_t b, ptrdiff_t rows, ptrdiff_t jb,
+    const FG_NAME(cell_block) *block)
 {
     FG_NAME(cell_rows) operands;
     const int all_rows = family == FG_FAMILY_GRU_RESET;
@@ -663,13 +770,14 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(cells_tile_rows)(
         const int valid = all_rows || FG_IS_VALID(st, b + r);
         const int pair = valid && r + 1 < rows && (all_rows || FG_IS_VALID(st, b + r + 1));
         if (valid) {
-            FG_NAME(row_operands)(x, st, family, tile + r * stride, b + r, jb, 0, &operands);
+            FG_NAME(row_operands)(x, st, family, tracing, tile + r * stride, b + r, jb, 0,
+                                  &operands);
             if (pair) {
-                FG_NAME(row_operands)(x, st, family, tile + (r + 1) * stride, b + r + 1, jb,
-                                      1, &operands);
-                FG_NAME(cells)(family, 2, full, act, rec_act, &operands, block);
+                FG_NAME(row_operands)(x, st, family, tracing, tile + (r + 1) * stride,
+                                      b + r + 1, jb, 1, &operands);
+                FG_NAME(cells)(family, 2, full, tracing, act, rec_act, &operands, block);
             } else {
-                FG_NAME(cells)(family, 1, full, act, rec_act, &operands, block);
+                FG_NAME(cells)(family, 1, full, tracing, act, rec_act, &operands, block);
             }
         }
         r += 1 + pair;
@@ -678,34 +786,32 @@ FG_ALWAYS_INLINE FG_TARGET void FG_NAME(cells_tile_rows)(
 
 /* cells_<family>_fast / _any: the epilogue of one tile, the cells of `family` for rows
  * [b, b + rows) at block jb; _fast for a whole block with the default activations (tanh,
- * sigmoid) as constants, _any for any block and activations. A call picks its pair once
- * (pass_context_init). */
-#define FG_DEFINE_CELLS(FAMILY, NAME)                                                      \
-static FG_TARGET void FG_NAME(NAME##_fast)(const FG_NAME(pass_context) *x,                 \
-                                           const FG_NAME(step_state) *st, const FG_T *tile, \
-                                           ptrdiff_t stride, ptrdiff_t b, ptrdiff_t rows,  \
-                                           ptrdiff_t jb, const FG_NAME(cell_block) *block) \
+ * sigmoid) as constants, _any for any block and activations; _trace_fast / _trace_any the
+ * same, also writing the trace (d->trace). A call picks its pair once (pass_context_init). */
+#define FG_DEFINE_EPILOGUE(FAMILY, NAME, FULL, TRACING, ACT, REC_ACT)                      \
+static FG_TARGET void FG_NAME(NAME)(const FG_NAME(pass_context) *x,                        \
+                                    const FG_NAME(step_state) *st, const FG_T *tile,        \
+                                    ptrdiff_t stride, ptrdiff_t b, ptrdiff_t rows,         \
+                                    ptrdiff_t jb, const FG_NAME(cell_block) *block)        \
 {                                                                                          \
-    FG_NAME(cells_tile_rows)(x, st, FAMILY, 1, FG_TANH, FG_SIGMOID, tile, stride, b, rows, \
-                             jb, block);                                                   \
-}                                                                                          \
-static FG_TARGET void FG_NAME(NAME##_any)(const FG_NAME(pass_context) *x,                  \
-                                          const FG_NAME(step_state) *st, const FG_T *tile,  \
-                                          ptrdiff_t stride, ptrdiff_t b, ptrdiff_t rows,   \
-                                          ptrdiff_t jb, const FG_NAME(cell_block) *block)  \
-{                                                                                          \
-    FG_NAME(cells_tile_rows)(x, st, FAMILY, 0, x->d->act, x->d->rec_act, tile, stride, b,  \
+    FG_NAME(cells_tile_rows)(x, st, FAMILY, FULL, TRACING, ACT, REC_ACT, tile, stride, b,  \
                              rows, jb, block);                                             \
 }
+#define FG_DEFINE_CELLS(FAMILY, NAME)                                                      \
+FG_DEFINE_EPILOGUE(FAMILY, NAME##_fast, 1, 0, FG_TANH, FG_SIGMOID)                         \
+FG_DEFINE_EPILOGUE(FAMILY, NAME##_any, 0, 0, x->d->act, x->d->rec_act)                     \
+FG_DEFINE_EPILOGUE(FAMILY, NAME##_trace_fast, 1, 1, FG_TANH, FG_SIGMOID)                   \
+FG_DEFINE_EPILOGUE(FAMILY, NAME##_trace_any, 0, 1, x->d->act, x->d->rec_act)
 FG_DEFINE_CELLS(FG_FAMILY_LSTM, cells_lstm)
 FG_DEFINE_CELLS(FG_FAMILY_GRU, cells_gru)
 FG_DEFINE_CELLS(FG_FAMILY_GRU_RESET, cells_gru_reset)
 FG_DEFINE_CELLS(FG_FAMILY_CANDIDATE, cells_candidate)
 FG_DEFINE_CELLS(FG_FAMILY_RNN, cells_rnn)
 #undef FG_DEFINE_CELLS
+#undef FG_DEFINE_EPILOGUE
 
 /* The epilogues of `family` for whole blocks (`full`) and the last, partial one: _fast
- * where the activations the family reads are the defaults. */
+ * where the activations the family reads are the defaults; _trace_* with a trace. */
 static FG_TARGET void FG_NAME(choose_cells)(int family, const fg_direction *d,
                                             FG_NAME(cells_fn) *full,
                                             FG_NAME(cells_fn) *partial)
@@ -721,10 +827,12 @@ static FG_TARGET void FG_NAME(choose_cells)(int family, const fg_direction *d,
                               && d->cell_alpha == d->act_alpha && d->cell_beta == d->act_beta));
     const int fast = plain && (!reads_act || act == FG_TANH)
                      && (!reads_rec_act || rec_act == FG_SIGMOID);
+    const int tracing = d->trace != NULL;
 #define FG_CHOOSE(FAMILY, NAME)                                                            \
     case FAMILY:                                                                           \
-        *partial = FG_NAME(NAME##_any);                                                    \
-        *full = fast ? FG_NAME(NAME##_fast) : FG_NAME(NAME##_any);                         \
+        *partial = tracing ? FG_NAME(NAME##_trace_any) : FG_NAME(NAME##_any);              \
+        *full = tracing ? (fast ? FG_NAME(NAME##_trace_fast) : FG_NAME(NAME##_trace_any))  \
+                        : (fast ? FG_NAME(NAME##_fast) : FG_NAME(NAME##_any));             \
         break;
     switch (family) {
     FG_CHOOSE(FG_FAMILY_LSTM, cells_lstm)
@@ -775,6 +883,14 @@ static FG_TARGET void FG_NAME(pass_context_init)(FG_NAME(pass_context) *x,
                     : x->G == 2 ? FG_NAME(tile_g2) : FG_NAME(tile_g1);
     FG_NAME(choose_cells)(x->family, d, &x->cells_full, &x->cells_partial);
     FG_NAME(choose_cells)(FG_FAMILY_CANDIDATE, d, &x->candidate_full, &x->candidate_partial);
+    x->one_row = NULL;   /* (set by run_direction: choose_one_row is defined below) */
+    /* Pairs of blocks share the broadcasts of x_t and h: fewer instructions where the step
+     * runs from L1 (measured, AVX2, S3: LSTM 2.46 -> 2.39 us, GRU 2.09 -> 1.94), but where
+     * [W; U] streams from L2 the two streams cost more (S1/S2 3-6% slower; with AVX-512's
+     * 16-unit blocks slower at S3 too): only on AVX2, for packed weights that fit in L1. */
+    x->pair_blocks = FG_VBYTES == 32
+                     && (x->panel_size + x->panel_u_size) * x->blocks * sizeof(FG_T)
+                        <= FG_PAIR_MAX_BYTES;
 }
 
 /* The block of units jb, with the biases at `bias_offset` (a GRU candidate: 2 H). */
@@ -793,6 +909,81 @@ FG_ALWAYS_INLINE FG_TARGET FG_NAME(cell_block) FG_NAME(block_at)(
     return block;
 }
 
+/* gates_pass of one batch row (a batch-1 call) with a _fast epilogue (default activations,
+ * no ONNX options): per block, the tile product and the cells inlined at constant sizes.
+ * That drops the generic loop's two indirect calls, switch over tile heights and row loop
+ * per block: at batch 1 they were about a third of a step's instructions on AVX2 (H = 32:
+ * four blocks a step). A masked step of the row computes nothing (mask_pass keeps its
+ * state); the last, partial block takes the generic epilogue. */
+FG_ALWAYS_INLINE FG_TARGET void FG_NAME(one_row_blocks)(const FG_NAME(pass_context) *x,
+                                                        const FG_NAME(step_state) *st,
+                                                        const int family, const int G,
+                                                        const int last_apart, ptrdiff_t K2)
+{
+    const FG_T *recurrent = (const FG_T *)x->d->recurrent;
+    const ptrdiff_t b = x->row_begin;
+    const FG_T *x_row = st->step_x + b * x->x_stride, *h_row = st->h_previous
+                                                               + b * st->hp_stride;
+    FG_T tile[2 * 4 * FG_W];   /* two blocks' G + last_apart <= 4 accumulators */
+    FG_NAME(cell_rows) rows;
+    ptrdiff_t jb;
+    if (!FG_IS_VALID(st, b))
+        return;
+    for (jb = x->block_begin; jb < x->block_end; jb++) {
+        const FG_NAME(cell_block) block = FG_NAME(block_at)(x, jb, 0);
+        const FG_T *panel = recurrent + jb * x->panel_size;
+        const FG_T *panel_u = recurrent + x->blocks * x->panel_size + jb * x->panel_u_size;
+        if (x->pair_blocks && jb + 1 < x->block_end && (jb + 2) * FG_W <= x->H) {
+            const FG_NAME(cell_block) next = FG_NAME(block_at)(x, jb + 1, 0);
+            FG_NAME(pair_product)(G, last_apart, x_row, x->K1, panel, x->panel_size, h_row,
+                                  K2, panel_u, x->panel_u_size, tile);
+            FG_NAME(row_operands)(x, st, family, 0, tile, b, jb, 0, &rows);
+            FG_NAME(cells)(family, 1, 1, 0, FG_TANH, FG_SIGMOID, &rows, &block);
+            FG_NAME(row_operands)(x, st, family, 0, tile + (G + last_apart) * FG_W, b, jb + 1, 0,
+                                  &rows);
+            FG_NAME(cells)(family, 1, 1, 0, FG_TANH, FG_SIGMOID, &rows, &next);
+            jb++;
+            continue;
+        }
+        if (block.wn != FG_W) {
+            x->tile_gates(1, x_row, x->x_stride, x->K1, panel, h_row, st->hp_stride, K2,
+                          panel_u, tile);
+            x->cells_partial(x, st, tile, x->A * FG_W, b, 1, jb, &block);
+            continue;
+        }
+        FG_NAME(tile_product)(G, 1, last_apart, x_row, x->x_stride, x->K1, panel, h_row,
+                              st->hp_stride, K2, panel_u, tile);
+        FG_NAME(row_operands)(x, st, family, 0, tile, b, jb, 0, &rows);
+        FG_NAME(cells)(family, 1, 1, 0, FG_TANH, FG_SIGMOID, &rows, &block);
+    }
+}
+
+#define FG_DEFINE_ONE_ROW(NAME, FAMILY, G, LAST_APART)                                     \
+static FG_TARGET void FG_NAME(NAME)(const FG_NAME(pass_context) *x,                        \
+                                    const FG_NAME(step_state) *st, ptrdiff_t K2)           \
+{                                                                                          \
+    FG_NAME(one_row_blocks)(x, st, FAMILY, G, LAST_APART, K2);                             \
+}
+FG_DEFINE_ONE_ROW(one_row_lstm, FG_FAMILY_LSTM, 4, 0)
+FG_DEFINE_ONE_ROW(one_row_gru, FG_FAMILY_GRU, 3, 0)
+FG_DEFINE_ONE_ROW(one_row_gru_apart, FG_FAMILY_GRU, 3, 1)
+FG_DEFINE_ONE_ROW(one_row_rnn, FG_FAMILY_RNN, 1, 0)
+#undef FG_DEFINE_ONE_ROW
+
+/* The one-row gates pass of this call's cells, or NULL (see one_row_blocks). */
+typedef void (*FG_NAME(one_row_fn))(const FG_NAME(pass_context) *,
+                                    const FG_NAME(step_state) *, ptrdiff_t);
+static FG_TARGET FG_NAME(one_row_fn) FG_NAME(choose_one_row)(const FG_NAME(pass_context) *x)
+{
+    if (x->cells_full == FG_NAME(cells_lstm_fast))
+        return FG_NAME(one_row_lstm);
+    if (x->cells_full == FG_NAME(cells_gru_fast))
+        return x->A == 4 ? FG_NAME(one_row_gru_apart) : FG_NAME(one_row_gru);
+    if (x->cells_full == FG_NAME(cells_rnn_fast))
+        return FG_NAME(one_row_rnn);
+    return NULL;
+}
+
 /* gates_pass: the recurrent product (and x_t W in step) tile by tile over this call's
  * blocks and rows, each tile handed to its cells. */
 static FG_TARGET void FG_NAME(gates_pass)(const FG_NAME(pass_context) *x,
@@ -804,6 +995,10 @@ static FG_TARGET void FG_NAME(gates_pass)(const FG_NAME(pass_context) *x,
     const ptrdiff_t K2 = st->s == 0 && d->zero_state ? 0 : x->P;
     FG_T tile[FG_MAX_ACC * FG_W];
     ptrdiff_t jb, b, rows;
+    if (x->one_row != NULL && st->row_end - x->row_begin == 1) {
+        x->one_row(x, st, K2);
+        return;
+    }
     for (jb = x->block_begin; jb < x->block_end; jb++) {
         const FG_T *panel = recurrent + jb * x->panel_size;
         const FG_T *panel_u = recurrent + x->blocks * x->panel_size + jb * x->panel_u_size;
@@ -893,6 +1088,30 @@ static FG_TARGET void FG_NAME(mask_pass)(const FG_NAME(pass_context) *x,
     }
 }
 
+/* trace_pass (with a trace): h' of each valid row into its trace row (the cells wrote the
+ * gates and c'), and NaN over the whole row of a masked one, which the cells skipped (or,
+ * GRU reset-before's first half, computed anyway). Never inlined: inlined, it changed the
+ * register allocation of the untraced step loop (+0.2% instructions at S2, callgrind). */
+FG_NEVER_INLINE FG_TARGET void FG_NAME(trace_pass)(const FG_NAME(pass_context) *x,
+                                          const FG_NAME(step_state) *st)
+{
+    const fg_direction *d = x->d;
+    /* (a SimpleRNN's only gate is h' itself: no gate columns) */
+    const ptrdiff_t h_column = d->cell == FG_CELL_LSTM ? x->GH + x->H
+                               : d->cell == FG_CELL_GRU ? x->GH : 0;
+    ptrdiff_t b, k;
+    for (b = x->row_begin; b < x->row_end; b++) {
+        FG_T *row = (FG_T *)d->trace + (st->t * d->step_stride + b * d->batch_stride)
+                                       * d->trace_width;
+        if (FG_IS_VALID(st, b)) {
+            memcpy(row + h_column, st->h_next + b * st->hn_stride, x->P * sizeof(FG_T));
+            continue;
+        }
+        for (k = 0; k < d->trace_width; k++)
+            row[k] = (FG_T)NAN;
+    }
+}
+
 /* The final h: this call's columns (all unless threads split the blocks) of the last h. */
 static FG_TARGET void FG_NAME(final_state_pass)(const FG_NAME(pass_context) *x,
                                                 const FG_NAME(step_state) *st)
@@ -953,6 +1172,7 @@ static FG_TARGET void FG_NAME(run_rows)(const fg_direction *d, ptrdiff_t row_beg
     FG_NAME(step_state) st;
     ptrdiff_t s;
     FG_NAME(pass_context_init)(&x, d, row_begin, row_end);
+    x.one_row = FG_NAME(choose_one_row)(&x);
     st.t_previous = -1;
     st.h_previous = (FG_T *)d->h;
     st.h_next = (FG_T *)d->h_spare;
@@ -964,6 +1184,8 @@ static FG_TARGET void FG_NAME(run_rows)(const fg_direction *d, ptrdiff_t row_beg
             FG_NAME(candidate_pass)(&x, &st);
         if (d->projection != NULL)
             FG_NAME(projection_pass)(&x, &st);
+        if (d->trace != NULL)
+            FG_NAME(trace_pass)(&x, &st);
         if (d->mask != NULL)
             FG_NAME(mask_pass)(&x, &st);
         FG_NAME(end_step)(d, &st);
@@ -1016,4 +1238,5 @@ static FG_TARGET void FG_NAME(run_direction)(const fg_direction *d, ptrdiff_t ro
 #undef FG_VREC
 #undef FG_VCELL
 #undef FG_W
+#undef FG_PAIR_MAX_BYTES
 #undef FG_MR

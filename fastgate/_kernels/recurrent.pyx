@@ -85,6 +85,8 @@ cdef extern from "fused.h" nogil:
         int clipping
         double clip
         int input_forget
+        void *trace
+        Py_ssize_t trace_width
     int fg_isa()
     Py_ssize_t fg_row_block_bytes
     Py_ssize_t fg_block_width(int is_double)
@@ -392,6 +394,8 @@ cdef class LayerPlan:
     cdef bint reset_after, batch_first, is_double
     cdef Py_ssize_t num_directions, num_layers, entries, input_size, hidden, width, out_width
     cdef Py_ssize_t gate_count
+    #: columns of a trace row (see forward's ``traces``)
+    cdef readonly Py_ssize_t trace_width
     #: what a shape class says of the layer (see shape_class)
     cdef readonly tuple layer_key
     # per entry (layer * num_directions + direction): the PreparedWeights' 6 pointers, and
@@ -432,6 +436,10 @@ cdef class LayerPlan:
         self.hidden = weights.input_columns // self.gate_count
         self.width = width
         self.out_width = num_directions * width
+        # the gates (a SimpleRNN's only gate is h), an LSTM's c, then h (fused.h:
+        # fg_direction.trace; fastgate.trace.trace_columns)
+        self.trace_width = ((5 * self.hidden if cell == FG_CELL_LSTM
+                             else 3 * self.hidden if cell == FG_CELL_GRU else 0) + width)
         self.layer_key = (cell, bool(reset_after)) + tuple(v for a in activations for v in a) + (
                           clip, bool(input_forget), bool(self.is_double),
                           self.input_size, self.hidden, width, self.num_layers, num_directions)
@@ -545,7 +553,7 @@ cdef class LayerPlan:
 
     def forward(self, x, h_state, c_state, mask, bint batch_major, bint hold_masked_output,
                 int num_threads=0, bint zero_state=False, plan=None, active_rows=None,
-                output_rows=None):
+                output_rows=None, traces=None):
         """Run the layer on ``x`` ``(T, B, D)`` (``(B, T, D)`` if ``batch_major``); returns
         the outputs, in ``x``'s layout.
 
@@ -562,11 +570,21 @@ cdef class LayerPlan:
         with it, ``output_rows`` (a permutation of the batch, ``(B,)`` intp) may say where
         each row's outputs go: row ``b`` of ``x`` to batch row ``output_rows[b]`` of the result
         (the caller's order; the final states stay in ``x``'s).
+
+        ``traces``, one array per layer and direction (``[layer 0 forward, layer 0 reverse,
+        layer 1 forward...]``), each C-contiguous of the plan's dtype and shape ``(T, B,
+        trace_width)`` (``(B, T, trace_width)`` if ``batch_major``), receives what the cells
+        computed at each step: the activated gates (``H`` columns each, the cell's gate
+        order), an LSTM's ``c``, then ``h`` (``width`` columns); NaN where a step is masked
+        (:mod:`fastgate.trace` names the columns). A traced call never splits the hidden
+        units between threads, and takes no ``output_rows`` (its rows stay in ``x``'s order).
         """
         cdef cnp.npy_intp dims[3]
         cdef Py_ssize_t steps, batch
         cdef const unsigned char *mask_pointer = NULL
         cdef SortedRows sorted_rows
+        cdef void **trace_pointers = NULL
+        cdef Py_ssize_t k
         sorted_rows.active = sorted_rows.output = NULL
         if not self._is_input(x, 3):
             raise ValueError(f"forward: x must be a C-contiguous {self.dtype} array (., ., "
@@ -599,16 +617,45 @@ cdef class LayerPlan:
                     or cnp.PyArray_DIMS(<cnp.ndarray> output_rows)[0] != batch):
                 raise ValueError("forward: output_rows must be a C-contiguous (batch,) intp "
                                  "array, with active_rows")
+            if traces is not None:
+                raise ValueError("forward: a traced call takes no output_rows")
             sorted_rows.output = <const Py_ssize_t *> cnp.PyArray_DATA(
                 <cnp.ndarray> output_rows)
             if not _is_permutation(sorted_rows.output, batch):
                 raise ValueError("forward: output_rows is not a permutation of the batch")
+        if traces is not None:
+            traces = self._checked_traces(traces, dims[0], dims[1])
+            trace_pointers = <void **> PyMem_Malloc(self.entries * sizeof(void *))
+            if trace_pointers == NULL:
+                raise MemoryError()
+            for k in range(self.entries):
+                trace_pointers[k] = cnp.PyArray_DATA(<cnp.ndarray> traces[k])
         out = cnp.PyArray_EMPTY(3, dims, self.typenum, 0)
-        self._call(cnp.PyArray_DATA(<cnp.ndarray> x), steps, batch, batch_major, h_state,
-                   c_state, mask_pointer, hold_masked_output,
-                   cnp.PyArray_DATA(<cnp.ndarray> out), num_threads, zero_state, plan,
-                   &sorted_rows if active_rows is not None else NULL)
+        try:
+            self._call(cnp.PyArray_DATA(<cnp.ndarray> x), steps, batch, batch_major, h_state,
+                       c_state, mask_pointer, hold_masked_output,
+                       cnp.PyArray_DATA(<cnp.ndarray> out), num_threads, zero_state, plan,
+                       &sorted_rows if active_rows is not None else NULL, trace_pointers)
+        finally:
+            PyMem_Free(trace_pointers)
         return out
+
+    cdef list _checked_traces(self, object traces, Py_ssize_t rows, Py_ssize_t columns):
+        # forward's traces: one (rows, columns, trace_width) C array of the dtype per entry
+        cdef cnp.npy_intp *dims
+        traces = list(traces)
+        if len(traces) != self.entries:
+            raise ValueError(f"forward: traces must hold {self.entries} arrays (one per layer "
+                             f"and direction), got {len(traces)}")
+        for array in traces:
+            if not _is_c_array(array, 3, self.typenum):
+                raise ValueError(f"forward: each trace must be a C-contiguous 3-d {self.dtype} "
+                                 f"array")
+            dims = cnp.PyArray_DIMS(<cnp.ndarray> array)
+            if dims[0] != rows or dims[1] != columns or dims[2] != self.trace_width:
+                raise ValueError(f"forward: each trace must have shape ({rows}, {columns}, "
+                                 f"{self.trace_width})")
+        return traces
 
     cdef inline tuple _zero_state(self, Py_ssize_t batch, bint flat=False):
         # zero (h, c) (c None but for LSTM): (entries, batch, .), or (batch, .) if flat
@@ -675,8 +722,10 @@ cdef class LayerPlan:
                    object h_state, object c_state, const unsigned char *mask,
                    bint hold_masked_output, void *out, int num_threads,
                    bint zero_state, object forced=None,
-                   const SortedRows *sorted_rows=NULL) except -1:
-        # the plan of the call (forced, measured or estimated), then the kernel
+                   const SortedRows *sorted_rows=NULL, void **traces=NULL) except -1:
+        # the plan of the call (forced, measured or estimated), then the kernel; a traced
+        # call is not measured, and never splits the hidden units (its trace pass copies
+        # whole rows of h)
         cdef CallPlan call
         if steps == 0 or batch == 0:
             return 0
@@ -684,17 +733,23 @@ cdef class LayerPlan:
         if forced is not None:
             call = _plan_from_tuple(forced)
             problem = _plan_problem(self, call, batch, mask != NULL)
+            if problem is None and traces != NULL and call.split == FG_SPLIT_HIDDEN:
+                problem = "a traced call does not split the hidden units"
             if problem is not None:
                 raise ValueError(f"plan {forced}: {problem}")
         else:
             call = _estimate(self, steps, batch, mask != NULL, zero_state, num_threads)
-            if (planning_mode == PLAN_MEASURE
+            if traces != NULL:
+                if call.split == FG_SPLIT_HIDDEN:
+                    call.split = FG_SPLIT_NONE
+                    call.threads = 1
+            elif (planning_mode == PLAN_MEASURE
                     and _work(self, steps, batch) >= MEASURE_MIN_WORK):
                 call = self._measured(call, x, steps, batch, batch_major, h_state, c_state,
                                       mask, hold_masked_output, out, num_threads, zero_state,
                                       sorted_rows)
         return self._execute(call, x, steps, batch, batch_major, h_state, c_state, mask,
-                             hold_masked_output, out, zero_state, sorted_rows)
+                             hold_masked_output, out, zero_state, sorted_rows, traces)
 
     cdef CallPlan _measured(self, CallPlan estimate, void *x, Py_ssize_t steps,
                             Py_ssize_t batch, bint batch_major, object h_state,
@@ -735,7 +790,8 @@ cdef class LayerPlan:
     cdef int _execute(self, CallPlan call, void *x, Py_ssize_t steps, Py_ssize_t batch,
                       bint batch_major, object h_state, object c_state,
                       const unsigned char *mask, bint hold_masked_output, void *out,
-                      bint zero_state, const SortedRows *sorted_rows) except -1:
+                      bint zero_state, const SortedRows *sorted_rows,
+                      void **traces=NULL) except -1:
         # the checked arrays' pointers to the kernel, without the GIL
         cdef void *h = cnp.PyArray_DATA(<cnp.ndarray> h_state)
         cdef void *c = (cnp.PyArray_DATA(<cnp.ndarray> c_state) if self.cell == FG_CELL_LSTM
@@ -748,11 +804,11 @@ cdef class LayerPlan:
             if self.is_double:
                 status = _run(self, <double *> x, steps, batch, batch_major, <double *> h,
                               <double *> c, mask, hold_masked_output, <double *> out,
-                              zero_state, call, sorted_rows)
+                              zero_state, call, sorted_rows, traces)
             else:
                 status = _run(self, <float *> x, steps, batch, batch_major, <float *> h,
                               <float *> c, mask, hold_masked_output, <float *> out,
-                              zero_state, call, sorted_rows)
+                              zero_state, call, sorted_rows, traces)
         if status:
             raise MemoryError()
         return 0
@@ -956,11 +1012,12 @@ cdef inline void _gemm(blas_int m, blas_int n, blas_int k, const floating *a,
 cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
               bint batch_major, floating *h, floating *c, const unsigned char *mask,
               bint hold_masked_output, floating *out, bint zero_state,
-              CallPlan call, const SortedRows *sorted_rows) noexcept nogil:
+              CallPlan call, const SortedRows *sorted_rows,
+              void **traces) noexcept nogil:
     # The layer over checked arrays: x (steps * batch, input_size) rows, h and c
     # (entries, batch, width / hidden), out (steps * batch, out_width) rows, rows addressed
-    # as fg_direction says, by the plan `call`. Returns 1 if the workspace cannot be
-    # allocated.
+    # as fg_direction says, by the plan `call`; traces: NULL, or one trace per entry.
+    # Returns 1 if the workspace cannot be allocated.
     cdef Py_ssize_t hidden = plan.hidden, width = plan.width, out_width = plan.out_width
     cdef Py_ssize_t gates_width = plan.gate_count * hidden
     cdef Py_ssize_t rows = steps * batch
@@ -1022,6 +1079,7 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
             direction_args.h = h + k * batch * width
             direction_args.c = c + k * batch * hidden if c != NULL else NULL
             direction_args.out = layer_output + direction * width
+            direction_args.trace = traces[k] if traces != NULL else NULL
             if direction_args.input_mode == FG_INPUT_BLAS:
                 # x W for every step by one BLAS GEMM: (T*B, D) @ (D, G*H)
                 _gemm(<blas_int> rows, <blas_int> gates_width, <blas_int> in_width,
@@ -1067,6 +1125,8 @@ cdef inline void _direction_constants(LayerPlan plan, fg_direction *d, Py_ssize_
     d.clipping = plan.clip < INFINITY
     d.clip = plan.clip
     d.input_forget = plan.input_forget
+    d.trace = NULL
+    d.trace_width = plan.trace_width
 
 
 cdef inline void _run_split(floating *dtype_tag, const fg_direction *d,

@@ -29,9 +29,11 @@
 
 #if defined(__GNUC__)
 #define FG_ALWAYS_INLINE static inline __attribute__((always_inline))
+#define FG_NEVER_INLINE static __attribute__((noinline))
 #define FG_PREFETCH(address) __builtin_prefetch(address)
 #else
 #define FG_ALWAYS_INLINE static inline
+#define FG_NEVER_INLINE static
 #define FG_PREFETCH(address) ((void)0)
 #endif
 

@@ -7,6 +7,7 @@ Commands, one module each in this package:
 * ``fastgate predict FILE --input x.npy``: run a model on a saved array (or on many:
   ``--input 'dir/*.npy' --output OUTDIR [--scheduler ADDRESS]``);
 * ``fastgate bench FILE``: latency and throughput, against the NumPy oracle (and PyTorch);
+* ``fastgate trace FILE --input x.npy``: every gate's values step by step (summary, plot);
 * ``fastgate demo``: the pretrained models shipped in the package, checked and timed;
 * ``fastgate serve MODEL``: the model over HTTP, micro-batched (needs ``fastgate[serve]``).
 
@@ -28,7 +29,7 @@ from typing import Sequence
 
 from .._version import __version__
 from ..errors import FastgateError
-from . import bench, convert, demo, inspect, predict, serve
+from . import bench, convert, demo, inspect, predict, serve, trace
 from ._common import DATA_DIR
 from ._torch import torch_equivalent as _torch_equivalent  # noqa: F401  (tests use it)
 from .demo import demo_classifier
@@ -36,7 +37,7 @@ from .demo import demo_classifier
 __all__ = ["main", "build_parser", "demo_classifier", "DATA_DIR", "COMMANDS"]
 
 #: The command modules, in the order ``fastgate --help`` lists them.
-COMMANDS = (inspect, convert, predict, bench, demo, serve)
+COMMANDS = (inspect, convert, predict, trace, bench, demo, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +81,8 @@ def _message(error: BaseException) -> str:
     if isinstance(error, ImportError):
         name = getattr(error, "name", None) or "a package"
         hint = " (HDF5 Keras files need it: pip install h5py)" if name == "h5py" else ""
+        if name == "matplotlib":
+            hint = ' (plots need it: pip install "fastgate[plot]")'
         if name in ("uvicorn", "httptools", "uvloop"):
             hint = ' (fastgate serve needs it: pip install "fastgate[serve]")'
         return f"this needs {name}, which is not installed{hint}"

@@ -116,7 +116,10 @@ def command_demo(args: argparse.Namespace) -> int:
         _demo_forecaster(summary["forecaster"], stored, args.repeat)
         _demo_classifier(summary["classifier"], stored, args.repeat)
         print(f"\nNext: fastgate inspect {DATA_DIR / 'forecaster.keras'}\n"
-              f"      fastgate bench {DATA_DIR / 'classifier.fastgate'} --batch 64 --steps 50")
+              f"      fastgate bench {DATA_DIR / 'classifier.fastgate'} --batch 64 --steps 50\n"
+              f"      fastgate trace {DATA_DIR / 'forecaster.keras'} --input "
+              f"{DATA_DIR / 'demo_inputs.npz'} --key forecaster_x --plot gates.png"
+              f"   (the gates, step by step)")
     return 0
 
 

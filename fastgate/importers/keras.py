@@ -90,12 +90,16 @@ class KerasLayer:
     operation: bool = False  # a Keras 3 tensor operation (keras.ops), not a layer
 
 
+#: ``get_weights(layer, parts)``: a layer's weights as ``(name, array)`` pairs.
+WeightGetter = Callable[[KerasLayer, list[str]], list[tuple[str, np.ndarray]]]
+
+
 @dataclass
 class _Context:
     """What translating a layer needs besides its config: version, weights, file name."""
 
     keras_major: int
-    get_weights: Callable[[KerasLayer, list[str]], list[tuple[str, np.ndarray]]]
+    get_weights: WeightGetter
     path: Any
     dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
 
@@ -714,43 +718,15 @@ def from_config(config: dict | str, weights: Any, *, keras_version: str | None =
 
 def _from_config(config: dict | str, weights: Any, *, keras_version: str | None,
                  path: Any) -> Model:
-    if isinstance(config, (str, bytes)):
-        try:
-            config = json.loads(config)
-        except ValueError as error:
-            raise WeightFormatError(f"the architecture is not valid JSON: {error}",
-                                    path=path) from error
-    if not isinstance(config, dict):
-        raise WeightFormatError("the architecture must be a Keras model config (dict or "
-                                "JSON text)", path=path)
+    """The model of a Keras model ``config`` (dict or JSON text) and its ``weights``
+    (:class:`Keras3Weights`, :class:`LegacyWeights` or a dict of lists by layer name)."""
+    config = _config_dict(config, path)
     keras_version = config.get("keras_version") or keras_version
     config, weights, saved_by = modernize(config, weights, keras_version=keras_version,
                                           backend=config.get("backend"))
     architecture = _parse(config, path)
     layers = architecture.layers
-
-    if isinstance(weights, Keras3Weights):
-        used: dict[str, int] = {}
-        for layer in layers:
-            if not layer.operation:  # keras.ops are not layers: no weights group
-                layer.weight_group = keras3_group_name(layer.class_name, used)
-
-        def get_weights(layer: KerasLayer, parts: list[str]) -> list[tuple[str, np.ndarray]]:
-            return weights.get(layer.weight_group or "", parts, layer.name)
-    elif isinstance(weights, LegacyWeights):
-        weighted = [layer.name for layer in layers if layer.class_name in _WEIGHTED]
-        if not all(weights.has_layer(name) for name in weighted):
-            weights.pair_by_order(weighted)
-
-        def get_weights(layer: KerasLayer, parts: list[str]) -> list[tuple[str, np.ndarray]]:
-            return weights.get(layer.name)
-    else:
-        def get_weights(layer: KerasLayer, parts: list[str]) -> list[tuple[str, np.ndarray]]:
-            if layer.name not in weights:
-                raise WeightFormatError("no weights for this layer", path=path, layer=layer.name)
-            return list(weights[layer.name])
-
-    ctx = _Context(saved_by.major, get_weights, path)
+    ctx = _Context(saved_by.major, _weight_getter(weights, layers, path), path)
 
     if architecture.outputs is None:
         nodes, model_outputs = _sequential_nodes(ctx, layers)
@@ -766,6 +742,42 @@ def _from_config(config: dict | str, weights: Any, *, keras_version: str | None,
                  input_names=architecture.input_names,
                  output_names=architecture.output_names,
                  dict_outputs=architecture.dict_outputs, name=architecture.name)
+
+
+def _config_dict(config: dict | str | bytes, path: Any) -> dict:
+    """A model config given as a dict or JSON text, as a dict (else WeightFormatError)."""
+    if isinstance(config, (str, bytes)):
+        try:
+            config = json.loads(config)
+        except ValueError as error:
+            raise WeightFormatError(f"the architecture is not valid JSON: {error}",
+                                    path=path) from error
+    if not isinstance(config, dict):
+        raise WeightFormatError("the architecture must be a Keras model config (dict or "
+                                "JSON text)", path=path)
+    return config
+
+
+def _weight_getter(weights: Any, layers: list[KerasLayer], path: Any) -> WeightGetter:
+    """``get_weights(layer, parts)``: a layer's ``(name, array)`` weights from ``weights``
+    in whichever layout it is (Keras 3 groups, legacy HDF5 by layer name, a plain dict)."""
+    if isinstance(weights, Keras3Weights):
+        used: dict[str, int] = {}
+        for layer in layers:
+            if not layer.operation:  # keras.ops are not layers: no weights group
+                layer.weight_group = keras3_group_name(layer.class_name, used)
+        return lambda layer, parts: weights.get(layer.weight_group or "", parts, layer.name)
+    if isinstance(weights, LegacyWeights):
+        weighted = [layer.name for layer in layers if layer.class_name in _WEIGHTED]
+        if not all(weights.has_layer(name) for name in weighted):
+            weights.pair_by_order(weighted)
+        return lambda layer, parts: weights.get(layer.name)
+
+    def from_dict(layer: KerasLayer, parts: list[str]) -> list[tuple[str, np.ndarray]]:
+        if layer.name not in weights:
+            raise WeightFormatError("no weights for this layer", path=path, layer=layer.name)
+        return list(weights[layer.name])
+    return from_dict
 
 
 def _sequential_nodes(ctx: _Context, layers: list[KerasLayer]

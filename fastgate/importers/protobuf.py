@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .._validation import read_file
 from ..errors import UnsupportedLayerError, WeightFormatError
 
 __all__ = ["OnnxModelProto", "GraphProto", "NodeProto", "ValueInfo", "parse_model",
@@ -324,14 +325,19 @@ def _typed_data(buf: bytes, typed: dict[int, list[Any]], data_type: int, dtype: 
     return np.array(values, dtype=np.int64).astype(dtype)
 
 
-def _string_entry(buf: bytes, span: tuple[int, int], ctx: _Context) -> tuple[str, str]:
-    key = value = ""
+def _two_strings(buf: bytes, span: tuple[int, int], ctx: _Context, first: int,
+                 second: int) -> tuple[str, str]:
+    """The string fields numbered ``first`` and ``second`` of a message (``""`` if absent)."""
+    texts = {first: "", second: ""}
     for number, wire_type, item in _fields(buf, span[0], span[1], ctx):
-        if number == 1 and wire_type == _LENGTH:
-            key = _text(buf, item, ctx)
-        elif number == 2 and wire_type == _LENGTH:
-            value = _text(buf, item, ctx)
-    return key, value
+        if number in texts and wire_type == _LENGTH:
+            texts[number] = _text(buf, item, ctx)
+    return texts[first], texts[second]
+
+
+def _string_entry(buf: bytes, span: tuple[int, int], ctx: _Context) -> tuple[str, str]:
+    """A ``StringStringEntryProto``: ``(key, value)``."""
+    return _two_strings(buf, span, ctx, 1, 2)
 
 
 def _external_bytes(external: dict[str, str], nbytes: int, name: str, ctx: _Context) -> bytes:
@@ -559,12 +565,8 @@ def _parse_graph(buf: bytes, span: tuple[int, int], ctx: _Context, depth: int) -
 
 
 def _parse_function_id(buf: bytes, span: tuple[int, int], ctx: _Context) -> tuple[str, str]:
-    name = domain = ""
-    for number, wire_type, value in _fields(buf, span[0], span[1], ctx):
-        if number == 1 and wire_type == _LENGTH:
-            name = _text(buf, value, ctx)
-        elif number == 10 and wire_type == _LENGTH:
-            domain = _text(buf, value, ctx)
+    """A ``FunctionProto``'s ``(domain, name)``."""
+    name, domain = _two_strings(buf, span, ctx, 1, 10)
     return domain, name
 
 
@@ -622,12 +624,7 @@ def parse_model(data: bytes, path: Any = None, base_dir: str | None = None) -> O
 
 def read_model(path: str | os.PathLike) -> OnnxModelProto:
     """Read and decode an ``.onnx`` file; external data is read from its folder."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as error:
-        raise WeightFormatError(f"cannot read: {error.strerror or error}", path=path) from error
-    return parse_model(data, path, os.path.dirname(os.path.abspath(path)))
+    return parse_model(read_file(path), path, os.path.dirname(os.path.abspath(path)))
 
 
 def looks_like_onnx(data: bytes) -> bool:

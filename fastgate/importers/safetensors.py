@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validation import reading
 from ..errors import WeightFormatError
 
 __all__ = ["read_safetensors", "is_safetensors"]
@@ -130,35 +131,32 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         The file is unreadable, truncated, or its header is malformed, claims sizes the file
         does not hold, or lets tensors overlap.
     """
-    try:
-        with open(path, "rb") as handle:
-            file_size = os.fstat(handle.fileno()).st_size
-            prefix = handle.read(8)
-            if len(prefix) != 8:
-                raise WeightFormatError(f"file is {file_size} bytes, too short for a "
-                                        f"safetensors header", path=path)
-            (header_size,) = struct.unpack("<Q", prefix)
-            if header_size > MAX_HEADER_BYTES or header_size > file_size - 8:
-                raise WeightFormatError(
-                    f"header length {header_size} exceeds the file ({file_size} bytes) or "
-                    f"the {MAX_HEADER_BYTES}-byte limit: truncated or not a safetensors file",
-                    path=path)
-            raw_header = handle.read(header_size)
-            header = _parse_header(raw_header, path)
-            data_start = 8 + header_size
-            entries = _tensor_entries(header, file_size - data_start, path)
-            tensors = {}
-            for name, dtype, bf16, shape, begin, end in entries:
-                handle.seek(data_start + begin)
-                data = handle.read(end - begin)
-                if len(data) != end - begin:
-                    raise WeightFormatError("data is truncated", path=path, tensor=name)
-                array = np.frombuffer(data, dtype=dtype).reshape(shape)
-                tensors[name] = (_bfloat16_to_float32(array) if bf16
-                                 else array.astype(dtype.newbyteorder("=")))
-            return tensors
-    except OSError as error:
-        raise WeightFormatError(f"cannot read: {error.strerror or error}", path=path) from error
+    with reading(path), open(path, "rb") as handle:
+        file_size = os.fstat(handle.fileno()).st_size
+        prefix = handle.read(8)
+        if len(prefix) != 8:
+            raise WeightFormatError(f"file is {file_size} bytes, too short for a "
+                                    f"safetensors header", path=path)
+        (header_size,) = struct.unpack("<Q", prefix)
+        if header_size > MAX_HEADER_BYTES or header_size > file_size - 8:
+            raise WeightFormatError(
+                f"header length {header_size} exceeds the file ({file_size} bytes) or "
+                f"the {MAX_HEADER_BYTES}-byte limit: truncated or not a safetensors file",
+                path=path)
+        raw_header = handle.read(header_size)
+        header = _parse_header(raw_header, path)
+        data_start = 8 + header_size
+        entries = _tensor_entries(header, file_size - data_start, path)
+        tensors = {}
+        for name, dtype, bf16, shape, begin, end in entries:
+            handle.seek(data_start + begin)
+            data = handle.read(end - begin)
+            if len(data) != end - begin:
+                raise WeightFormatError("data is truncated", path=path, tensor=name)
+            array = np.frombuffer(data, dtype=dtype).reshape(shape)
+            tensors[name] = (_bfloat16_to_float32(array) if bf16
+                             else array.astype(dtype.newbyteorder("=")))
+        return tensors
 
 
 def is_safetensors(path: str | os.PathLike) -> bool:

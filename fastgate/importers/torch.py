@@ -386,6 +386,42 @@ def _live_options(module: Any, kind: str | None, batch_first: bool | None,
     return batch_first, nonlinearity
 
 
+def _live_module(source: Any, prefix: str, kind: str | None, batch_first: bool | None,
+                 nonlinearity: str | None
+                 ) -> tuple[Mapping[str, Any], str, str, bool | None, str | None]:
+    """``(state_dict, kind, prefix, batch_first, nonlinearity)`` of a live torch module, or
+    of its submodule named by ``prefix`` (then the returned prefix is ``""``)."""
+    module = source
+    live_kind = _module_kind(source)
+    if live_kind is None:  # a whole model: find the submodule named by prefix
+        state_keys = list(source.state_dict())
+        path = _select({key: None for key in state_keys}, prefix, None)[0]
+        try:
+            module = source.get_submodule(path.rstrip("."))
+        except AttributeError as error:
+            raise WeightFormatError(f"no submodule {path!r}: {error}") from error
+        live_kind = _module_kind(module)
+        if live_kind is None:
+            raise UnsupportedLayerError(f"{type(module).__name__} is not a supported "
+                                        f"module", layer=path or None)
+        prefix = ""
+    if kind is not None and kind != live_kind:
+        raise ConfigError(f"kind={kind!r} was asked for, but the module is a "
+                          f"{type(module).__name__}")
+    batch_first, nonlinearity = _live_options(module, live_kind, batch_first, nonlinearity)
+    return module.state_dict(), live_kind, prefix, batch_first, nonlinearity
+
+
+def _check_keys(state: Mapping[str, Any], where: Any) -> None:
+    """A state_dict must hold something, under string keys (else WeightFormatError)."""
+    if not state:
+        raise WeightFormatError("the state_dict is empty", path=where)
+    for key in state:
+        if not isinstance(key, str):
+            raise WeightFormatError(f"state_dict keys must be strings, got {key!r:.60}",
+                                    path=where)
+
+
 # ---------------------------------------------------------------------- public API
 def from_torch(source: Any, prefix: str = "", batch_first: bool | None = None,
                nonlinearity: str | None = None, *, kind: str | None = None) -> Imported:
@@ -442,35 +478,12 @@ def from_torch(source: Any, prefix: str = "", batch_first: bool | None = None,
     elif isinstance(source, Mapping):
         state = _flatten_mapping(source)
     elif _is_torch_module(source):
-        module = source
-        live_kind = _module_kind(source)
-        if live_kind is None:  # a whole model: find the submodule named by prefix
-            state_keys = list(source.state_dict())
-            path = _select({key: None for key in state_keys}, prefix, None)[0]
-            try:
-                module = source.get_submodule(path.rstrip("."))
-            except AttributeError as error:
-                raise WeightFormatError(f"no submodule {path!r}: {error}") from error
-            live_kind = _module_kind(module)
-            if live_kind is None:
-                raise UnsupportedLayerError(f"{type(module).__name__} is not a supported "
-                                            f"module", layer=path or None)
-            prefix = ""
-        if kind is not None and kind != live_kind:
-            raise ConfigError(f"kind={kind!r} was asked for, but the module is a "
-                              f"{type(module).__name__}")
-        kind = live_kind
-        batch_first, nonlinearity = _live_options(module, kind, batch_first, nonlinearity)
-        state = module.state_dict()
+        state, kind, prefix, batch_first, nonlinearity = _live_module(
+            source, prefix, kind, batch_first, nonlinearity)
     else:
         raise ConfigError(f"source must be a torch module, a state_dict or a file path, got "
                           f"{type(source).__name__}")
-    if not state:
-        raise WeightFormatError("the state_dict is empty", path=where)
-    for key in state:
-        if not isinstance(key, str):
-            raise WeightFormatError(f"state_dict keys must be strings, got {key!r:.60}",
-                                    path=where)
+    _check_keys(state, where)
     module_prefix, params = _select(state, prefix, where)
     arrays = {name: _to_numpy(value, module_prefix + name, where)
               for name, value in params.items()}

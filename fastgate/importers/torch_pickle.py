@@ -42,6 +42,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .._validation import reading
 from ..errors import WeightFormatError
 
 __all__ = ["load_torch_file", "is_torch_zip"]
@@ -476,21 +477,18 @@ def load_torch_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
         The file is unreadable, truncated, malformed, or holds anything but tensors, numbers
         and plain containers (nothing from it is ever called).
     """
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(4)
-            if head.startswith(b"PK"):
-                obj = _load_zip(handle, path)
-            else:
-                if head[:1] != b"\x80":
-                    raise WeightFormatError("not a torch.save file (neither a zip archive nor "
-                                            "a pickle; the pre-1.0 tar format is not "
-                                            "supported)", path=path)
-                size = os.fstat(handle.fileno()).st_size
-                handle.seek(0)
-                obj = _load_legacy(handle.read(size), path)
-    except OSError as error:
-        raise WeightFormatError(f"cannot read: {error.strerror or error}", path=path) from error
+    with reading(path), open(path, "rb") as handle:
+        head = handle.read(4)
+        if head.startswith(b"PK"):
+            obj = _load_zip(handle, path)
+        else:
+            if head[:1] != b"\x80":
+                raise WeightFormatError("not a torch.save file (neither a zip archive nor "
+                                        "a pickle; the pre-1.0 tar format is not "
+                                        "supported)", path=path)
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(0)
+            obj = _load_legacy(handle.read(size), path)
     if isinstance(obj, _Tensor):
         raise WeightFormatError("the file holds a single tensor, not a state_dict", path=path)
     tensors = _flatten(obj, path)

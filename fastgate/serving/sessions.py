@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, FastgateError, ShapeError
-from .._validation import as_array
 from ..model import Model
 from ._coalesce import Coalescer
 
@@ -221,22 +220,12 @@ class Sessions:
     def prepare(self, chunk: Any) -> np.ndarray:
         """``chunk`` (``(T, D)``, or ``(T,)`` token ids) checked as one sequence's piece."""
         model = self.model
-        if model._plan.feeds_embedding:
-            chunk, rank = np.asarray(chunk), 2
-        else:
-            chunk, rank = as_array(chunk, np.dtype(np.float32),
-                                   f"model {model.name!r} session step"), 3
-        if model.input_shape is not None:
-            rank = len(model.input_shape)
+        what = f"model {model.name!r} session step"
+        chunk, rank = model._stream_input(chunk, what)
         if chunk.ndim != rank - 1 or chunk.shape[0] < 1:
-            raise ShapeError(f"model {model.name!r} session step: expected a chunk of rank "
-                             f"{rank - 1} with at least one step (steps first), got shape "
-                             f"{chunk.shape}")
-        if model.input_shape is not None and any(
-                want is not None and got != want
-                for want, got in zip(model.input_shape[2:], chunk.shape[1:])):
-            raise ShapeError(f"model {model.name!r} session step: expected features "
-                             f"{model.input_shape[2:]}, got a chunk of shape {chunk.shape}")
+            raise ShapeError(f"{what}: expected a chunk of rank {rank - 1} with at least one "
+                             f"step (steps first), got shape {chunk.shape}")
+        model._check_stream_features(chunk.shape[1:], what, chunk.shape)
         return chunk
 
     def submit(self, session_id: str, chunk: Any):
