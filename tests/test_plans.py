@@ -394,7 +394,7 @@ def test_output_rows_must_be_a_permutation_with_active_rows():
     with pytest.raises(ValueError, match="not a permutation"):
         layer._plan.forward(x, h0, None, mask, False, False, 0, True, None, active,
                             np.array([0, 2, 2], np.intp))
-    with pytest.raises(ValueError, match="with active_rows"):
+    with pytest.raises(ValueError, match="must come with active_rows"):
         layer._plan.forward(x, h0, None, mask, False, False, 0, True, None, None,
                             np.array([0, 1, 2], np.intp))
 

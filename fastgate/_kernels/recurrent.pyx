@@ -363,6 +363,30 @@ cdef bint _is_permutation(const Py_ssize_t *order, Py_ssize_t n):
     return True
 
 
+cdef int _check_sorted_rows(SortedRows *sorted_rows, object active_rows, object output_rows,
+                            const unsigned char *mask, Py_ssize_t steps, Py_ssize_t batch,
+                            bint traced) except -1:
+    # LayerPlan.forward's active_rows and output_rows, checked, into sorted_rows
+    if (mask == NULL or not _is_c_array(active_rows, 1, cnp.NPY_INTP)
+            or cnp.PyArray_DIMS(<cnp.ndarray> active_rows)[0] != steps):
+        raise ValueError("forward: active_rows must be a C-contiguous (steps,) intp array, "
+                         "with a mask")
+    sorted_rows.active = <const Py_ssize_t *> cnp.PyArray_DATA(<cnp.ndarray> active_rows)
+    if not _rows_prefix_valid(sorted_rows.active, mask, steps, batch):
+        raise ValueError("forward: the mask has valid rows beyond active_rows")
+    if output_rows is None:
+        return 0
+    if (not _is_c_array(output_rows, 1, cnp.NPY_INTP)
+            or cnp.PyArray_DIMS(<cnp.ndarray> output_rows)[0] != batch):
+        raise ValueError("forward: output_rows must be a C-contiguous (batch,) intp array")
+    if traced:
+        raise ValueError("forward: a traced call takes no output_rows")
+    sorted_rows.output = <const Py_ssize_t *> cnp.PyArray_DATA(<cnp.ndarray> output_rows)
+    if not _is_permutation(sorted_rows.output, batch):
+        raise ValueError("forward: output_rows is not a permutation of the batch")
+    return 0
+
+
 cdef inline bint _is_c_array(object array, int ndim, int typenum):
     # an ndarray (not a subclass) of ndim dimensions and dtype typenum, C-contiguous
     return (type(array) is cnp.ndarray
@@ -605,24 +629,10 @@ cdef class LayerPlan:
                                  "array")
             mask_pointer = <const unsigned char *> cnp.PyArray_DATA(<cnp.ndarray> mask)
         if active_rows is not None:
-            if (mask is None or not _is_c_array(active_rows, 1, cnp.NPY_INTP)
-                    or cnp.PyArray_DIMS(<cnp.ndarray> active_rows)[0] != steps):
-                raise ValueError("forward: active_rows must be a C-contiguous (steps,) intp "
-                                 "array, with a mask")
-            sorted_rows.active = <const Py_ssize_t *> cnp.PyArray_DATA(<cnp.ndarray> active_rows)
-            if not _rows_prefix_valid(sorted_rows.active, mask_pointer, steps, batch):
-                raise ValueError("forward: the mask has valid rows beyond active_rows")
-        if output_rows is not None:
-            if (active_rows is None or not _is_c_array(output_rows, 1, cnp.NPY_INTP)
-                    or cnp.PyArray_DIMS(<cnp.ndarray> output_rows)[0] != batch):
-                raise ValueError("forward: output_rows must be a C-contiguous (batch,) intp "
-                                 "array, with active_rows")
-            if traces is not None:
-                raise ValueError("forward: a traced call takes no output_rows")
-            sorted_rows.output = <const Py_ssize_t *> cnp.PyArray_DATA(
-                <cnp.ndarray> output_rows)
-            if not _is_permutation(sorted_rows.output, batch):
-                raise ValueError("forward: output_rows is not a permutation of the batch")
+            _check_sorted_rows(&sorted_rows, active_rows, output_rows, mask_pointer, steps,
+                               batch, traces is not None)
+        elif output_rows is not None:
+            raise ValueError("forward: output_rows must come with active_rows")
         if traces is not None:
             traces = self._checked_traces(traces, dims[0], dims[1])
             trace_pointers = <void **> PyMem_Malloc(self.entries * sizeof(void *))
