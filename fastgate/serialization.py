@@ -187,8 +187,12 @@ def from_bytes(data: bytes, path: Any = "<bytes>") -> Any:
         if document.get("version") != FORMAT_VERSION:
             raise reader.error(f"format version {document.get('version')!r} is not supported "
                                f"(this fastgate reads version {FORMAT_VERSION})")
+        spec = document.get("object")
+        if not isinstance(spec, dict) or "__object__" not in spec:
+            # (a document whose object is null, a number or a list decodes to no model)
+            raise reader.error("fastgate.json holds no fastgate object (a layer or a model)")
         try:
-            return reader.decode(document.get("object"))
+            return reader.decode(spec)
         except RecursionError as error:
             raise reader.error("object nesting too deep") from error
 

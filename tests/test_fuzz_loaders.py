@@ -321,6 +321,18 @@ def test_mutated_fastgate_document(seeds, tmp_path):
     check()
 
 
+@pytest.mark.parametrize("spec", [None, 3, [], "LSTM", {"spec": {}}])
+def test_fastgate_document_without_an_object_is_refused(seeds, tmp_path, spec):
+    # found by the fuzzer in CI: {"object": null} loaded as None instead of a refusal
+    data, suffix = seeds["model.fastgate"]
+    document = json.loads(zipfile.ZipFile(io.BytesIO(data)).read("fastgate.json"))
+    document["object"] = spec
+    fuzzed = rezip(data, lambda name: name == "fastgate.json",
+                   lambda raw: json.dumps(document).encode())
+    with pytest.raises(WeightFormatError, match="holds no fastgate object"):
+        fastgate.load(write(tmp_path, fuzzed, suffix))
+
+
 # ------------------------------------------------------------------ claims of huge sizes
 HUGE = 100 << 30  # 100 GB
 
