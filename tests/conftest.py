@@ -131,6 +131,26 @@ def randomize(model, seed=0):
     return model
 
 
+def keras_cases(cases, directory, suffixes):
+    """``get(name)`` -> ``(model, paths, inputs, expected)``: the Keras model ``cases[name](rng)``
+    builds, with seeded random weights, its predictions on each input, and the model saved as
+    ``directory/name.SUFFIX`` for each suffix (``paths`` by suffix); each case built once."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            rng = np.random.default_rng(sum(map(ord, name)))
+            model, inputs = cases[name](rng)
+            randomize(model, seed=len(name))
+            expected = [model.predict(x, verbose=0) for x in inputs]
+            paths = {suffix: directory / f"{name}.{suffix}" for suffix in suffixes}
+            for path in paths.values():
+                model.save(path)
+            cache[name] = (model, paths, inputs, expected)
+        return cache[name]
+    return get
+
+
 def assert_same(actual, expected, what, atol=1e-5):
     """A model's float32 outputs (one array or a list) equal Keras' ``expected`` within
     ``atol`` (float32 outputs of O(1)), shape for shape."""

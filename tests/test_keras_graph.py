@@ -25,7 +25,7 @@ L = keras.layers
 ATOL = 1e-5  # float32 outputs of O(1)
 
 
-from conftest import randomize  # noqa: E402
+from conftest import keras_cases, randomize  # noqa: E402
 
 
 def padded(rng, batch=4, steps=6, width=3, *, empty_row=False):
@@ -193,21 +193,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("keras_graphs")
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            rng = np.random.default_rng(sum(map(ord, name)))
-            model, inputs = CASES[name](rng)
-            randomize(model, seed=len(name))
-            expected = [model.predict(x, verbose=0) for x in inputs]
-            paths = {"keras": directory / f"{name}.keras", "h5": directory / f"{name}.h5"}
-            for path in paths.values():
-                model.save(path)
-            cache[name] = (model, paths, inputs, expected)
-        return cache[name]
-    return get
+    return keras_cases(CASES, tmp_path_factory.mktemp("keras_graphs"), ("keras", "h5"))
 
 
 from conftest import assert_same  # noqa: E402

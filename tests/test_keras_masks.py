@@ -29,7 +29,7 @@ L = keras.layers
 ATOL = 1e-5  # float32 outputs of O(1)
 
 
-from conftest import randomize  # noqa: E402
+from conftest import keras_cases  # noqa: E402
 
 
 def padded(rng, batch=5, steps=7, width=3):
@@ -134,20 +134,12 @@ CASES.update(mask_chain=case_mask_chain, mask_from_one_feature=case_mask_from_on
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("keras_masks")
-    cache = {}
+    get = keras_cases(CASES, tmp_path_factory.mktemp("keras_masks"), ("keras",))
 
-    def get(name):
-        if name not in cache:
-            rng = np.random.default_rng(sum(map(ord, name)))
-            model, inputs = CASES[name](rng)
-            randomize(model, seed=len(name))
-            expected = [model.predict(x, verbose=0) for x in inputs]
-            path = directory / f"{name}.keras"
-            model.save(path)
-            cache[name] = (model, path, inputs, expected)
-        return cache[name]
-    return get
+    def get_saved(name):   # (model, the .keras path, inputs, expected)
+        model, paths, inputs, expected = get(name)
+        return model, paths["keras"], inputs, expected
+    return get_saved
 
 
 from conftest import assert_same  # noqa: E402
