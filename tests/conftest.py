@@ -151,6 +151,51 @@ def keras_cases(cases, directory, suffixes):
     return get
 
 
+class SavedKerasCase:
+    """The Keras model of ``cases[name]``, with seeded random weights, saved in every format
+    fastgate reads (``.keras``, HDF5, ``.weights.h5`` and Keras-2-style weights-only HDF5),
+    with Keras' own predictions on each input; :meth:`load` reads one format back.
+    ``weights(model, seed)`` gives the model its weights (default :func:`randomize`)."""
+
+    def __init__(self, cases, name, directory, weights=None):
+        import h5py
+        from keras.src.legacy.saving import legacy_h5_format
+
+        rng = np.random.default_rng(sum(map(ord, name)))
+        model, self.inputs = cases[name](rng)
+        self.model = (weights or randomize)(model, seed=len(name))
+        self.expected = [model.predict(x, verbose=0) for x in self.inputs]
+        base = directory / name
+        self.paths = {"keras": f"{base}.keras", "h5": f"{base}.h5",
+                      "weights_h5": f"{base}.weights.h5"}
+        model.save(self.paths["keras"])
+        model.save(self.paths["h5"])
+        model.save_weights(self.paths["weights_h5"])
+        # Keras-2-style weights-only HDF5 (layer_names / weight_names), as save_weights wrote.
+        self.paths["legacy_weights_h5"] = f"{base}.legacy.h5"
+        with h5py.File(self.paths["legacy_weights_h5"], "w") as handle:
+            legacy_h5_format.save_weights_to_hdf5_group(handle, model)
+        self.architecture = model.to_json()
+
+    def load(self, fmt):
+        if fmt == "live":
+            return fastgate.from_keras(self.model)
+        if fmt in ("weights_h5", "legacy_weights_h5"):
+            return fastgate.load(self.paths[fmt], architecture=self.architecture)
+        return fastgate.load(self.paths[fmt])
+
+
+def saved_keras_cases(cases, directory, weights=None):
+    """``get(name)`` -> the :class:`SavedKerasCase` of ``cases[name]``, each built once."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = SavedKerasCase(cases, name, directory, weights)
+        return cache[name]
+    return get
+
+
 def assert_same(actual, expected, what, atol=1e-5):
     """A model's float32 outputs (one array or a list) equal Keras' ``expected`` within
     ``atol`` (float32 outputs of O(1)), shape for shape."""

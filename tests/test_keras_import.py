@@ -15,20 +15,18 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import h5py  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import fastgate  # noqa: E402
-from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
 
 L = keras.layers
 ATOL = 1e-5  # float32 outputs of O(1)
 FORMATS = ("keras", "h5", "weights_h5", "legacy_weights_h5", "live")
 
 
-from conftest import randomize  # noqa: E402
+from conftest import randomize, saved_keras_cases  # noqa: E402
 
 
 def float_inputs(rng, batch, steps, width, *, pad=True):
@@ -201,44 +199,9 @@ for _mode in ("concat", "sum", "mul", "ave", None):
             _bidirectional_case(_mode, _sequences)
 
 
-class Saved:
-    """A Keras model of one case, saved in every format, with Keras' own predictions."""
-
-    def __init__(self, name, directory):
-        rng = np.random.default_rng(sum(map(ord, name)))
-        model, self.inputs = CASES[name](rng)
-        self.model = randomize(model, seed=len(name))
-        self.expected = [model.predict(x, verbose=0) for x in self.inputs]
-        base = directory / name
-        self.paths = {"keras": f"{base}.keras", "h5": f"{base}.h5",
-                      "weights_h5": f"{base}.weights.h5"}
-        model.save(self.paths["keras"])
-        model.save(self.paths["h5"])
-        model.save_weights(self.paths["weights_h5"])
-        # Keras-2-style weights-only HDF5 (layer_names / weight_names), as save_weights wrote.
-        self.paths["legacy_weights_h5"] = f"{base}.legacy.h5"
-        with h5py.File(self.paths["legacy_weights_h5"], "w") as handle:
-            legacy_h5_format.save_weights_to_hdf5_group(handle, model)
-        self.architecture = model.to_json()
-
-    def load(self, fmt):
-        if fmt == "live":
-            return fastgate.from_keras(self.model)
-        if fmt in ("weights_h5", "legacy_weights_h5"):
-            return fastgate.load(self.paths[fmt], architecture=self.architecture)
-        return fastgate.load(self.paths[fmt])
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("keras_models")
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = Saved(name, directory)
-        return cache[name]
-    return get
+    return saved_keras_cases(CASES, tmp_path_factory.mktemp("keras_models"))
 
 
 def assert_same_outputs(actual, expected, what):
