@@ -1211,7 +1211,6 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
     cdef Py_ssize_t gates_width = plan.gate_count * hidden
     cdef Py_ssize_t rows = steps * batch
     cdef Py_ssize_t layer, direction, k, in_width, workspace_size
-    cdef void **pointers
     cdef floating *workspace
     cdef floating *projection_buffer
     cdef floating *layer_buffers
@@ -1261,15 +1260,7 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
                                           else projection_buffer)
         for direction in range(plan.num_directions):
             k = layer * plan.num_directions + direction
-            pointers = plan.pointers + WEIGHT_ARRAYS * k
-            direction_args.reverse = direction == 1
-            direction_args.zero_state = zero_state and plan.recurrent_finite[k]
-            direction_args.bias = pointers[2]
-            direction_args.new_gate_bias = pointers[3]
-            direction_args.recurrent = pointers[1]
-            direction_args.recurrent_new = pointers[4]
-            direction_args.projection = pointers[5]
-            direction_args.peephole = pointers[6]
+            _entry_weights(plan, &direction_args, k, zero_state)
             direction_args.h = h + k * batch * width
             direction_args.c = c + k * batch * hidden if c != NULL else NULL
             direction_args.out = layer_output + direction * width
@@ -1277,12 +1268,28 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
             if direction_args.input_mode == FG_INPUT_BLAS:
                 # x W for every step by one BLAS GEMM: (T*B, D) @ (D, G*H)
                 _gemm(<blas_int> rows, <blas_int> gates_width, <blas_int> in_width,
-                      layer_input, <floating *> pointers[0], projection_buffer)
+                      layer_input, <floating *> plan.pointers[WEIGHT_ARRAYS * k],
+                      projection_buffer)
             _run_split(x, &direction_args, call)
         layer_input = layer_output
     if workspace_size * sizeof(floating) > SMALL_WORKSPACE_DOUBLES * sizeof(double):
         PyMem_RawFree(workspace)
     return 0
+
+
+cdef inline void _entry_weights(LayerPlan plan, fg_direction *d, Py_ssize_t k,
+                               bint zero_state) noexcept nogil:
+    # the fields of fg_direction of entry k (layer * num_directions + direction): its
+    # direction and weights, and whether its first step may skip h U
+    cdef void **pointers = plan.pointers + WEIGHT_ARRAYS * k
+    d.reverse = k % plan.num_directions == 1
+    d.zero_state = zero_state and plan.recurrent_finite[k]
+    d.bias = pointers[2]
+    d.new_gate_bias = pointers[3]
+    d.recurrent = pointers[1]
+    d.recurrent_new = pointers[4]
+    d.projection = pointers[5]
+    d.peephole = pointers[6]
 
 
 cdef inline void _direction_constants(LayerPlan plan, fg_direction *d, Py_ssize_t steps,
