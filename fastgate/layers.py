@@ -346,7 +346,8 @@ class RecurrentLayer:
             Final state, arranged as ``state``: ``h_n`` (LSTM: ``(h_n, c_n)``).
         """
         # (With the compiled extension, fastgate._kernels.recurrent.layer_call replaces this
-        # method: the same branches without a Python frame; see the end of this module.)
+        # method: its branches without a Python frame, and a lean call with lengths too; see
+        # the end of this module.)
         if state is None and lengths is None and not (
                 tracing.recording and tracing.current_recorder() is not None):
             # The common call, checked and allocated by the runner (S1/S3-sized calls are
@@ -631,8 +632,8 @@ class SimpleRNN(RecurrentLayer):
 
 def _install_compiled_call() -> None:
     """Make the compiled extension's ``layer_call`` ``RecurrentLayer.__call__`` (when it is
-    built): the branches of the Python method, without its frame (a call at S3, ~2 us,
-    spends ~0.2 us less)."""
+    built): the branches of the Python method without its frame (a call at S3, ~2 us,
+    spends ~0.2 us less), and calls with ``lengths=`` and no state checked in C."""
     kernels = compiled_module()
     if kernels is None:
         return

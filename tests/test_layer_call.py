@@ -5,7 +5,8 @@ aligned, in the machine's byte order) runs a lean path: with the extension built
 ``RecurrentLayer.__call__`` is the compiled ``layer_call`` (the Python method's branches
 without its frame) and the plan allocates and checks (``LayerPlan.run``). A call with
 ``lengths=`` sorts its sequences, gathers their rows and puts them back in the kernel module
-(``LayerPlan.run_lengths``). Here every other input takes the general path with the same
+(``LayerPlan.run_lengths``); without a state and with ``(B,)`` int64 lengths, ``layer_call``
+goes there directly. Here every other input takes the general path with the same
 results, bit for bit (the same kernels on the same values); the lean paths step aside while
 this thread records a trace; and both agree with the oracle within the suite's tolerances
 (float32 1e-5, float64 1e-12 absolute, on O(1) values).
@@ -153,9 +154,14 @@ def test_the_python_backend_runs_the_oracle_through_the_compiled_call():
     x = make_input(layer, 2, 5)
     h0, c0 = layer._state.to_kernel(None, 2)
     out = layer._oracle.forward(x, h0, c0, None, False, False)
+    lengths = np.array([2, 5])
     with fastgate.use_backend("python"):
         assert_same_result(layer(x), (out, (h0, c0)))
         assert_same_result(layer(x), python_call(layer, x))
+        ragged = layer(x, lengths=lengths)
+        assert_same_result(ragged, python_call(layer, x, lengths=lengths))
+    assert not np.array_equal(ragged[0], out)   # (the oracle's, with the lengths)
+    assert_matches_oracle(layer, layer(x, lengths=lengths), x, lengths=lengths)
 
 
 def test_errors_are_those_of_the_python_method():
@@ -175,10 +181,16 @@ def test_a_recording_trace_takes_the_general_path(cell):
     layer = make_layer(cell, bidirectional=True)
     x = make_input(layer, 2, 6)
     expected = layer(x)
+    lengths = np.array([6, 3])
+    expected_ragged = layer(x, lengths=lengths)
     with tracing.Recorder() as recorder:
         traced = layer(x)
+        traced_ragged = layer(x, lengths=lengths)
     assert_same_result(traced, expected)
-    assert len(recorder.records) == 1   # the call went through forward, which recorded it
+    # (a traced ragged call runs the mask unsorted: the same values to rounding)
+    assert_close(traced_ragged[0], expected_ragged[0], layer.dtype)
+    assert_close(traced_ragged[1], expected_ragged[1], layer.dtype)
+    assert len(recorder.records) == 2   # the calls went through forward, which recorded them
     trace = layer.trace(x)
     assert [entry.direction for entry in trace.layers] == ["forward", "reverse"]
     out_batch_major = np.swapaxes(expected[0], 0, 1)   # (B, T, 2H)
@@ -251,6 +263,7 @@ def test_lengths_call_matches_the_numpy_sorting_and_the_oracle(cell, dtype, opti
             np.testing.assert_array_equal(result[0], sorted_reference(layer, x, lengths, given))
             assert_matches_oracle(layer, result, x, given, lengths)
             assert_same_result(layer(x, given, lengths.tolist()), result)
+            assert_same_result(python_call(layer, x, given, lengths), result)
 
 
 def test_lengths_of_any_integer_form_give_the_same_result():
