@@ -638,7 +638,7 @@ def _install_compiled_call() -> None:
     if kernels is None:
         return
     RecurrentLayer.__call__ = kernels.compiled_layer_call(  # type: ignore[method-assign]
-        RecurrentLayer.__call__, RecurrentLayer._general_call, backend_variable, tracing)
+        RecurrentLayer.__call__, backend_variable, tracing)
 
 
 _install_compiled_call()

@@ -1418,16 +1418,15 @@ cdef inline void _run_rows(floating *dtype_tag, const fg_direction *d, Py_ssize_
 # What it reads, set once by compiled_layer_call:
 cdef object backend_variable = None   # fastgate.backend's ContextVar of the backend name
 cdef object trace_module = None       # fastgate.trace: its `recording` count, current_recorder
-cdef object general_layer_call = None  # RecurrentLayer._general_call(layer, x, state, lengths)
 
 
-def compiled_layer_call(python_call, general_call, backend_var, trace):
+def compiled_layer_call(python_call, backend_var, trace):
     """:func:`layer_call`, to replace ``python_call`` (``RecurrentLayer.__call__``, whose
-    docstring and signature it takes): ``general_call(layer, x, state, lengths)`` runs
-    the calls the lean path does not take, ``backend_var`` is the context variable of the
-    backend's name and ``trace`` the module :mod:`fastgate.trace`."""
-    global backend_variable, trace_module, general_layer_call
-    backend_variable, trace_module, general_layer_call = backend_var, trace, general_call
+    docstring and signature it takes); ``backend_var`` is the context variable of the
+    backend's name and ``trace`` the module :mod:`fastgate.trace`. The calls the lean paths
+    do not take go to the layer's ``_general_call(x, state, lengths)``."""
+    global backend_variable, trace_module
+    backend_variable, trace_module = backend_var, trace
     layer_call.__doc__ = python_call.__doc__
     layer_call.__wrapped__ = python_call
     return layer_call
@@ -1455,4 +1454,4 @@ def layer_call(self, x, state=None, lengths=None):
             result = (<LayerPlan> runner)._run_lengths_from_zeros(x, lengths)
         if result is not None:
             return result
-    return general_layer_call(self, x, state, lengths)
+    return self._general_call(x, state, lengths)
