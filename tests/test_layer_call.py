@@ -208,14 +208,13 @@ def test_workspace_on_the_stack_and_on_the_heap(dtype, batch):
     assert_matches_oracle(layer, layer(x), x)
 
 
-@pytest.mark.parametrize("steps", [24, 25])
-def test_calls_on_either_side_of_the_gil_threshold(steps):
-    """Below 1e5 multiply-adds (T x B x H x 4H: 24 x 1 x 32 x 128 = 98304) a call keeps the
-    GIL; at T=25 it releases it; both from threads at once, as from one."""
+def test_threads_calling_at_once_get_their_own_results():
+    """The lean call from 4 threads at once (the kernel runs without the GIL) gives each
+    call what it gives alone."""
     from concurrent.futures import ThreadPoolExecutor
 
     layer = fastgate.LSTM.random(5, 32, seed=6)
-    inputs = [make_input(layer, 1, steps, seed=seed) for seed in range(8)]
+    inputs = [make_input(layer, 1, 10, seed=seed) for seed in range(8)]
     alone = [layer(x) for x in inputs]
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(layer, inputs * 4))

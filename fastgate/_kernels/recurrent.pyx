@@ -103,11 +103,6 @@ cdef extern from "fused.h" nogil:
 #: Below this many multiply-adds per call (steps x batch x recurrent product), threads cost
 #: more than they save.
 cdef double THREADING_MIN_WORK = 2e6
-#: Below this many multiply-adds per call (all layers and directions), one thread runs the
-#: kernel without releasing the GIL: releasing and taking it back costs 30-100 ns (more with
-#: other threads waiting), over 2% of a call this small (S1, S3: 1-2 us), and other Python
-#: threads wait at most about 3 us.
-cdef double KEEP_GIL_MAX_WORK = 1e5
 #: When the batch is too small to split, threads share the hidden units instead if a step's
 #: recurrent product has at least this many multiply-adds per batch row (each step then waits
 #: for the whole previous one, which costs about as much as a step of H = 32).
@@ -993,32 +988,20 @@ cdef class LayerPlan:
         if ((call.first_input == FG_INPUT_BLAS or call.later_input == FG_INPUT_BLAS)
                 and (sgemm_pointer == NULL or dgemm_pointer == NULL)):
             _load_blas()
-        if (call.split == FG_SPLIT_NONE
-                and _work(self, steps, batch) * self.entries < KEEP_GIL_MAX_WORK):
-            status = self._run_kernel(call, x, steps, batch, batch_major, h, c, mask,
-                                      hold_masked_output, out, zero_state, sorted_rows, traces)
-        else:
-            with nogil:
-                status = self._run_kernel(call, x, steps, batch, batch_major, h, c, mask,
-                                          hold_masked_output, out, zero_state, sorted_rows,
-                                          traces)
+        # (always without the GIL: keeping it through an S3 call saves ~30 ns, but 2 Python
+        # threads calling it then run 0.97x the calls of one instead of 1.5x)
+        with nogil:
+            if self.is_double:
+                status = _run(self, <double *> x, steps, batch, batch_major, <double *> h,
+                              <double *> c, mask, hold_masked_output, <double *> out,
+                              zero_state, call, sorted_rows, traces)
+            else:
+                status = _run(self, <float *> x, steps, batch, batch_major, <float *> h,
+                              <float *> c, mask, hold_masked_output, <float *> out,
+                              zero_state, call, sorted_rows, traces)
         if status:
             raise MemoryError()
         return 0
-
-    cdef inline int _run_kernel(self, CallPlan call, void *x, Py_ssize_t steps,
-                                Py_ssize_t batch, bint batch_major, void *h, void *c,
-                                const unsigned char *mask, bint hold_masked_output, void *out,
-                                bint zero_state, const SortedRows *sorted_rows,
-                                void **traces) noexcept nogil:
-        # _run of the plan's dtype (1: no memory for the workspace)
-        if self.is_double:
-            return _run(self, <double *> x, steps, batch, batch_major, <double *> h,
-                        <double *> c, mask, hold_masked_output, <double *> out, zero_state,
-                        call, sorted_rows, traces)
-        return _run(self, <float *> x, steps, batch, batch_major, <float *> h, <float *> c,
-                    mask, hold_masked_output, <float *> out, zero_state, call, sorted_rows,
-                    traces)
 
 
 # ------------------------------------------------------------------------------ the planner
