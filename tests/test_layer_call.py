@@ -209,8 +209,9 @@ def test_workspace_on_the_stack_and_on_the_heap(dtype, batch):
 
 
 def test_threads_calling_at_once_get_their_own_results():
-    """The lean call from 4 threads at once (the kernel runs without the GIL) gives each
-    call what it gives alone."""
+    """The lean call from 4 threads at once (then the kernel runs without the GIL) gives
+    each call what it gives alone (a process of one Python thread keeps the GIL through a
+    call this small: most other tests run that way)."""
     from concurrent.futures import ThreadPoolExecutor
 
     layer = fastgate.LSTM.random(5, 32, seed=6)

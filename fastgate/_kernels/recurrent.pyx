@@ -28,6 +28,8 @@ from cython.parallel cimport prange
 from cpython.contextvars cimport PyContextVar_Get
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_RawFree, PyMem_RawMalloc
 from cpython.pycapsule cimport PyCapsule_GetPointer
+from cpython.pystate cimport (PyInterpreterState, PyInterpreterState_ThreadHead,
+                              PyThreadState_Next)
 from cpython.ref cimport PyObject, Py_XDECREF
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
@@ -35,6 +37,9 @@ from libc.string cimport memcpy
 
 cimport numpy as cnp
 import numpy as np
+
+cdef extern from "Python.h":
+    PyInterpreterState *PyInterpreterState_Get()   # (Python >= 3.9)
 
 from .blas cimport blas_int   # (a type only: the BLAS shim itself loads on use)
 
@@ -103,6 +108,12 @@ cdef extern from "fused.h" nogil:
 #: Below this many multiply-adds per call (steps x batch x recurrent product), threads cost
 #: more than they save.
 cdef double THREADING_MIN_WORK = 2e6
+#: Below this many multiply-adds per call (all layers and directions), a process with one
+#: Python thread runs the kernel without releasing the GIL (nobody else could take it):
+#: releasing and taking it back costs ~30-50 ns, ~2% of a call this small (S1, S3). With
+#: other Python threads it is released at any size (they run while the kernel does: 2
+#: threads calling S3 make 1.5x the calls of one, 0.97x if the GIL were kept).
+cdef double KEEP_GIL_MAX_WORK = 1e5
 #: When the batch is too small to split, threads share the hidden units instead if a step's
 #: recurrent product has at least this many multiply-adds per batch row (each step then waits
 #: for the whole previous one, which costs about as much as a step of H = 32).
@@ -988,20 +999,37 @@ cdef class LayerPlan:
         if ((call.first_input == FG_INPUT_BLAS or call.later_input == FG_INPUT_BLAS)
                 and (sgemm_pointer == NULL or dgemm_pointer == NULL)):
             _load_blas()
-        # (always without the GIL: keeping it through an S3 call saves ~30 ns, but 2 Python
-        # threads calling it then run 0.97x the calls of one instead of 1.5x)
-        with nogil:
-            if self.is_double:
-                status = _run(self, <double *> x, steps, batch, batch_major, <double *> h,
-                              <double *> c, mask, hold_masked_output, <double *> out,
-                              zero_state, call, sorted_rows, traces)
-            else:
-                status = _run(self, <float *> x, steps, batch, batch_major, <float *> h,
-                              <float *> c, mask, hold_masked_output, <float *> out,
-                              zero_state, call, sorted_rows, traces)
+        if (call.split == FG_SPLIT_NONE and _only_python_thread()
+                and _work(self, steps, batch) * self.entries < KEEP_GIL_MAX_WORK):
+            status = self._run_kernel(call, x, steps, batch, batch_major, h, c, mask,
+                                      hold_masked_output, out, zero_state, sorted_rows, traces)
+        else:
+            with nogil:
+                status = self._run_kernel(call, x, steps, batch, batch_major, h, c, mask,
+                                          hold_masked_output, out, zero_state, sorted_rows,
+                                          traces)
         if status:
             raise MemoryError()
         return 0
+
+    cdef inline int _run_kernel(self, CallPlan call, void *x, Py_ssize_t steps,
+                                Py_ssize_t batch, bint batch_major, void *h, void *c,
+                                const unsigned char *mask, bint hold_masked_output, void *out,
+                                bint zero_state, const SortedRows *sorted_rows,
+                                void **traces) noexcept nogil:
+        # _run of the plan's dtype (1: no memory for the workspace)
+        if self.is_double:
+            return _run(self, <double *> x, steps, batch, batch_major, <double *> h,
+                        <double *> c, mask, hold_masked_output, <double *> out, zero_state,
+                        call, sorted_rows, traces)
+        return _run(self, <float *> x, steps, batch, batch_major, <float *> h, <float *> c,
+                    mask, hold_masked_output, <float *> out, zero_state, call, sorted_rows,
+                    traces)
+
+
+cdef inline bint _only_python_thread() noexcept:
+    # whether this interpreter has one thread state: the caller's (called with the GIL)
+    return PyThreadState_Next(PyInterpreterState_ThreadHead(PyInterpreterState_Get())) == NULL
 
 
 # ------------------------------------------------------------------------------ the planner
