@@ -16,8 +16,8 @@ import numpy as np
 from .errors import ConfigError, DTypeError, WeightFormatError
 from .layout import CellWeights
 
-__all__ = ["FLOAT_DTYPES", "as_float_dtype", "as_array", "as_cell_weights", "reading",
-           "read_file"]
+__all__ = ["FLOAT_DTYPES", "as_float_dtype", "as_array", "as_kernel_array",
+           "as_cell_weights", "reading", "read_file"]
 
 #: The dtypes fastgate computes in.
 FLOAT_DTYPES = frozenset({np.dtype(np.float32), np.dtype(np.float64)})
@@ -46,6 +46,13 @@ def as_array(value: Any, dtype: np.dtype, what: str) -> np.ndarray:
     if array.dtype.kind not in "biuf":
         raise DTypeError(f"{what} must hold real numbers, got dtype {array.dtype}")
     return array.astype(dtype, copy=False)
+
+
+def as_kernel_array(array: np.ndarray) -> np.ndarray:
+    """``array`` as the kernels read it in place: C-contiguous and aligned (a copy if it is
+    not; a misaligned view, e.g. from ``np.frombuffer`` at an odd offset, is contiguous)."""
+    array = np.ascontiguousarray(array)
+    return array if array.flags.aligned else array.copy()
 
 
 def as_cell_weights(entry: Any, where: str) -> CellWeights:

@@ -64,6 +64,10 @@ def backend() -> str:
     return _current.get()
 
 
+#: The context variable of the active backend's name (the compiled layers' call reads it
+#: from C: fastgate._kernels.recurrent.layer_call).
+backend_variable = _current
+
 #: :func:`backend` as the context variable's bound method, without a Python frame: the
 #: per-call fast paths of the layers read it.
 current_backend = _current.get

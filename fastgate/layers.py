@@ -23,8 +23,9 @@ from . import trace as tracing
 from ._validation import as_array
 from ._validation import as_cell_weights as _cell_weights
 from ._validation import as_float_dtype as _as_float_dtype
+from ._validation import as_kernel_array
 from .activations import activation_code, activation_parameters, canonical_name
-from .backend import compiled_module, current_backend
+from .backend import backend_variable, compiled_module, current_backend
 from .errors import ConfigError, DTypeError, ShapeError
 from .layout import GATE_COUNT, CellWeights
 from .oracle_plan import OraclePlan
@@ -344,14 +345,22 @@ class RecurrentLayer:
         state : ndarray or (ndarray, ndarray)
             Final state, arranged as ``state``: ``h_n`` (LSTM: ``(h_n, c_n)``).
         """
-        runner = self._runners[current_backend()]
+        # (With the compiled extension, fastgate._kernels.recurrent.layer_call replaces this
+        # method: its branches without a Python frame, and a lean call with lengths too; see
+        # the end of this module.)
         if state is None and lengths is None and not (
                 tracing.recording and tracing.current_recorder() is not None):
-            # The common call, checked and allocated by the plan (S1/S3-sized calls are
+            # The common call, checked and allocated by the runner (S1/S3-sized calls are
             # dominated by call overhead); None: x needs converting, the general path does.
-            result = runner.run(x)
+            result = self._runners[current_backend()].run(x)
             if result is not None:
                 return result
+        return self._general_call(x, state, lengths)
+
+    def _general_call(self, x: ArrayLike, state: State | None,
+                      lengths: ArrayLike | None) -> tuple[np.ndarray, State]:
+        """:meth:`__call__` on any arguments: converted and checked here, or explained."""
+        runner = self._runners[current_backend()]
         x = as_array(x, self.dtype, f"{type(self).__name__} input")
         if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
             layout = "(B, T, D)" if self.batch_first else "(T, B, D)"
@@ -362,11 +371,11 @@ class RecurrentLayer:
             x = x[None] if self.batch_first else x[:, None]
         steps, batch = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
         h0, c0 = self._state.to_kernel(state, batch, unbatched=unbatched)
-        mask = None if lengths is None else self._lengths_mask(lengths, steps, batch)
-        if (mask is not None and runner is self._plan   # the kernel skips ended sequences
+        if (lengths is not None and runner is self._plan  # the kernel skips ended sequences
                 and tracing.current_recorder() is None):  # (a trace takes forward's path)
-            out, h_n, c_n = self._run_ragged(x, h0, c0, lengths, mask)
+            out, h_n, c_n = self._run_ragged(x, h0, c0, lengths, steps, batch)
         else:
+            mask = None if lengths is None else self._lengths_mask(lengths, steps, batch)
             out, h_n, c_n = self.forward(x, h0, c0, mask=mask, batch_major=self.batch_first)
         if unbatched:
             out = out[0] if self.batch_first else out[:, 0]
@@ -410,37 +419,26 @@ class RecurrentLayer:
             traces = recorder.allocate(self, steps, batch, batch_major, mask,
                                        fill=None if runner is self._plan else np.nan)
         out = runner.forward(
-            np.ascontiguousarray(x), h0, c0,
+            as_kernel_array(x), h0, c0,
             None if mask is None else np.ascontiguousarray(mask, dtype=np.uint8),
             batch_major, hold_masked_output, traces=traces)
         return out, h0, c0
 
     def _run_ragged(self, x: np.ndarray, h0: np.ndarray, c0: np.ndarray | None,
-                    lengths: ArrayLike, mask: np.ndarray
+                    lengths: ArrayLike, steps: int, batch: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """The compiled forward pass of sequences of ``lengths`` (``mask`` their valid
-        steps): sorted longest first, so that step ``t`` computes only the sequences still
-        running (the active batch shrinks as they end); the kernel writes the outputs back
-        in the caller's order (``output_rows``), the final states are put back here."""
-        lengths = np.asarray(lengths).astype(np.int64)
-        order = np.argsort(-lengths, kind="stable")
-        batch_axis = 0 if self.batch_first else 1
-        sorted_already = bool(np.all(order == np.arange(len(order))))
-        output_rows = None
-        if not sorted_already:
-            x = np.take(x, order, axis=batch_axis)
-            mask = mask[:, order]
-            h0 = np.ascontiguousarray(h0[:, order])
-            c0 = None if c0 is None else np.ascontiguousarray(c0[:, order])
-            output_rows = order.astype(np.intp)
-        active_rows = np.count_nonzero(mask, axis=1).astype(np.intp)
-        out = self._plan.forward(np.ascontiguousarray(x), h0, c0,
-                                 np.ascontiguousarray(mask, dtype=np.uint8), self.batch_first,
-                                 False, 0, False, None, active_rows, output_rows)
-        if sorted_already:
-            return out, h0, c0
-        inverse = np.argsort(order)
-        return out, h0[:, inverse], None if c0 is None else c0[:, inverse]
+        """The compiled forward pass of sequences of ``lengths``: sorted longest first, so
+        that step ``t`` computes only the sequences still running (the active batch shrinks
+        as they end), their outputs and final states put back in the caller's order
+        (:meth:`LayerPlan.run_lengths <fastgate._kernels.recurrent.LayerPlan.run_lengths>`).
+        """
+        x = as_kernel_array(x)
+        out = self._plan.run_lengths(x, h0, c0, lengths, self.batch_first)
+        if out is None:   # lengths not a (B,) int64 array in [0, T]: checked, or explained
+            self._lengths_mask(lengths, steps, batch)
+            out = self._plan.run_lengths(x, h0, c0, np.asarray(lengths).astype(np.int64),
+                                         self.batch_first)
+        return out, h0, c0
 
     # ------------------------------------------------------------------ tracing
     def trace(self, x: ArrayLike, state: State | None = None,
@@ -630,3 +628,17 @@ class SimpleRNN(RecurrentLayer):
                  clip: float | None = None) -> None:
         super().__init__(weights, bidirectional=bidirectional, activation=activation,
                          dtype=dtype, batch_first=batch_first, bias=bias, clip=clip)
+
+
+def _install_compiled_call() -> None:
+    """Make the compiled extension's ``layer_call`` ``RecurrentLayer.__call__`` (when it is
+    built): the branches of the Python method without its frame (a call at S3, ~2 us,
+    spends ~0.2 us less), and calls with ``lengths=`` and no state checked in C."""
+    kernels = compiled_module()
+    if kernels is None:
+        return
+    RecurrentLayer.__call__ = kernels.compiled_layer_call(  # type: ignore[method-assign]
+        RecurrentLayer.__call__, backend_variable, tracing)
+
+
+_install_compiled_call()
