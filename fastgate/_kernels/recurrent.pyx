@@ -577,6 +577,24 @@ cdef class LayerPlan:
         return (_is_c_array(array, ndim, self.typenum)
                 and cnp.PyArray_DIMS(<cnp.ndarray> array)[ndim - 1] == self.input_size)
 
+    cdef int _check_call(self, str caller, object x, object h_state, object c_state,
+                         bint batch_major, cnp.npy_intp *dims) except -1:
+        # x (3-d, this plan's dtype and width) and the states of a call, else a ValueError
+        # naming `caller`; dims: x's first two axes and the output width
+        cdef Py_ssize_t batch
+        if not self._is_input(x, 3):
+            raise ValueError(f"{caller}: x must be a C-contiguous {self.dtype} array (., ., "
+                             f"{self.input_size})")
+        dims[0] = cnp.PyArray_DIMS(<cnp.ndarray> x)[0]
+        dims[1] = cnp.PyArray_DIMS(<cnp.ndarray> x)[1]
+        dims[2] = self.out_width
+        batch = dims[0] if batch_major else dims[1]
+        if not self._is_state(h_state, batch, self.width):
+            raise ValueError(f"{caller}: h_state does not match the layer and batch")
+        if self.cell == FG_CELL_LSTM and not self._is_state(c_state, batch, self.hidden):
+            raise ValueError(f"{caller}: c_state does not match the layer and batch")
+        return 0
+
     cdef inline bint _is_state(self, object array, Py_ssize_t batch, Py_ssize_t columns,
                                bint flat=False):
         # an ndarray of the plan's dtype, shape (entries, batch, columns) (flat: (batch,
@@ -680,17 +698,8 @@ cdef class LayerPlan:
         cdef void **trace_pointers = NULL
         cdef Py_ssize_t k
         sorted_rows.active = sorted_rows.output = NULL
-        if not self._is_input(x, 3):
-            raise ValueError(f"forward: x must be a C-contiguous {self.dtype} array (., ., "
-                             f"{self.input_size})")
-        dims[0] = cnp.PyArray_DIMS(<cnp.ndarray> x)[0]
-        dims[1] = cnp.PyArray_DIMS(<cnp.ndarray> x)[1]
-        dims[2] = self.out_width
+        self._check_call("forward", x, h_state, c_state, batch_major, dims)
         steps, batch = (dims[1], dims[0]) if batch_major else (dims[0], dims[1])
-        if not self._is_state(h_state, batch, self.width):
-            raise ValueError("forward: h_state does not match the layer and batch")
-        if self.cell == FG_CELL_LSTM and not self._is_state(c_state, batch, self.hidden):
-            raise ValueError("forward: c_state does not match the layer and batch")
         if mask is not None:
             if (not _is_c_array(mask, 2, cnp.NPY_UINT8)
                     or cnp.PyArray_DIMS(<cnp.ndarray> mask)[0] != steps
@@ -758,17 +767,8 @@ cdef class LayerPlan:
         cdef char *sorted_x = NULL
         cdef bint sorted_already
         cdef SortedRows sorted_rows
-        if not self._is_input(x, 3):
-            raise ValueError(f"run_lengths: x must be a C-contiguous {self.dtype} array (., ., "
-                             f"{self.input_size})")
-        dims[0] = cnp.PyArray_DIMS(<cnp.ndarray> x)[0]
-        dims[1] = cnp.PyArray_DIMS(<cnp.ndarray> x)[1]
-        dims[2] = self.out_width
+        self._check_call("run_lengths", x, h_state, c_state, batch_major, dims)
         steps, batch = (dims[1], dims[0]) if batch_major else (dims[0], dims[1])
-        if not self._is_state(h_state, batch, self.width):
-            raise ValueError("run_lengths: h_state does not match the layer and batch")
-        if self.cell == FG_CELL_LSTM and not self._is_state(c_state, batch, self.hidden):
-            raise ValueError("run_lengths: c_state does not match the layer and batch")
         if (not _is_c_array(lengths, 1, cnp.NPY_INT64)
                 or cnp.PyArray_DIMS(<cnp.ndarray> lengths)[0] != batch):
             return None
