@@ -1245,7 +1245,7 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
     cdef floating *layer_buffers
     cdef floating *layer_input
     cdef floating *layer_output
-    cdef bint projecting
+    cdef bint projecting, on_stack
     cdef fg_direction direction_args
     cdef double small_workspace[SMALL_WORKSPACE_DOUBLES + 8]
 
@@ -1257,7 +1257,8 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
     workspace_size = (batch * (width + 2 * hidden)
                       + (rows * gates_width if projecting else 0)
                       + (2 * rows * out_width if plan.num_layers > 1 else 0))
-    if workspace_size * sizeof(floating) <= SMALL_WORKSPACE_DOUBLES * sizeof(double):
+    on_stack = workspace_size * sizeof(floating) <= SMALL_WORKSPACE_DOUBLES * sizeof(double)
+    if on_stack:
         # a small call's on the stack, 64-byte aligned (malloc + free: ~2% of an S3 call)
         workspace = <floating *> ((<size_t> small_workspace + 63) & ~(<size_t> 63))
     else:
@@ -1301,7 +1302,7 @@ cdef int _run(LayerPlan plan, floating *x, Py_ssize_t steps, Py_ssize_t batch,
                       projection_buffer)
             _run_split(x, &direction_args, call)
         layer_input = layer_output
-    if workspace_size * sizeof(floating) > SMALL_WORKSPACE_DOUBLES * sizeof(double):
+    if not on_stack:
         PyMem_RawFree(workspace)
     return 0
 
