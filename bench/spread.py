@@ -18,8 +18,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from report import (PEERS, Targets, _order, collect, isa_section, load,  # noqa: E402
-                    median)
+from report import (Targets, _order, collect, isa_section, load,  # noqa: E402
+                    peer_ratio)
 
 from engines import TARGETS  # noqa: E402
 
@@ -28,12 +28,8 @@ def run_ratios(path: str) -> tuple[dict, Targets]:
     """``({(isa, shape, cell, threads): ratio}, targets met)`` of one run's JSON."""
     _, benchmarks = load([path])
     tables = collect(benchmarks)
-    ratios = {}
-    for key, benches in tables["forward"].items():
-        peers = [benches[p] for p in PEERS if p in benches]
-        fast = benches.get("fastgate")
-        if fast and peers:
-            ratios[key] = median(fast) / min(median(p) for p in peers)
+    ratios = {key: peer_ratio(benches) for key, benches in tables["forward"].items()}
+    ratios = {key: ratio for key, ratio in ratios.items() if ratio is not None}
     targets = Targets()
     for isa in {key[0] for key in ratios}:
         isa_section(isa, tables, benchmarks, targets)   # (counts every target of the run)
